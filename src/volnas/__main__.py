@@ -1,0 +1,3 @@
+from volnas.cli.main import main
+
+main()

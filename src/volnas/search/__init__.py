@@ -1,0 +1,1 @@
+"""Placeholder for a later stage of the pipeline."""

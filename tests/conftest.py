@@ -1,0 +1,34 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the checkout (never copied here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("VOLNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (../shared/data is absent in this checkout)")
+    return path
+
+
+@pytest.fixture
+def adrenal_npz() -> Path:
+    """AdrenalMNIST3D 28^3 (official MedMNIST release)."""
+    return _need(SHARED_DATA / "medmnist3d" / "adrenalmnist3d.npz")
+
+
+@pytest.fixture
+def adrenal64_npz() -> Path:
+    return _need(SHARED_DATA / "medmnist3d" / "adrenalmnist3d_64.npz")
+
+
+@pytest.fixture
+def dicom_series() -> Path:
+    """One real JPEG-lossless chest CT series (154 slices, 512x512)."""
+    return _need(SHARED_DATA / "covid-ct-md" / "normal001")
