@@ -1,5 +1,214 @@
-"""volnas command-line entry point (filled in by the CLI module)."""
+"""``volnas`` command line: data -> models -> train -> evaluate (search and explain follow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from volnas.data.volume import DataError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="Find, train and explain 3D CNNs that classify medical volumes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Synthesise, index and inspect scan datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def parse_shape(text: str, n: int, what: str) -> tuple[int, ...]:
+    """'32x64x64' -> (32, 64, 64), checking the number of parts."""
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{what} must look like {'x'.join(['N'] * n)}, got {text!r}")
+    if len(parts) != n or min(parts) < 1:
+        raise typer.BadParameter(f"{what} must have {n} positive parts, got {text!r}")
+    return parts
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="Output folder (must not exist or be empty)."),
+    scans: int = typer.Option(24, "--scans", "-n", min=2, help="Number of scans."),
+    fmt: str = typer.Option("png", "--format", "-f", help="png | tiff | nifti | dicom | npz"),
+    classes: int = typer.Option(2, "--classes", min=2, max=3, help="2 (normal/covid) or 3 (+cap)."),
+    shape: str = typer.Option("32x64x64", "--shape", help="Nominal DxHxW of a scan."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Write synthetic chest-CT-like scans (HU) with lesion masks in a real on-disk layout."""
+    from volnas.data.synth import synthesize
+
+    if out.exists() and any(out.iterdir()):
+        _fail(f"{out}: folder is not empty; refusing to overwrite")
+    if fmt not in ("png", "tiff", "nifti", "dicom", "npz"):
+        raise typer.BadParameter(f"unknown format {fmt!r}", param_hint="--format")
+    res = synthesize(out, scans=scans, fmt=fmt, classes=classes,
+                     shape=parse_shape(shape, 3, "--shape"), seed=seed)
+    console.print(f"wrote {len(res.scans)} {fmt} scans of {len({s.patient_id for s in res.scans})} "
+                  f"patients ({', '.join(res.class_names)}) to {out}")
+
+
+@data_app.command("index")
+def data_index(
+    source: Path = typer.Argument(..., help="Dataset root folder or MedMNIST .npz file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Manifest CSV to write."),
+    split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions (by patient)."),
+    seed: int = typer.Option(0, "--seed", help="Split seed."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable scans and list them."),
+    class_map: str = typer.Option(None, "--class-map",
+                                  help="Folder-to-class map, e.g. 'CT-0=normal,CT-1=covid'."),
+    positive: str = typer.Option(None, "--positive", help="Positive class for binary metrics."),
+) -> None:
+    """Find every scan under SOURCE, split by patient (stratified), write a manifest."""
+    from volnas.data.index import build_index, summary_table, write_manifest
+
+    try:
+        fractions = tuple(float(f) for f in split.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--split must be three numbers, got {split!r}")
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise typer.BadParameter("--split needs three non-negative fractions summing to 1")
+    cmap = None
+    if class_map:
+        try:
+            cmap = dict(kv.split("=", 1) for kv in class_map.split(","))
+        except ValueError:
+            raise typer.BadParameter("--class-map must look like 'folder=class,folder=class'")
+    if out.exists():
+        _fail(f"{out}: manifest already exists; refusing to overwrite")
+    try:
+        res = build_index(source, split=fractions, seed=seed, skip_bad=skip_bad,
+                          class_map=cmap, positive_class=positive)
+    except DataError as e:
+        _fail(str(e) + "\n(pass --skip-bad to skip bad scans and list them)")
+    write_manifest(res, out)
+    console.print(summary_table(res.rows))
+    if res.skipped:
+        console.print(f"[yellow]skipped {len(res.skipped)} bad scans[/] "
+                      f"(listed in {out.parent / 'skipped.csv'}):")
+        for path, reason in res.skipped[:20]:
+            console.print(f"  {path}: {reason}")
+    console.print(f"manifest: {out}")
+
+
+# ---- models -------------------------------------------------------------------------------
+
+
+@app.command("models")
+def models_cmd(
+    input: str = typer.Option("1x32x128x128", "--input", help="Per-scan input CxDxHxW."),
+    classes: int = typer.Option(3, "--classes", min=2, help="Number of classes."),
+    pattern: str = typer.Option("*", "--filter", help="Glob over model names."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs (slower)."),
+) -> None:
+    """List every registered model with parameters, size (MB) and FLOPs per scan."""
+    from volnas.models.profile import count_flops, count_params, size_mb
+    from volnas.models.registry import create_model, get_spec, list_models
+
+    shape = parse_shape(input, 4, "--input")
+    table = Table(title=f"models for input {input}, {classes} classes")
+    for col in ("model", "family", "params", "size (MB)", "GFLOPs/scan", "description"):
+        table.add_column(col, justify="right" if col in ("params", "size (MB)", "GFLOPs/scan") else "left")
+    for name in list_models(pattern):
+        spec = get_spec(name)
+        m = create_model(name, in_channels=shape[0], num_classes=classes)
+        gf = f"{count_flops(m, (1, *shape)) / 1e9:.2f}" if flops else "-"
+        table.add_row(name, spec.family, f"{count_params(m):,}", f"{size_mb(m):.2f}", gf,
+                      spec.description)
+    console.print(table)
+
+
+# ---- training -----------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    data: str = typer.Option(None, "--data", help="Manifest CSV or MedMNIST .npz."),
+    model: str = typer.Option(None, "--model", help="Registry name (see `volnas models`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (never overwritten)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs [200]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size [8]."),
+    slices: int = typer.Option(None, "--slices", help="Slices per scan T [32]."),
+    size: str = typer.Option(None, "--size", help="In-plane HxW after resize/crop [128x128]."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate [1e-3]."),
+    seed: int = typer.Option(None, "--seed", help="Seed [0]."),
+    config: Path = typer.Option(None, "--config", help="YAML config; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+    workers: int = typer.Option(None, "--workers", help="Data loader worker processes [0]."),
+) -> None:
+    """Train a model: validation every epoch, best checkpoint by validation, test once."""
+    from volnas.training.config import load_config
+    from volnas.training.run import RunDirError, run_training
+
+    overrides = {
+        "data": data, "model": model, "epochs": epochs, "batch_size": batch_size,
+        "slices": slices, "size": parse_shape(size, 2, "--size") if size else None,
+        "lr": lr, "seed": seed, "device": device, "num_workers": workers,
+    }
+    try:
+        cfg = load_config(config, overrides)
+        if not cfg.data and not resume:
+            raise typer.BadParameter("--data is required (or set `data:` in --config)")
+        metrics = run_training(cfg, out, resume=resume, console=console)
+    except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"run folder: {out}  (metrics.json: acc {metrics['accuracy']:.4f}, "
+                  f"f1 {metrics['f1']:.4f})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run folder."),
+    data: str = typer.Option(None, "--data", help="Manifest/npz (default: the run's data)."),
+    split: str = typer.Option("test", "--split", help="train | val | test."),
+) -> None:
+    """Recompute metrics of a run's best checkpoint on a split of any dataset."""
+    from volnas.training.run import evaluate_run
+
+    try:
+        metrics = evaluate_run(run_dir, data, split, console=console)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    keys = ("n_scans", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc")
+    console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1))
+
+
+# ---- demo ---------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("volnas_demo"), "--out", help="Demo folder (a new run each time)."),
+    epochs: int = typer.Option(6, "--epochs", help="Training epochs."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Synthesise a small chest-CT dataset, index it, train a baseline, evaluate it."""
+    from volnas.cli.demo import run_demo
+
+    run_demo(out, epochs=epochs, seed=seed, console=console)
 
 
 def main() -> None:
-    raise SystemExit("volnas CLI not built yet")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""From a manifest (or a MedMNIST npz) to batches: the data source and the torch Dataset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from volnas.data.cache import StackCache
+from volnas.data.index import ManifestRow, build_index, read_manifest
+from volnas.data.preprocess import PreprocessConfig, StackGeometry, take_slices
+from volnas.data.volume import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataSource:
+    """All scans of a dataset with their labels, patients and splits."""
+
+    rows: list[ManifestRow]
+    class_names: list[str]
+    positive_class: str | None
+    origin: Path
+
+    def split(self, name: str) -> list[ManifestRow]:
+        rows = [r for r in self.rows if r.split == name]
+        if not rows:
+            raise DataError(self.origin, f"the {name!r} split is empty")
+        return rows
+
+    def label_index(self, label: str) -> int:
+        return self.class_names.index(label)
+
+
+def open_source(path: str | Path) -> DataSource:
+    """Open a manifest CSV (from ``volnas data index``) or a MedMNIST-3D ``.npz``."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "no such file")
+    if p.suffix == ".npz":
+        res = build_index(p)
+        return DataSource(res.rows, res.classes, res.positive_class, p)
+    rows = read_manifest(p)
+    sidecar = p.with_name("manifest.json")
+    classes = sorted({r.label for r in rows})
+    positive = None
+    if sidecar.exists():
+        meta = json.loads(sidecar.read_text())
+        classes = list(meta.get("classes") or classes)
+        positive = meta.get("positive_class")
+    unknown = {r.label for r in rows} - set(classes)
+    if unknown:
+        raise DataError(p, f"labels {sorted(unknown)} are not among the classes {classes}")
+    return DataSource(rows, classes, positive, p)
+
+
+class ScanDataset(Dataset):
+    """Scans as model inputs (1, T, H, W) with integer labels.
+
+    Training uses random slice sampling (a fresh draw per epoch, reproducible from the
+    seed, epoch and index); evaluation uses the deterministic symmetrical sampling.
+    """
+
+    def __init__(
+        self,
+        rows: list[ManifestRow],
+        class_names: list[str],
+        cfg: PreprocessConfig,
+        *,
+        train: bool,
+        cache: StackCache,
+        seed: int = 0,
+    ) -> None:
+        self.rows = rows
+        self.labels = [class_names.index(r.label) for r in rows]
+        self.cfg = cfg
+        self.train = train
+        self.cache = cache
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray, StackGeometry]:
+        """Model input, chosen slice indices and stack geometry of scan ``i``."""
+        row = self.rows[i]
+        stack, geom = self.cache.get(row.path, row.format)
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            x, idx = take_slices(stack, self.cfg, "random", rng)
+        else:
+            x, idx = take_slices(stack, self.cfg, "symmetrical", None)
+        return x, idx, geom
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, _, _ = self.load(i)
+        return torch.from_numpy(x), self.labels[i]
+
+
+def make_loader(
+    dataset: ScanDataset, batch_size: int, *, train: bool, num_workers: int = 0, seed: int = 0
+) -> DataLoader:
+    """Shuffled (seeded) loader with drop_last for training; ordered for evaluation.
+
+    Workers are not persistent, so each epoch's workers see the dataset's current epoch.
+    """
+    if train:
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=RandomSampler(dataset, generator=gen),
+            drop_last=len(dataset) > batch_size,
+            num_workers=num_workers,
+        )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

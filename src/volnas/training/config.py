@@ -1,0 +1,70 @@
+"""Run configuration: papers' defaults, a YAML file may fill them, CLI flags override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from volnas.data.preprocess import PreprocessConfig
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on; written to RUN_DIR/config.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = ""
+    model: str = "resnet3d_18"
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    epochs: int = Field(200, ge=1)  # CovidNet3D trained baselines for 200 epochs
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)  # Adam, as both papers
+    weight_decay: float = Field(5e-4, ge=0)
+    min_lr: float = Field(1e-5, ge=0)  # cosine annealing floor
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = 0.9  # sgd only
+    augment: Literal["none", "flip"] = "flip"  # CovidNet3D: random H or V flip in training
+    select_metric: Literal["auc", "f1", "accuracy", "loss"] = "auc"
+    patience: int | None = Field(None, ge=1)  # early stopping on the validation metric
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # channels_last_3d memory format
+    cache_dir: str | None = None  # default: $VOLNAS_CACHE_DIR or ~/.cache/volnas
+    positive_class: str | None = None  # default: from the manifest
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults <- YAML file <- overrides (None values in overrides are ignored)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"{path}: cannot read config: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: config must be a mapping, got {type(loaded).__name__}")
+        data.update(loaded)
+    pre = dict(data.get("preprocess") or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in PreprocessConfig.model_fields:
+            pre[key] = value
+        else:
+            data[key] = value
+    data["preprocess"] = pre
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        where = f"{path}: " if path else ""
+        raise ValueError(f"{where}invalid configuration:\n{e}") from e
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """YAML text of the resolved configuration."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

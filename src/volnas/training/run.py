@@ -1,0 +1,212 @@
+"""A training run end to end: data -> model -> Trainer.fit -> test once -> RUN_DIR artefacts.
+
+RUN_DIR layout::
+
+    config.yaml            resolved configuration (defaults <- YAML <- flags)
+    run.json               classes, positive class, split sizes, seed, versions, timings
+    history.csv            one row per epoch
+    model.safetensors      weights of the best validation epoch
+    best_val_metrics.json  validation metrics of that epoch
+    checkpoint/            last epoch's full state (resume)
+    metrics.json           test metrics of the best checkpoint (written once, at the end)
+    predictions_test.csv   per-scan probabilities on the test split
+    *.png                  curves, confusion matrix, ROC
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from volnas.data.cache import StackCache
+from volnas.data.dataset import DataSource, ScanDataset, make_loader, open_source
+from volnas.models.profile import count_flops, count_params, size_mb
+from volnas.models.registry import create_model
+from volnas.training.checkpoint import atomic_write_text, load_model_state
+from volnas.training.config import TrainConfig, dump_config, load_config
+from volnas.training.device import resolve_device, seed_everything
+from volnas.training.plots import plot_confusion, plot_history, plot_roc
+from volnas.training.trainer import Trainer
+
+
+class RunDirError(RuntimeError):
+    """The run folder cannot be used as asked (exists without --resume, or is not a run)."""
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite an earlier run; ``resume`` requires one."""
+    if resume:
+        if not (run_dir / "config.yaml").exists():
+            raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml)")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(
+            f"{run_dir}: already holds a run; choose another --out or pass --resume"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def build_datasets(
+    cfg: TrainConfig, source: DataSource, splits: tuple[str, ...]
+) -> dict[str, ScanDataset]:
+    cache = StackCache(cfg.preprocess, Path(cfg.cache_dir) if cfg.cache_dir else None)
+    return {
+        s: ScanDataset(source.split(s), source.class_names, cfg.preprocess,
+                       train=(s == "train"), cache=cache, seed=cfg.seed)
+        for s in splits
+    }
+
+
+def positive_of(cfg: TrainConfig, source: DataSource) -> str | None:
+    pos = cfg.positive_class or source.positive_class
+    if pos is not None and pos not in source.class_names:
+        raise ValueError(f"positive class {pos!r} is not one of {source.class_names}")
+    return pos
+
+
+def model_profile(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "params": count_params(model),
+        "model_size_mb": size_mb(model),
+        "flops_per_scan": count_flops(model, (1, *cfg.preprocess.input_shape)),
+    }
+
+
+def run_training(
+    cfg: TrainConfig, run_dir: Path, *, resume: bool = False, console: Console | None = None
+) -> dict[str, Any]:
+    """Train, pick the best validation checkpoint, test it once; returns the test metrics."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume)
+    if resume:
+        saved = load_config(run_dir / "config.yaml", {})
+        # Only the epoch budget may change on resume (to extend a finished run).
+        cfg = saved.model_copy(update={"epochs": max(cfg.epochs, saved.epochs)})
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    source = open_source(cfg.data)
+    positive = positive_of(cfg, source)
+    ds = build_datasets(cfg, source, ("train", "val"))
+    train_loader = make_loader(ds["train"], cfg.batch_size, train=True,
+                               num_workers=cfg.num_workers, seed=cfg.seed)
+    val_loader = make_loader(ds["val"], cfg.batch_size, train=False, num_workers=cfg.num_workers)
+    model = create_model(cfg.model, in_channels=1, num_classes=len(source.class_names))
+    device = resolve_device(cfg.device)
+    info = {
+        "classes": source.class_names,
+        "positive_class": positive,
+        "data": str(cfg.data),
+        "n_train": len(ds["train"]),
+        "n_val": len(ds["val"]),
+        "seed": cfg.seed,
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        **model_profile(model, cfg),
+    }
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+    console.print(
+        f"[bold]{cfg.model}[/]: {info['params']:,} params ({info['model_size_mb']:.2f} MB), "
+        f"input {cfg.preprocess.input_shape}, {len(ds['train'])} train / {len(ds['val'])} val "
+        f"scans, device {device}"
+    )
+    trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
+                      device=device, run_dir=run_dir, console=console)
+    trainer.fit(train_loader, val_loader, resume=resume)
+    plot_history(trainer.history, run_dir / "curves.png")
+    train_seconds = time.perf_counter() - t_start
+    metrics = test_once(trainer, cfg, source, run_dir, console)
+    metrics.update({"best_epoch": trainer.best_epoch, "train_seconds": train_seconds})
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def test_once(
+    trainer: Trainer, cfg: TrainConfig, source: DataSource, run_dir: Path, console: Console
+) -> dict[str, Any]:
+    """Load the best checkpoint and evaluate the test split — the only time it is read."""
+    load_model_state(trainer.model, run_dir / "model.safetensors")
+    test = build_datasets(cfg, source, ("test",))["test"]
+    loader = make_loader(test, cfg.batch_size, train=False, num_workers=cfg.num_workers)
+    metrics = evaluate_and_write(trainer, test, loader, run_dir, "test")
+    console.print(
+        f"test ({metrics['n_scans']} scans, best epoch {trainer.best_epoch}): "
+        f"acc {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  auc {_fmt(metrics['auc'])}"
+    )
+    return metrics
+
+
+def evaluate_and_write(
+    trainer: Trainer, dataset: ScanDataset, loader: Any, run_dir: Path, split: str
+) -> dict[str, Any]:
+    """Metrics, per-scan predictions and plots of one split into ``run_dir``."""
+    probs, labels, loss = trainer.predict(loader)
+    from volnas.training.metrics import compute_metrics
+
+    metrics = compute_metrics(labels, probs, trainer.class_names, trainer.positive_class)
+    metrics.update({"loss": loss, "split": split, **model_profile(trainer.model, trainer.cfg)})
+    write_predictions(run_dir / f"predictions_{split}.csv", dataset, labels, probs,
+                      trainer.class_names)
+    plot_confusion(np.array(metrics["confusion_matrix"]), trainer.class_names,
+                   run_dir / f"confusion_{split}.png", title=f"{split} confusion matrix")
+    plot_roc(labels, probs, trainer.class_names, metrics["positive_class"],
+             run_dir / f"roc_{split}.png")
+    return metrics
+
+
+def write_predictions(
+    path: Path, dataset: ScanDataset, labels: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["scan_id", "patient_id", "label", "predicted", *[f"p_{c}" for c in classes]])
+    for row, y, p in zip(dataset.rows, labels, probs, strict=True):
+        w.writerow([row.scan_id, row.patient_id, classes[int(y)], classes[int(p.argmax())],
+                    *[f"{v:.6f}" for v in p]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_run(
+    run_dir: Path, data: str | None, split: str = "test", console: Console | None = None
+) -> dict[str, Any]:
+    """Recompute metrics of a finished run's best checkpoint on ``split`` of any data."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", {})
+    if data:
+        cfg = cfg.model_copy(update={"data": str(data)})
+    source = open_source(cfg.data)
+    run_info = json.loads((run_dir / "run.json").read_text())
+    if source.class_names != run_info["classes"]:
+        raise ValueError(
+            f"{cfg.data}: classes {source.class_names} differ from the run's {run_info['classes']}"
+        )
+    model = create_model(cfg.model, in_channels=1, num_classes=len(source.class_names))
+    trainer = Trainer(model, cfg, class_names=source.class_names,
+                      positive_class=run_info.get("positive_class"),
+                      device=resolve_device(cfg.device), run_dir=run_dir, console=console)
+    load_model_state(trainer.model, run_dir / "model.safetensors")
+    ds = build_datasets(cfg, source, (split,))[split]
+    ds.train = False
+    loader = make_loader(ds, cfg.batch_size, train=False, num_workers=cfg.num_workers)
+    metrics = evaluate_and_write(trainer, ds, loader, run_dir, split)
+    metrics["data"] = str(cfg.data)
+    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
+    atomic_write_text(run_dir / name, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -1,0 +1,285 @@
+"""The one trainer: baseline training, search and retraining all run through it.
+
+Subclasses change behaviour through the hook methods (``train_step``, ``augment``,
+``on_epoch_end``, ``extra_state``/``load_extra_state``) rather than by copying the loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from volnas.training.checkpoint import (
+    atomic_write_text,
+    load_training_state,
+    model_state,
+    save_tensors,
+    save_training_state,
+)
+from volnas.training.config import TrainConfig
+from volnas.training.device import autocast, eval_mode, prepare_model, to_device
+from volnas.training.metrics import compute_metrics, select_metric
+
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_accuracy",
+                  "val_f1", "val_auc", "seconds"]
+
+
+def make_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=True,
+    )
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (papers' default), AdamW or SGD with the configured lr and weight decay."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    """Epoch loop with validation every epoch, best-checkpoint choice and atomic resume.
+
+    Args:
+        model: the network (moved to ``device`` here).
+        cfg: the run configuration (optimiser, epochs, selection metric...).
+        class_names: class names in label order.
+        positive_class: the class binary metrics are computed for.
+        device: where to train.
+        run_dir: folder for history.csv, model.safetensors and checkpoint/.
+        console: where progress and per-epoch lines go.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        *,
+        class_names: list[str],
+        positive_class: str | None,
+        device: torch.device,
+        run_dir: Path,
+        console: Console | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.channels_last = cfg.channels_last
+        self.model = prepare_model(model, device, self.channels_last)
+        self.class_names = class_names
+        self.positive_class = positive_class
+        self.run_dir = Path(run_dir)
+        self.console = console or Console(quiet=True)
+        self.optimizer = build_optimizer(self.weight_parameters(), cfg)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr
+        )
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.epoch = 0  # epochs finished
+        self.stale = 0  # epochs since the best validation score
+        self.amp = cfg.amp and device.type == "cuda"
+
+    # ---- hooks -------------------------------------------------------------------------
+
+    def weight_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters the weight optimiser updates (search subclasses exclude logits)."""
+        return self.model.parameters()
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-time augmentation on the device batch (evaluation never calls this)."""
+        if self.cfg.augment == "flip":
+            # CovidNet3D: random horizontal or vertical flip, decided per scan.
+            b = x.shape[0]
+            coin = torch.rand(b, device=x.device)
+            flip_h = (coin < 1 / 3).view(b, 1, 1, 1, 1)
+            flip_v = ((coin >= 1 / 3) & (coin < 2 / 3)).view(b, 1, 1, 1, 1)
+            x = torch.where(flip_h, x.flip(-1), x)
+            x = torch.where(flip_v, x.flip(-2), x)
+        return x
+
+    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch; returns loss and number correct."""
+        x = self.augment(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        correct = (logits.argmax(1) == y).sum().item()
+        return {"loss": loss.item() * len(y), "correct": correct, "n": len(y)}
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
+        """Called after validation and checkpointing of each epoch."""
+
+    def extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Subclass state to save with each checkpoint (JSON part, tensor part)."""
+        return {}, {}
+
+    def load_extra_state(self, extra: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``extra_state`` saved."""
+
+    # ---- loop --------------------------------------------------------------------------
+
+    def _seed_epoch(self, epoch: int) -> None:
+        # Reseeding per epoch makes a resumed run draw the same numbers as an unbroken one.
+        torch.manual_seed(self.cfg.seed * 100_003 + epoch)
+        np.random.seed((self.cfg.seed * 100_003 + epoch) % 2**32)
+
+    def train_epoch(self, loader: Iterable, epoch: int, total: int | None = None) -> dict[str, float]:
+        self.model.train()
+        sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        with make_progress(self.console) as progress:
+            task = progress.add_task(f"epoch {epoch}", total=total, info="")
+            for x, y in loader:
+                x = to_device(x, self.device, self.channels_last)
+                y = y.to(self.device)
+                out = self.train_step(x, y)
+                for k in sums:
+                    sums[k] += out[k]
+                progress.update(task, advance=1, info=f"loss {sums['loss'] / max(sums['n'], 1):.4f}")
+        n = max(sums["n"], 1)
+        return {"train_loss": sums["loss"] / n, "train_acc": sums["correct"] / n}
+
+    @torch.no_grad()
+    def predict(self, loader: Iterable) -> tuple[np.ndarray, np.ndarray, float]:
+        """Softmax probabilities, labels and mean loss over a loader (eval mode, no augmentation)."""
+        probs, labels, loss_sum, n = [], [], 0.0, 0
+        with eval_mode(self.model):
+            for x, y in loader:
+                x = to_device(x, self.device, self.channels_last)
+                y = y.to(self.device)
+                with autocast(self.device, self.amp):
+                    logits = self.model(x)
+                logits = logits.float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                n += len(y)
+                probs.append(torch.softmax(logits, 1).cpu().numpy())
+                labels.append(y.cpu().numpy())
+        if n == 0:
+            raise ValueError("cannot evaluate on an empty split")
+        return np.concatenate(probs), np.concatenate(labels), loss_sum / n
+
+    def evaluate(self, loader: Iterable) -> dict[str, Any]:
+        probs, labels, loss = self.predict(loader)
+        metrics = compute_metrics(labels, probs, self.class_names, self.positive_class)
+        metrics["loss"] = loss
+        return metrics
+
+    def _score(self, metrics: dict[str, Any]) -> float:
+        if self.cfg.select_metric == "loss":
+            return -float(metrics["loss"])
+        return select_metric(metrics, self.cfg.select_metric)
+
+    def fit(self, train_loader: Any, val_loader: Any, resume: bool = False) -> list[dict[str, Any]]:
+        """Train for ``cfg.epochs`` epochs (continuing a checkpoint when ``resume``)."""
+        ckpt_dir = self.run_dir / "checkpoint"
+        if resume and (ckpt_dir / "last.json").exists():
+            self._resume(ckpt_dir)
+            self.console.print(f"resumed after epoch {self.epoch} (best epoch {self.best_epoch})")
+        for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            self._seed_epoch(epoch)
+            for ds in (getattr(train_loader, "dataset", None),):
+                if hasattr(ds, "set_epoch"):
+                    ds.set_epoch(epoch)
+            sampler_gen = getattr(getattr(train_loader, "sampler", None), "generator", None)
+            if sampler_gen is not None:
+                sampler_gen.manual_seed(self.cfg.seed * 100_003 + epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            total = len(train_loader) if hasattr(train_loader, "__len__") else None
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+            row.update(self.train_epoch(train_loader, epoch, total))
+            self.scheduler.step()
+            val = self.evaluate(val_loader)
+            row.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                        "val_f1": val["f1"], "val_auc": val["auc"]})
+            row["seconds"] = time.perf_counter() - t0
+            score = self._score(val)
+            improved = score > self.best_score
+            if improved:
+                self.best_score, self.best_epoch, self.stale = score, epoch, 0
+                save_tensors(self.run_dir / "model.safetensors", model_state(self.model))
+                atomic_write_text(self.run_dir / "best_val_metrics.json", _json(val | {"epoch": epoch}))
+            else:
+                self.stale += 1
+            self.history.append(row)
+            self.epoch = epoch
+            self._write_history()
+            extra, tensors = self.extra_state()
+            save_training_state(
+                ckpt_dir, epoch, self.model, self.optimizer, self.scheduler,
+                {"history": self.history, "best_score": self.best_score,
+                 "best_epoch": self.best_epoch, "stale": self.stale, "sub": extra},
+                tensors,
+            )
+            self.console.print(_epoch_line(row, self.cfg.epochs, improved))
+            self.on_epoch_end(epoch, row)
+            if self.cfg.patience is not None and self.stale >= self.cfg.patience:
+                self.console.print(f"early stop: no validation gain for {self.stale} epochs")
+                break
+        return self.history
+
+    def _resume(self, ckpt_dir: Path) -> None:
+        epoch, extra, tensors = load_training_state(ckpt_dir, self.model, self.optimizer, self.scheduler)
+        self.epoch = epoch
+        self.history = extra["history"]
+        self.best_score = float(extra["best_score"])
+        self.best_epoch = int(extra["best_epoch"])
+        self.stale = int(extra.get("stale", 0))
+        self.load_extra_state(extra.get("sub", {}), tensors)
+
+    def _write_history(self) -> None:
+        fields = list(dict.fromkeys(HISTORY_FIELDS + [k for r in self.history for k in r]))
+        lines: list[str] = []
+
+        class _Buf:
+            def write(self, s: str) -> None:
+                lines.append(s)
+
+        w = csv.DictWriter(_Buf(), fieldnames=fields)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self.run_dir / "history.csv", "".join(lines))
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    mark = " [green]*best[/]" if improved else ""
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f}"
+        f"  val loss {row['val_loss']:.4f}  acc {_fmt(row['val_accuracy'])}  f1 {_fmt(row['val_f1'])}"
+        f"  auc {_fmt(row['val_auc'])}  {row['seconds']:.1f}s{mark}"
+    )
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
