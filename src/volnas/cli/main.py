@@ -103,8 +103,8 @@ def data_index(
     if res.skipped:
         console.print(f"[yellow]skipped {len(res.skipped)} bad scans[/] "
                       f"(listed in {out.parent / 'skipped.csv'}):")
-        for path, reason in res.skipped[:20]:
-            console.print(f"  {path}: {reason}")
+        for item in res.skipped[:20]:
+            console.print(f"  {item.path}: {item.reason}")
     console.print(f"manifest: {out}")
 
 
@@ -129,7 +129,7 @@ def models_cmd(
     for name in list_models(pattern):
         spec = get_spec(name)
         m = create_model(name, in_channels=shape[0], num_classes=classes)
-        gf = f"{count_flops(m, (1, *shape)) / 1e9:.2f}" if flops else "-"
+        gf = f"{count_flops(m, shape) / 1e9:.2f}" if flops else "-"
         table.add_row(name, spec.family, f"{count_params(m):,}", f"{size_mb(m):.2f}", gf,
                       spec.description)
     console.print(table)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from volnas.data.cache import StackCache
-from volnas.data.index import ManifestRow, build_index, read_manifest
+from volnas.data.index import ManifestRow, build_index, read_manifest, read_manifest_info
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, take_slices
 from volnas.data.volume import DataError
 
@@ -46,13 +45,9 @@ def open_source(path: str | Path) -> DataSource:
         res = build_index(p)
         return DataSource(res.rows, res.classes, res.positive_class, p)
     rows = read_manifest(p)
-    sidecar = p.with_name("manifest.json")
-    classes = sorted({r.label for r in rows})
-    positive = None
-    if sidecar.exists():
-        meta = json.loads(sidecar.read_text())
-        classes = list(meta.get("classes") or classes)
-        positive = meta.get("positive_class")
+    meta = read_manifest_info(p)
+    classes = list(meta.get("classes") or sorted({r.label for r in rows}))
+    positive = meta.get("positive_class")
     unknown = {r.label for r in rows} - set(classes)
     if unknown:
         raise DataError(p, f"labels {sorted(unknown)} are not among the classes {classes}")

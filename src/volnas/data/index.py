@@ -1,0 +1,636 @@
+"""Dataset indexer: a folder (or a MedMNIST npz) -> manifest rows with patient-level splits.
+
+Layouts recognised under ``source`` (class folders are the direct sub-folders of the root):
+
+* ``root/<class>/<patient>/<scan>/`` - a scan folder of slices (png/jpg/tif) or a DICOM
+  series; patient id = the patient folder name (the same patient under two classes is one
+  patient, so it never straddles two splits).
+* ``root/<class>/<scan>/`` - a scan folder directly under the class; patient id = the DICOM
+  PatientID tag when present, else the folder name.
+* ``root/<class>/<study>.nii[.gz]`` - patient id = the file name without .nii/.nii.gz.
+  When *every* class folder is named ``CT-k`` (MosMedData) the default class map
+  ``CT-0 -> normal, CT-1..CT-4 -> covid`` applies (another ``CT-k`` is an unknown class).
+  ``root/<class>/<patient>/<study>.nii[.gz]`` is accepted too (patient = folder name).
+* ``file.npz`` (MedMNIST 3D) - one row per volume, ``file.npz#split/i``; the official
+  splits are kept (the ``split`` argument is ignored); labels are the integer labels as
+  strings (``"0"``, ``"1"``, ... - pass ``class_map={"0": "normal", ...}`` to rename);
+  patient id = scan id (MedMNIST has no patient ids).
+
+A ``patients.csv`` in the root (columns ``scan`` or ``file``, and ``patient_id``) overrides
+patient ids; its first column may hold a scan's path relative to the root (e.g.
+``CT-1/study_0001.nii.gz``), its scan id, its file/folder name or NIfTI stem.
+
+A root-level ``masks`` / ``mask`` folder (lesion masks, as MosMedData and ``volnas.data.synth``
+ship them) is never a class and is not indexed.
+
+Unknown class folder rule: a class-level folder that yields no scans at all (empty, or only
+non-scan files), or whose name is missing from an explicit ``class_map``, is a DataError
+(with ``skip_bad=True`` it is skipped and reported). Stray files at class or patient level
+that are not scans (``.txt``, ``.md``, ``.csv``, ``.json``, hidden files) are ignored; any
+other stray file is a DataError.
+
+Manifest CSV columns: scan_id, path, format, label, patient_id, n_slices, split. Paths are
+written relative to the manifest's folder (portable with the data) and resolved to absolute
+paths by :func:`read_manifest`. ``manifest.json`` beside it holds classes (in class-index
+order), positive class, source, seed, split fractions and the skipped list; ``skipped.csv``
+lists skipped scans (path, reason).
+
+Class order (= model output index) is natural sort of the class names (``"2" < "10"``,
+case-insensitive). Positive class: ``positive_class`` when given; else the first class whose
+name, lower-cased without ``_``/``-``/spaces, is ``covid``, ``covid19`` or ``ncp`` (the same
+rule as ``volnas.training.metrics``); else, for two classes where one is ``normal`` /
+``healthy`` / ``negative`` / ``noncovid`` / ``0``, the other one; else the class at index 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from volnas.data.readers import (
+    NIFTI_EXTS,
+    NPZ_SPLITS,
+    READERS,
+    check_scan,
+    folder_kind,
+    is_hidden,
+    load_npz_split,
+    natural_key,
+)
+from volnas.data.volume import DataError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ("scan_id", "path", "format", "label", "patient_id", "n_slices", "split")
+MOSMED_MAP = {"CT-0": "normal", "CT-1": "covid", "CT-2": "covid", "CT-3": "covid", "CT-4": "covid"}
+POSITIVE_ALIASES = ("covid", "covid19", "ncp")
+NEGATIVE_ALIASES = ("normal", "healthy", "negative", "noncovid", "0")
+RESERVED_FOLDERS = ("masks", "mask")  # root-level lesion masks, never a class
+_IGNORABLE = (".txt", ".md", ".csv", ".json", ".yaml", ".yml", ".log", ".xml", ".pdf", ".html")
+
+
+@dataclass
+class ManifestRow:
+    """One scan of the manifest; ``path`` may carry an npz item suffix ``#split/i``."""
+
+    scan_id: str
+    path: str
+    format: str
+    label: str
+    patient_id: str
+    n_slices: int
+    split: str
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexResult:
+    rows: list[ManifestRow]
+    classes: list[str]
+    positive_class: str | None
+    source: str
+    seed: int
+    split: tuple[float, float, float] | None  # None: official splits (npz)
+    layout: str
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- classes
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name.strip().lower())
+
+
+def class_names(rows: Iterable[ManifestRow]) -> list[str]:
+    """Distinct labels in class-index order (natural, case-insensitive sort)."""
+    return sorted({r.label for r in rows}, key=lambda n: (natural_key(n), n))
+
+
+def choose_positive_class(classes: Sequence[str], positive_class: str | None = None) -> str | None:
+    """The positive class by the module rule; None for fewer than two classes."""
+    if positive_class is not None:
+        if positive_class not in classes:
+            raise ValueError(f"positive_class {positive_class!r} is not one of {list(classes)}")
+        return positive_class
+    for c in classes:
+        if _norm(c) in POSITIVE_ALIASES:
+            return c
+    if len(classes) < 2:
+        return None
+    if len(classes) == 2:
+        neg = [c for c in classes if _norm(c) in NEGATIVE_ALIASES]
+        if len(neg) == 1:
+            return next(c for c in classes if c != neg[0])
+    return classes[1]
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def assign_splits(
+    rows: list[ManifestRow], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> None:
+    """Set ``row.split`` in place: grouped by patient, stratified by label, deterministic.
+
+    Greedy: patients (shuffled by ``seed``, then largest first) go one by one to the split
+    that most reduces the squared distance between achieved and target per-class counts
+    (target = fraction x class total). Then, for every split with a non-zero fraction, each
+    class with enough patients gets at least one patient there, and no split stays empty.
+    """
+    fr = np.asarray(fractions, dtype=np.float64)
+    if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"split must be 3 non-negative fractions summing to 1, got {fractions}")
+    classes = class_names(rows)
+    cidx = {c: i for i, c in enumerate(classes)}
+    by_patient: dict[str, list[ManifestRow]] = defaultdict(list)
+    for r in rows:
+        by_patient[r.patient_id].append(r)
+    patients = sorted(by_patient, key=lambda p: (natural_key(p), p))
+    counts = np.zeros((len(patients), len(classes)))
+    for i, p in enumerate(patients):
+        for r in by_patient[p]:
+            counts[i, cidx[r.label]] += 1
+    active = [s for s in range(3) if fr[s] > 0]
+    if len(patients) < len(active):
+        raise ValueError(
+            f"{len(patients)} patient(s) cannot fill {len(active)} non-empty splits "
+            f"{[SPLITS[s] for s in active]} (fractions {tuple(fractions)}); add data or set "
+            "a fraction to 0",
+        )
+    target = fr[:, None] * counts.sum(0)[None, :]  # split x class
+    got = np.zeros_like(target)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(patients))
+    order = sorted(order, key=lambda i: -counts[i].sum())  # stable: keeps the shuffle in ties
+    where = np.full(len(patients), -1)
+
+    def cost(g: np.ndarray) -> float:
+        return float((((g - target) ** 2) / np.maximum(counts.sum(0), 1)).sum())
+
+    for i in order:
+        best, best_cost = None, None
+        for s in active:
+            g = got.copy()
+            g[s] += counts[i]
+            c = cost(g)
+            if best_cost is None or c < best_cost - 1e-12:
+                best, best_cost = s, c
+        where[i] = best
+        got[best] += counts[i]
+
+    # Classes with enough patients to be present in every active split.
+    coverable = (counts > 0).sum(0) >= len(active)
+
+    def move_one(members: np.ndarray, dest: int, keep_classes: bool = True) -> bool:
+        """Move the cheapest patient of ``members`` to ``dest``; never empty its source."""
+        best = None
+        for i in members:
+            src = where[i]
+            if src == dest or (where == src).sum() <= 1:
+                continue
+            rest = got[src] - counts[i]
+            if keep_classes and ((got[src] > 0) & (rest <= 0) & coverable).any():
+                continue
+            g = got.copy()
+            g[src] = rest
+            g[dest] += counts[i]
+            c = cost(g)
+            if best is None or c < best[0] - 1e-12:
+                best = (c, i, src)
+        if best is None:
+            return False
+        _, i, src = best
+        got[src] -= counts[i]
+        got[dest] += counts[i]
+        where[i] = dest
+        return True
+
+    for c in np.flatnonzero(coverable):
+        members = np.flatnonzero(counts[:, c] > 0)
+        for s in active:
+            if got[s, c] == 0:
+                move_one(members, s)
+    everyone = np.arange(len(patients))
+    for s in active:
+        if not (where == s).any() and not (move_one(everyone, s) or move_one(everyone, s, False)):
+            raise ValueError(f"cannot make split {SPLITS[s]!r} non-empty")
+    for i, p in enumerate(patients):
+        for r in by_patient[p]:
+            r.split = SPLITS[where[i]]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _scandir(path: Path) -> list[os.DirEntry]:
+    return sorted((e for e in os.scandir(path) if not is_hidden(e.name)), key=lambda e: e.name)
+
+
+def _nifti_stem(name: str) -> str:
+    low = name.lower()
+    for ext in (".nii.gz", ".nii"):
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+@dataclass
+class _Candidate:
+    class_folder: str
+    path: Path
+    fmt: str
+    patient: str | None  # None: from the DICOM PatientID, else folder name
+    fallback_patient: str
+    rel: str  # scan id
+
+
+def _patients_csv(root: Path) -> dict[str, str]:
+    f = root / "patients.csv"
+    if not f.is_file():
+        return {}
+    with open(f, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        key = "scan" if "scan" in cols else "file" if "file" in cols else None
+        if key is None or "patient_id" not in cols:
+            raise DataError(f, f"needs columns (scan or file) and patient_id, has {cols}")
+        out = {}
+        for line, rec in enumerate(reader, start=2):
+            k, pid = (rec.get(key) or "").strip(), (rec.get("patient_id") or "").strip()
+            if not k or not pid:
+                raise DataError(f"{f} line {line}", "empty scan/file or patient_id")
+            out[k] = pid
+    return out
+
+
+def _discover_class(
+    root: Path, cls: Path, bad: list[tuple[str, str]], strict: bool
+) -> list[_Candidate]:
+    found: list[_Candidate] = []
+
+    def fail(path: Path, reason: str) -> None:
+        if strict:
+            raise DataError(path, reason)
+        bad.append((str(path), reason))
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    for e in _scandir(cls):
+        p = Path(e.path)
+        if e.is_file():
+            if e.name.lower().endswith(NIFTI_EXTS):
+                stem = _nifti_stem(e.name)
+                found.append(_Candidate(cls.name, p, "nifti", stem, stem, f"{cls.name}/{stem}"))
+            elif not e.name.lower().endswith(_IGNORABLE):
+                fail(p, "unexpected file at patient/scan level (expected a folder or .nii[.gz])")
+            continue
+        if not e.is_dir():
+            continue
+        kind = folder_kind(p)
+        if kind is not None:  # root/<class>/<scan>
+            found.append(
+                _Candidate(cls.name, p, kind, None if kind == "dicom" else e.name, e.name, rel(p))
+            )
+            continue
+        subs = _scandir(p)
+        dirs = [s for s in subs if s.is_dir()]
+        for s in subs:
+            if not s.is_file() or s.name.lower().endswith(_IGNORABLE):
+                continue
+            if s.name.lower().endswith(NIFTI_EXTS):  # root/<class>/<patient>/<study>.nii.gz
+                stem = _nifti_stem(s.name)
+                q = Path(s.path)
+                found.append(_Candidate(cls.name, q, "nifti", e.name, e.name, f"{rel(p)}/{stem}"))
+                continue
+            fail(Path(s.path), "unexpected file in a patient folder (expected scan folders)")
+        if not dirs and not any(c.path.parent == p for c in found):
+            fail(p, "empty folder (no scans)" if not subs else "folder holds no scans")
+            continue
+        for d in dirs:  # root/<class>/<patient>/<scan>
+            q = Path(d.path)
+            k = folder_kind(q)
+            if k is None:
+                fail(
+                    q,
+                    "empty folder"
+                    if not _scandir(q)
+                    else "folder holds no slice images or DICOM files",
+                )
+                continue
+            found.append(_Candidate(cls.name, q, k, e.name, e.name, rel(q)))
+    return found
+
+
+def _label_map(folders: list[str], class_map: dict[str, str] | None) -> dict[str, str] | None:
+    if class_map is not None:
+        return dict(class_map)
+    if folders and all(re.fullmatch(r"CT-\d+", f, flags=re.IGNORECASE) for f in folders):
+        return {f: MOSMED_MAP[f.upper()] for f in folders if f.upper() in MOSMED_MAP}
+    return None
+
+
+def _index_npz(
+    source: Path, class_map: dict[str, str] | None, split_arg: Sequence[float]
+) -> tuple[list[ManifestRow], list[str]]:
+    splits = load_npz_split(source)
+    note = f"{source.name}: MedMNIST official splits kept; split={tuple(split_arg)} ignored"
+    print(f"note: {note}", file=sys.stderr)
+    rows = []
+    for split in NPZ_SPLITS:
+        images, labels = splits[split]
+        for i in range(images.shape[0]):
+            raw = str(int(labels[i]))
+            if class_map is not None and raw not in class_map:
+                raise DataError(source, f"label {raw!r} ({split}/{i}) is not in class_map")
+            sid = f"{split}/{i}"
+            rows.append(
+                ManifestRow(
+                    scan_id=sid,
+                    path=f"{os.path.abspath(source)}#{sid}",
+                    format="npz",
+                    label=class_map[raw] if class_map else raw,
+                    patient_id=sid,
+                    n_slices=int(images.shape[1]),
+                    split=split,
+                )
+            )
+    return rows, [note]
+
+
+def build_index(
+    source: Path | str,
+    *,
+    split: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    skip_bad: bool = False,
+    class_map: dict[str, str] | None = None,
+    positive_class: str | None = None,
+    full_check: bool = False,
+) -> IndexResult:
+    """Index a data set (see module docstring for layouts and rules).
+
+    Every scan is validated while indexing (headers, sizes; ``full_check=True`` decodes it
+    completely). A bad scan raises its DataError, or with ``skip_bad`` is listed in
+    ``IndexResult.skipped``.
+    """
+    source = Path(source)
+    notes: list[str] = []
+    skipped: list[Skipped] = []
+    if source.is_file() and source.name.lower().endswith(".npz"):
+        rows, notes = _index_npz(source, class_map, split)
+        layout, fractions = "medmnist-npz", None
+    elif source.is_dir():
+        rows, skipped, layout, notes = _index_folder(source, class_map, skip_bad, full_check)
+        fractions = tuple(float(x) for x in split)
+        if not rows:
+            raise DataError(source, "no readable scans found")
+        try:
+            assign_splits(rows, fractions, seed)
+        except ValueError as e:
+            raise DataError(source, str(e)) from e
+    else:
+        raise DataError(source, "not a folder or a .npz file")
+    if not rows:
+        raise DataError(source, "no readable scans found")
+    ids = Counter(r.scan_id for r in rows)
+    dup = [k for k, n in ids.items() if n > 1]
+    if dup:
+        raise DataError(source, f"duplicate scan ids {dup[:5]} (e.g. a.nii and a.nii.gz)")
+    classes = class_names(rows)
+    return IndexResult(
+        rows=rows,
+        classes=classes,
+        positive_class=choose_positive_class(classes, positive_class),
+        source=os.path.abspath(source),
+        seed=seed,
+        split=fractions,  # type: ignore[arg-type]
+        layout=layout,
+        skipped=skipped,
+        notes=notes,
+    )
+
+
+def _index_folder(
+    root: Path, class_map: dict[str, str] | None, skip_bad: bool, full_check: bool
+) -> tuple[list[ManifestRow], list[Skipped], str, list[str]]:
+    bad: list[tuple[str, str]] = []
+    entries = _scandir(root)
+    folders = [e for e in entries if e.is_dir() and e.name.lower() not in RESERVED_FOLDERS]
+    for e in entries:
+        if e.is_file() and not e.name.lower().endswith(_IGNORABLE):
+            reason = "unexpected file at class level (expected root/<class>/...)"
+            if not skip_bad:
+                raise DataError(e.path, reason)
+            bad.append((e.path, reason))
+    if not folders:
+        raise DataError(root, "no class folders (expected root/<class>/...)")
+    cmap = _label_map([f.name for f in folders], class_map)
+    pid_map = _patients_csv(root)
+
+    candidates: list[_Candidate] = []
+    for f in folders:
+        cls = Path(f.path)
+        if cmap is not None and f.name not in cmap:
+            reason = f"unknown class folder {f.name!r}: not in the class map {sorted(cmap)}"
+            if not skip_bad:
+                raise DataError(cls, reason)
+            bad.append((str(cls), reason))
+            continue
+        found = _discover_class(root, cls, bad, strict=not skip_bad)
+        if not found and not any(b[0].startswith(str(cls) + os.sep) for b in bad):
+            reason = f"unknown class folder {f.name!r}: it holds no scans"
+            if not skip_bad:
+                raise DataError(cls, reason)
+            bad.append((str(cls), reason))
+        candidates.extend(found)
+
+    rows: list[ManifestRow] = []
+    used: set[str] = set()
+    for c in candidates:
+        try:
+            info = check_scan(c.path, c.fmt, full=full_check)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            bad.append((str(c.path), str(err)))
+            continue
+        pid = c.patient if c.patient is not None else (info.patient_id or c.fallback_patient)
+        keys = (c.path.relative_to(root).as_posix(), c.rel, c.path.name, _nifti_stem(c.path.name))
+        for key in keys:
+            if key in pid_map:
+                pid = pid_map[key]
+                used.add(key)
+                break
+        rows.append(
+            ManifestRow(
+                scan_id=c.rel,
+                path=os.path.abspath(c.path),
+                format=c.fmt,
+                label=cmap[c.class_folder] if cmap is not None else c.class_folder,
+                patient_id=pid,
+                n_slices=info.n_slices,
+                split="",
+            )
+        )
+    kinds = sorted({c.fmt for c in candidates})
+    layout = "+".join(kinds) if kinds else "empty"
+    notes = []
+    if pid_map:
+        unused = len(set(pid_map) - used)
+        notes.append(f"patients.csv: {len(used)} scans mapped, {unused} entries matched no scan")
+    return rows, [Skipped(p, r) for p, r in bad], layout, notes
+
+
+# --------------------------------------------------------------------------- manifest I/O
+
+
+def _rel(path: str, base: Path) -> str:
+    file, sep, frag = path.partition("#")
+    return (
+        Path(os.path.relpath(os.path.abspath(file), os.path.abspath(base))).as_posix() + sep + frag
+    )
+
+
+def write_manifest(result: IndexResult, out_csv: Path | str) -> Path:
+    """Write the CSV, ``manifest.json`` and ``skipped.csv`` beside it; returns the CSV path."""
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    base = out_csv.parent
+    with open(out_csv, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        for r in result.rows:
+            d = asdict(r)
+            d["path"] = _rel(r.path, base)
+            w.writerow([d[c] for c in COLUMNS])
+    with open(base / "skipped.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(("path", "reason"))
+        for s in result.skipped:
+            w.writerow((s.path, s.reason))
+    sidecar = {
+        "manifest": out_csv.name,
+        "classes": result.classes,
+        "positive_class": result.positive_class,
+        "source": result.source,
+        "layout": result.layout,
+        "seed": result.seed,
+        "split": list(result.split) if result.split is not None else "official",
+        "n_scans": len(result.rows),
+        "n_patients": len({r.patient_id for r in result.rows}),
+        "skipped": [asdict(s) for s in result.skipped],
+        "notes": result.notes,
+    }
+    (base / "manifest.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return out_csv
+
+
+def read_manifest_info(csv_path: Path | str) -> dict:
+    """The ``manifest.json`` sidecar beside a manifest CSV ({} when absent)."""
+    f = Path(csv_path).parent / "manifest.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f, f"invalid JSON ({e})") from e
+
+
+def read_manifest(csv_path: Path | str) -> list[ManifestRow]:
+    """Read and validate a manifest; paths come back absolute."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(csv_path, "manifest not found")
+    base = Path(os.path.abspath(csv_path.parent))
+    rows: list[ManifestRow] = []
+    seen: dict[str, int] = {}
+    patient_split: dict[str, tuple[str, int]] = {}
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(csv_path, f"missing column(s) {missing}; expected {list(COLUMNS)}")
+        for line, rec in enumerate(reader, start=2):
+            where = f"{csv_path} line {line}"
+            empty = [c for c in COLUMNS if not (rec.get(c) or "").strip()]
+            if empty:
+                raise DataError(where, f"empty field(s) {empty}")
+            vals = {c: rec[c].strip() for c in COLUMNS}
+            if vals["format"] not in READERS:
+                raise DataError(
+                    where, f"unknown format {vals['format']!r}; known {sorted(READERS)}"
+                )
+            if vals["split"] not in SPLITS:
+                raise DataError(where, f"split {vals['split']!r} is not one of {SPLITS}")
+            try:
+                n = int(vals["n_slices"])
+            except ValueError:
+                n = -1
+            if n < 1:
+                raise DataError(where, f"n_slices {vals['n_slices']!r} is not a positive integer")
+            if vals["scan_id"] in seen:
+                raise DataError(
+                    where, f"scan_id {vals['scan_id']!r} repeats line {seen[vals['scan_id']]}"
+                )
+            seen[vals["scan_id"]] = line
+            pid = vals["patient_id"]
+            if pid in patient_split and patient_split[pid][0] != vals["split"]:
+                s0, l0 = patient_split[pid]
+                raise DataError(
+                    where,
+                    f"patient {pid!r} is in split {vals['split']!r} and in {s0!r} (line {l0})",
+                )
+            patient_split.setdefault(pid, (vals["split"], line))
+            file, sep, frag = vals["path"].partition("#")
+            p = Path(file)
+            p = p if p.is_absolute() else base / p
+            vals["path"] = str(Path(os.path.normpath(p))) + sep + frag
+            vals["n_slices"] = n
+            rows.append(ManifestRow(**vals))
+    if not rows:
+        raise DataError(csv_path, "manifest has no rows")
+    return rows
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summary_table(rows: Sequence[ManifestRow], title: str | None = None) -> Table:
+    """A rich Table of scan counts per class x split, with totals and patient counts."""
+    from rich.table import Table
+
+    classes = class_names(rows)
+    n = Counter((r.label, r.split) for r in rows)
+    patients = {s: len({r.patient_id for r in rows if r.split == s}) for s in SPLITS}
+    t = Table(title=title or f"{len(rows)} scans, {len({r.patient_id for r in rows})} patients")
+    t.add_column("class")
+    for s in SPLITS:
+        t.add_column(s, justify="right")
+    t.add_column("total", justify="right")
+    for c in classes:
+        t.add_row(c, *(str(n[c, s]) for s in SPLITS), str(sum(n[c, s] for s in SPLITS)))
+    tot = Counter(r.split for r in rows)
+    t.add_section()
+    t.add_row("total", *(str(tot[s]) for s in SPLITS), str(len(rows)))
+    t.add_row("patients", *(str(patients[s]) for s in SPLITS), str(sum(patients.values())))
+    return t
