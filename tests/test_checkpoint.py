@@ -85,3 +85,15 @@ def test_corrupt_safetensors_and_mismatched_weights(tmp_path: Path) -> None:
     load_model_state(m, good)
     assert torch.equal(m.weight, torch.ones(2, 2))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path: Path) -> None:
+    # The first byte of a safetensors file is the low byte of its header length; 0x80
+    # must not be mistaken for a pickle's PROTO opcode.
+    path = tmp_path / "w.safetensors"
+    for pad in range(300):
+        save_tensors(path, {"w" + "x" * pad: torch.ones(1)})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert torch.equal(next(iter(load_tensors(path).values())), torch.ones(1))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from volnas.data.volume import DataError
@@ -189,6 +190,83 @@ def evaluate_cmd(
         _fail(str(e))
     keys = ("n_scans", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc")
     console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1))
+
+
+# ---- search -------------------------------------------------------------------------------
+
+
+@app.command("search")
+def search_cmd(
+    data: str = typer.Option(None, "--data", help="Manifest CSV or MedMNIST .npz."),
+    space: str = typer.Option(None, "--space", help="covidnet3d-s | covidnet3d-l | medpipe."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (never overwritten)."),
+    epochs: int = typer.Option(None, "--epochs", help="Search epochs [30]."),
+    topk: int = typer.Option(None, "--topk", help="Architectures probed after the search [10]."),
+    probe_epochs: int = typer.Option(None, "--probe-epochs", help="Epochs per probe [3]."),
+    retrain_epochs: int = typer.Option(None, "--retrain-epochs", help="Final retrain epochs [200]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size [8]."),
+    slices: int = typer.Option(None, "--slices", help="Retrain slices per scan [32]."),
+    size: str = typer.Option(None, "--size", help="Retrain in-plane HxW [128x128]."),
+    search_slices: int = typer.Option(None, "--search-slices", help="Search slices (reduced)."),
+    search_size: str = typer.Option(None, "--search-size", help="Search HxW (reduced), e.g. 64x64."),
+    arch_lr: float = typer.Option(None, "--arch-lr", help="Adam lr of the logits [1e-3]."),
+    weight_optimizer: str = typer.Option(None, "--weight-optimizer", help="adam | sgd [adam]."),
+    weight_lr: float = typer.Option(None, "--weight-lr", help="Supernet weight lr [3e-4]."),
+    tau_start: float = typer.Option(None, "--tau-start", help="Initial Gumbel temperature [5]."),
+    tau_end: float = typer.Option(None, "--tau-end", help="Final Gumbel temperature [0.5]."),
+    target_params: float = typer.Option(None, "--target-params",
+                                        help="Steer towards this many million parameters."),
+    cost_weight: float = typer.Option(None, "--cost-weight",
+                                      help="Weight of the expected-parameter cost [0, off]."),
+    seed: int = typer.Option(None, "--seed", help="Seed [0]."),
+    config: Path = typer.Option(None, "--config", help="YAML config; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search in --out."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+) -> None:
+    """Differentiable single-path search, then probe the top-k, retrain the best, test once."""
+    from volnas.search.run import load_search_config, run_search
+    from volnas.training.run import RunDirError
+
+    overrides = {
+        "data": data, "space": space, "search_epochs": epochs, "topk": topk,
+        "probe_epochs": probe_epochs, "retrain_epochs": retrain_epochs, "batch_size": batch_size,
+        "slices": slices, "size": parse_shape(size, 2, "--size") if size else None,
+        "search_slices": search_slices,
+        "search_size": parse_shape(search_size, 2, "--search-size") if search_size else None,
+        "arch_lr": arch_lr, "weight_optimizer": weight_optimizer, "weight_lr": weight_lr,
+        "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
+        "cost_weight": cost_weight, "seed": seed, "device": device,
+    }
+    try:
+        cfg = load_search_config(config, overrides)
+        if not cfg.data and not resume:
+            raise typer.BadParameter("--data is required (or set `data:` in --config)")
+        result = run_search(cfg, out, resume=resume, console=console)
+    except (DataError, RunDirError, ValueError, FileNotFoundError, KeyError) as e:
+        _fail(str(e))
+    t = result["test"]
+    console.print(f"searched {escape(result['genotype'])}\ntest: acc {t['accuracy']:.4f}, f1 {t['f1']:.4f}; "
+                  f"run folder {out}")
+
+
+genotype_app = typer.Typer(help="Inspect searched architectures.", no_args_is_help=True)
+app.add_typer(genotype_app, name="genotype")
+
+
+@genotype_app.command("show")
+def genotype_show(
+    file: Path = typer.Argument(..., help="A genotype JSON (genotype.json, genotypes/epoch_NNN.json)."),
+    input: str = typer.Option(None, "--input", help="CxDxHxW for FLOPs [the genotype's]."),
+) -> None:
+    """Print the layer table of a genotype with parameters and FLOPs."""
+    from volnas.models.genotype import Genotype
+    from volnas.search.run import genotype_table
+
+    try:
+        geno = Genotype.load(file)
+    except ValueError as e:
+        _fail(str(e))
+    console.print(genotype_table(geno, parse_shape(input, 4, "--input") if input else None))
 
 
 # ---- demo ---------------------------------------------------------------------------------

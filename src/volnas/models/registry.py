@@ -48,7 +48,7 @@ def register_resolver(prefix: str, builder: Callable[[str, int, int], nn.Module]
 
 def _ensure_loaded() -> None:
     # Importing the model modules fills the registry.
-    from volnas.models import baselines  # noqa: F401
+    from volnas.models import baselines, genotype  # noqa: F401
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -65,7 +65,10 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: weights file not found")
     with open(path, "rb") as f:
         head = f.read(16)
-    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
+    # safetensors: an 8-byte header length, then the JSON header. torch.save writes a zip
+    # ("PK"), older pickles start with the PROTO opcode 0x80 and a protocol number.
+    if head[8:9] != b"{" and (head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in
+                                                     (b"\x02", b"\x03", b"\x04", b"\x05"))):
         raise ValueError(
             f"{path}: this is a pickle/zip (torch.save) file, not safetensors; "
             "volnas never unpickles files it is handed"

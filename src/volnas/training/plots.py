@@ -278,3 +278,43 @@ def plot_scatter(
     ax.grid(alpha=0.3, which="both" if logx else "major")
     _style(ax, title, xlabel, ylabel)
     return _save(fig, out)
+
+
+def plot_choice_probabilities(
+    history: Sequence[Sequence[Sequence[float]]],
+    layer_names: Sequence[str],
+    candidate_names: Sequence[Sequence[str]],
+    out: Path | str,
+    title: str = "Search: candidate probabilities per layer",
+) -> Path:
+    """One small panel per searchable choice: each candidate's probability over epochs.
+
+    Args:
+        history: per epoch, per layer, the candidates' probabilities.
+        layer_names: one name per layer.
+        candidate_names: per layer, its candidates' names (legend of the first panel of
+            each distinct candidate set).
+        out: PNG path.
+    """
+    n = len(layer_names)
+    cols = min(6, max(n, 1))
+    rows = max(1, math.ceil(n / cols))
+    fig = _new_figure((2.6 * cols, 2.0 * rows + 0.8))
+    epochs = np.arange(1, len(history) + 1)
+    seen: set[tuple[str, ...]] = set()
+    for i, name in enumerate(layer_names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        probs = np.array([h[i] for h in history]) if history else np.zeros((0, 1))
+        for j, cand in enumerate(candidate_names[i]):
+            ax.plot(epochs, probs[:, j] if len(probs) else [], label=cand, lw=1.2)
+        ax.set_ylim(0, 1)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        key = tuple(candidate_names[i])
+        if key not in seen:
+            seen.add(key)
+            ax.legend(fontsize=5, loc="upper left", ncol=2)
+    fig.suptitle(title, fontsize=_TITLE)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.05, top=1 - 0.9 / (2.0 * rows + 0.8),
+                        hspace=0.55, wspace=0.25)
+    return _save(fig, out)

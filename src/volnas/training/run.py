@@ -29,6 +29,7 @@ from rich.console import Console
 
 from volnas.data.cache import StackCache
 from volnas.data.dataset import DataSource, ScanDataset, make_loader, open_source
+from volnas.models.genotype import Genotype
 from volnas.models.profile import count_flops, count_params, size_mb
 from volnas.models.registry import create_model
 from volnas.training.checkpoint import atomic_write_text, load_model_state
@@ -40,6 +41,31 @@ from volnas.training.trainer import Trainer
 
 class RunDirError(RuntimeError):
     """The run folder cannot be used as asked (exists without --resume, or is not a run)."""
+
+
+GENOTYPE_PREFIX = "genotype:"
+
+
+def pin_genotype(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """Copy a ``genotype:FILE`` model into the run folder so the run stands on its own."""
+    if not cfg.model.startswith(GENOTYPE_PREFIX):
+        return cfg
+    src = Path(cfg.model[len(GENOTYPE_PREFIX):])
+    local = run_dir / "genotype.json"
+    if not src.is_absolute() and not src.exists() and (run_dir / src).exists():
+        src = run_dir / src
+    if src.resolve() != local.resolve():
+        Genotype.load(src).save(local)
+    return cfg.model_copy(update={"model": GENOTYPE_PREFIX + "genotype.json"})
+
+
+def build_model(name: str, num_classes: int, run_dir: Path | None = None) -> torch.nn.Module:
+    """A registry model; ``genotype:FILE`` paths are looked up in ``run_dir`` first."""
+    if name.startswith(GENOTYPE_PREFIX) and run_dir is not None:
+        path = Path(name[len(GENOTYPE_PREFIX):])
+        if not path.is_absolute() and (Path(run_dir) / path).exists():
+            return Genotype.load(Path(run_dir) / path).build(1, num_classes)
+    return create_model(name, in_channels=1, num_classes=num_classes)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -77,14 +103,24 @@ def model_profile(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     return {
         "params": count_params(model),
         "model_size_mb": size_mb(model),
-        "flops_per_scan": count_flops(model, (1, *cfg.preprocess.input_shape)),
+        "flops_per_scan": count_flops(model, cfg.preprocess.input_shape),
     }
 
 
 def run_training(
-    cfg: TrainConfig, run_dir: Path, *, resume: bool = False, console: Console | None = None
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    test: bool = True,
+    model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Train, pick the best validation checkpoint, test it once; returns the test metrics."""
+    """Train, pick the best validation checkpoint, test it once; returns the test metrics.
+
+    With ``test=False`` (architecture probes) the test split is not touched and the best
+    validation metrics are returned instead. ``model`` overrides building ``cfg.model``.
+    """
     console = console or Console()
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume)
@@ -92,6 +128,8 @@ def run_training(
         saved = load_config(run_dir / "config.yaml", {})
         # Only the epoch budget may change on resume (to extend a finished run).
         cfg = saved.model_copy(update={"epochs": max(cfg.epochs, saved.epochs)})
+    if model is None:
+        cfg = pin_genotype(cfg, run_dir)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
@@ -101,7 +139,8 @@ def run_training(
     train_loader = make_loader(ds["train"], cfg.batch_size, train=True,
                                num_workers=cfg.num_workers, seed=cfg.seed)
     val_loader = make_loader(ds["val"], cfg.batch_size, train=False, num_workers=cfg.num_workers)
-    model = create_model(cfg.model, in_channels=1, num_classes=len(source.class_names))
+    if model is None:
+        model = build_model(cfg.model, len(source.class_names), run_dir)
     device = resolve_device(cfg.device)
     info = {
         "classes": source.class_names,
@@ -125,8 +164,11 @@ def run_training(
     trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
                       device=device, run_dir=run_dir, console=console)
     trainer.fit(train_loader, val_loader, resume=resume)
-    plot_history(trainer.history, run_dir / "curves.png")
+    plot_history(trainer.history, run_dir / "curves.png", best_epoch=trainer.best_epoch)
     train_seconds = time.perf_counter() - t_start
+    if not test:
+        best = json.loads((run_dir / "best_val_metrics.json").read_text())
+        return best | {"best_epoch": trainer.best_epoch, "train_seconds": train_seconds}
     metrics = test_once(trainer, cfg, source, run_dir, console)
     metrics.update({"best_epoch": trainer.best_epoch, "train_seconds": train_seconds})
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -178,26 +220,36 @@ def write_predictions(
     atomic_write_text(path, buf.getvalue())
 
 
+def load_run(run_dir: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
+    """A finished run's best model (eval mode, CPU), its config and run.json info."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "run.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir}: not a finished run folder (no {name})")
+    cfg = load_config(run_dir / "config.yaml", {})
+    info = json.loads((run_dir / "run.json").read_text())
+    model = build_model(cfg.model, len(info["classes"]), run_dir)
+    load_model_state(model, run_dir / "model.safetensors")
+    return model.eval(), cfg, info
+
+
 def evaluate_run(
     run_dir: Path, data: str | None, split: str = "test", console: Console | None = None
 ) -> dict[str, Any]:
     """Recompute metrics of a finished run's best checkpoint on ``split`` of any data."""
     console = console or Console()
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", {})
+    model, cfg, run_info = load_run(run_dir)
     if data:
         cfg = cfg.model_copy(update={"data": str(data)})
     source = open_source(cfg.data)
-    run_info = json.loads((run_dir / "run.json").read_text())
     if source.class_names != run_info["classes"]:
         raise ValueError(
             f"{cfg.data}: classes {source.class_names} differ from the run's {run_info['classes']}"
         )
-    model = create_model(cfg.model, in_channels=1, num_classes=len(source.class_names))
     trainer = Trainer(model, cfg, class_names=source.class_names,
                       positive_class=run_info.get("positive_class"),
                       device=resolve_device(cfg.device), run_dir=run_dir, console=console)
-    load_model_state(trainer.model, run_dir / "model.safetensors")
     ds = build_datasets(cfg, source, (split,))[split]
     ds.train = False
     loader = make_loader(ds, cfg.batch_size, train=False, num_workers=cfg.num_workers)

@@ -134,8 +134,13 @@ class Trainer:
         correct = (logits.argmax(1) == y).sum().item()
         return {"loss": loss.item() * len(y), "correct": correct, "n": len(y)}
 
+    def train_batch(self, batch: Any) -> dict[str, float]:
+        """Move a loader item to the device and take a step (search overrides this)."""
+        x, y = batch
+        return self.train_step(to_device(x, self.device, self.channels_last), y.to(self.device))
+
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
-        """Called after validation and checkpointing of each epoch."""
+        """Called after validation of each epoch, before its checkpoint is written."""
 
     def extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """Subclass state to save with each checkpoint (JSON part, tensor part)."""
@@ -156,10 +161,8 @@ class Trainer:
         sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
         with make_progress(self.console) as progress:
             task = progress.add_task(f"epoch {epoch}", total=total, info="")
-            for x, y in loader:
-                x = to_device(x, self.device, self.channels_last)
-                y = y.to(self.device)
-                out = self.train_step(x, y)
+            for batch in loader:
+                out = self.train_batch(batch)
                 for k in sums:
                     sums[k] += out[k]
                 progress.update(task, advance=1, info=f"loss {sums['loss'] / max(sums['n'], 1):.4f}")
@@ -231,6 +234,8 @@ class Trainer:
             self.history.append(row)
             self.epoch = epoch
             self._write_history()
+            self.console.print(_epoch_line(row, self.cfg.epochs, improved))
+            self.on_epoch_end(epoch, row)
             extra, tensors = self.extra_state()
             save_training_state(
                 ckpt_dir, epoch, self.model, self.optimizer, self.scheduler,
@@ -238,8 +243,6 @@ class Trainer:
                  "best_epoch": self.best_epoch, "stale": self.stale, "sub": extra},
                 tensors,
             )
-            self.console.print(_epoch_line(row, self.cfg.epochs, improved))
-            self.on_epoch_end(epoch, row)
             if self.cfg.patience is not None and self.stale >= self.cfg.patience:
                 self.console.print(f"early stop: no validation gain for {self.stale} epochs")
                 break

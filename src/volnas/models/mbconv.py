@@ -1,0 +1,99 @@
+"""Building blocks of the searched networks: MBConv3D, the candidate table, layer specs.
+
+One table of candidates (name -> constructor) serves both the supernet and the derived
+network, so a derived network is exactly the sampled path of the supernet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv3d -> BatchNorm3d -> ReLU6 (the stem and calibration layers)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
+                 act: bool = True) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+            nn.BatchNorm3d(cout),
+        ]
+        if act:
+            layers.append(nn.ReLU6(inplace=True))
+        super().__init__(*layers)
+
+
+class MBConv3D(nn.Module):
+    """Mobile inverted bottleneck in 3D (SPEC section 2).
+
+    1x1x1 conv C -> eC, BN, ReLU6; depthwise k^3 conv, BN, ReLU6; 1x1x1 conv eC -> C', BN;
+    identity shortcut when input and output shapes match.
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, e: int, stride: int = 1) -> None:
+        super().__init__()
+        mid = cin * e
+        self.expand = ConvBNAct(cin, mid, 1) if e != 1 else nn.Identity()
+        self.depthwise = ConvBNAct(mid, mid, k, stride=stride, groups=mid)
+        self.project = ConvBNAct(mid, cout, 1, act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.residual else y
+
+
+def _mbconv(k: int, e: int) -> Callable[[int, int, int], nn.Module]:
+    return lambda cin, cout, stride: MBConv3D(cin, cout, k, e, stride)
+
+
+def _skip(cin: int, cout: int, stride: int) -> nn.Module:
+    if cin != cout or stride != 1:
+        raise ValueError("skip is only a candidate where input and output shapes match")
+    return nn.Identity()
+
+
+def _conv(stride: int) -> Callable[[int, int, int], nn.Module]:
+    return lambda cin, cout, _stride: ConvBNAct(cin, cout, 3, stride=stride)
+
+
+# name -> constructor(cin, cout, stride). Normal layers choose among MBCONV_CANDIDATES;
+# stem and calibration layers choose a stride (MedPipe) or have it fixed (CovidNet3D).
+OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "k3e3": _mbconv(3, 3),
+    "k3e4": _mbconv(3, 4),
+    "k3e6": _mbconv(3, 6),
+    "k5e3": _mbconv(5, 3),
+    "k5e4": _mbconv(5, 4),
+    "k7e3": _mbconv(7, 3),
+    "k7e4": _mbconv(7, 4),
+    "skip": _skip,
+    "conv_s1": _conv(1),
+    "conv_s2": _conv(2),
+}
+MBCONV_CANDIDATES = ("k3e3", "k3e4", "k3e6", "k5e3", "k5e4", "k7e3", "k7e4", "skip")
+STRIDE_CANDIDATES = ("conv_s1", "conv_s2")
+
+
+def make_op(name: str, cin: int, cout: int, stride: int = 1) -> nn.Module:
+    if name not in OPS:
+        raise KeyError(f"unknown operation {name!r}; known: {', '.join(OPS)}")
+    return OPS[name](cin, cout, stride)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of a searched network: its place, channels and candidate operations."""
+
+    name: str  # e.g. "stem", "cell2.calib", "cell2.layer3"
+    kind: str  # stem | calib | normal
+    cin: int
+    cout: int
+    candidates: tuple[str, ...]  # one entry: a fixed layer
+
+    @property
+    def searchable(self) -> bool:
+        return len(self.candidates) > 1

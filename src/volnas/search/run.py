@@ -1,0 +1,221 @@
+"""``volnas search``: search, then the evaluation stage (probe top-k, retrain the best, test once).
+
+RUN_DIR layout::
+
+    search_config.yaml   the resolved SearchConfig
+    search/              search_log.csv, genotypes/epoch_NNN.json, search_probs.png, checkpoint/
+    probes/rankNN/       a short training of each top-k architecture (validation only)
+    probes.csv           their validation scores
+    genotype.json        the chosen architecture
+    final/               the retrain from scratch: a normal run folder with metrics.json
+    result.json          chosen genotype, probe table, final test metrics, wall times
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from volnas.data.cache import StackCache
+from volnas.data.dataset import ScanDataset, make_loader, open_source
+from volnas.models.genotype import Genotype
+from volnas.search.search import PairedLoader, SearchConfig, SearchTrainer, split_by_patient
+from volnas.search.supernet import SuperNet
+from volnas.training.checkpoint import atomic_write_text
+from volnas.training.config import TrainConfig
+from volnas.training.device import resolve_device, seed_everything
+from volnas.training.metrics import select_metric
+from volnas.training.run import RunDirError, positive_of, prepare_run_dir, run_training
+
+
+def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchConfig:
+    """Defaults <- YAML <- overrides, as for training."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: config must be a mapping")
+        data.update(loaded)
+    pre = dict(data.get("preprocess") or {})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k in ("slices", "size", "resize", "intensity", "window"):
+            pre[k] = v
+        else:
+            data[k] = v
+    data["preprocess"] = pre
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(f"invalid search configuration:\n{e}") from e
+
+
+def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
+    """The TrainConfig of a probe or of the final retrain (full resolution)."""
+    base = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
+    base.update({"model": model, "epochs": epochs})
+    return TrainConfig.model_validate(base)
+
+
+def run_search(
+    cfg: SearchConfig, run_dir: Path, *, resume: bool = False, console: Console | None = None
+) -> dict[str, Any]:
+    """Search, probe the top-k, retrain the best from scratch, test once."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "search_config.yaml").exists():
+            raise RunDirError(f"{run_dir}: nothing to resume (no search_config.yaml)")
+        cfg = load_search_config(run_dir / "search_config.yaml", {})
+    else:
+        prepare_run_dir(run_dir, resume=False)
+        atomic_write_text(run_dir / "search_config.yaml",
+                          yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    source = open_source(cfg.data)
+    positive = positive_of(cfg, source)
+    k = len(source.class_names)
+
+    # ---- search ------------------------------------------------------------------------
+    scfg = cfg.search_train_config()
+    search_dir = run_dir / "search"
+    search_dir.mkdir(exist_ok=True)
+    w_rows, a_rows = split_by_patient(source.split("train"), cfg.seed)
+    cache = StackCache(scfg.preprocess, Path(cfg.cache_dir) if cfg.cache_dir else None)
+
+    def ds(rows: list, train: bool) -> ScanDataset:
+        return ScanDataset(rows, source.class_names, scfg.preprocess, train=train, cache=cache,
+                           seed=cfg.seed)
+
+    bs = scfg.batch_size
+    paired = PairedLoader(
+        make_loader(ds(w_rows, True), bs, train=True, num_workers=cfg.num_workers, seed=cfg.seed),
+        make_loader(ds(a_rows, True), bs, train=True, num_workers=cfg.num_workers,
+                    seed=cfg.seed + 1),
+    )
+    val_loader = make_loader(ds(source.split("val"), False), bs, train=False,
+                             num_workers=cfg.num_workers)
+    supernet = SuperNet(cfg.space, in_channels=1, num_classes=k)
+    console.print(
+        f"[bold]search[/] space {cfg.space}: {len(supernet.alpha)} choices, "
+        f"{len(w_rows)} weight-half / {len(a_rows)} arch-half / {len(val_loader.dataset)} val "
+        f"scans, search input {scfg.preprocess.input_shape}, retrain input "
+        f"{cfg.preprocess.input_shape}")
+    trainer = SearchTrainer(
+        supernet, scfg, cfg, cfg.preprocess.input_shape, class_names=source.class_names,
+        positive_class=positive, device=resolve_device(cfg.device), run_dir=search_dir,
+        console=console)
+    done = search_dir / "done.json"
+    if not done.exists():
+        trainer.fit(paired, val_loader, resume=resume)
+        atomic_write_text(done, json.dumps({"seconds": time.perf_counter() - t0}))
+    else:
+        trainer._resume(search_dir / "checkpoint")
+    search_seconds = json.loads(done.read_text())["seconds"]
+
+    # ---- evaluation stage ----------------------------------------------------------------
+    candidates = top_k(trainer.log, cfg.topk)
+    probes = probe_candidates(cfg, candidates, run_dir, k, console)
+    best = max(probes, key=lambda p: p["probe_score"])
+    chosen = Genotype.from_string(best["genotype"], num_classes=k,
+                                  input_shape=cfg.preprocess.input_shape)
+    chosen.save(run_dir / "genotype.json")
+    console.print(f"[bold]chosen[/] {escape(str(chosen))} (probe {cfg.select_metric} {best['probe_score']:.4f})")
+    final_cfg = retrain_config(cfg, "genotype:" + str(run_dir / "genotype.json"), cfg.retrain_epochs)
+    final_dir = run_dir / "final"
+    final_resume = resume and (final_dir / "config.yaml").exists()
+    metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console)
+    result = {
+        "space": cfg.space,
+        "genotype": chosen.to_string(),
+        "search_seconds": search_seconds,
+        "total_seconds": time.perf_counter() - t0,
+        "probes": probes,
+        "test": metrics,
+    }
+    atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+def top_k(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The k best distinct argmax architectures by validation score (later epoch wins ties)."""
+    ranked = sorted(log, key=lambda r: (float(r["score"]), int(r["epoch"])), reverse=True)
+    seen: set[str] = set()
+    out = []
+    for r in ranked:
+        if r["genotype"] not in seen:
+            seen.add(r["genotype"])
+            out.append(r)
+        if len(out) == k:
+            break
+    return out
+
+
+def probe_candidates(
+    cfg: SearchConfig, candidates: list[dict[str, Any]], run_dir: Path, k: int, console: Console
+) -> list[dict[str, Any]]:
+    """Train each candidate briefly at the retrain input; score it on validation only."""
+    probes = []
+    for rank, cand in enumerate(candidates, start=1):
+        pdir = run_dir / "probes" / f"rank{rank:02d}"
+        result_file = pdir / "probe.json"
+        if result_file.exists():
+            probes.append(json.loads(result_file.read_text()))
+            continue
+        geno = Genotype.from_string(cand["genotype"], num_classes=k,
+                                    input_shape=cfg.preprocess.input_shape)
+        geno_file = run_dir / "probes" / f"rank{rank:02d}_candidate.json"
+        geno.save(geno_file)
+        pcfg = retrain_config(cfg, "genotype:" + str(geno_file), cfg.probe_epochs)
+        console.print(f"[bold]probe {rank}/{len(candidates)}[/] {escape(str(geno))} "
+                      f"(search epoch {cand['epoch']})")
+        resume = (pdir / "config.yaml").exists()
+        best = run_training(pcfg, pdir, resume=resume, console=console, test=False)
+        rec = {"rank": rank, "genotype": geno.to_string(), "search_epoch": int(cand["epoch"]),
+               "search_score": float(cand["score"]),
+               "probe_score": select_metric(best, cfg.select_metric)
+               if cfg.select_metric != "loss" else -float(best["loss"]),
+               "probe_val": {m: best.get(m) for m in ("accuracy", "f1", "auc", "loss")},
+               "params": int(cand["params"])}
+        atomic_write_text(result_file, json.dumps(rec, indent=2))
+        probes.append(rec)
+    write_probe_table(run_dir / "probes.csv", probes)
+    return probes
+
+
+def write_probe_table(path: Path, probes: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["rank", "search_epoch", "search_score", "probe_score", "params", "genotype"])
+    for p in probes:
+        w.writerow([p["rank"], p["search_epoch"], f"{p['search_score']:.4f}",
+                    f"{p['probe_score']:.4f}", p["params"], p["genotype"]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def genotype_table(geno: Genotype, input_shape: tuple[int, ...] | None = None) -> Table:
+    """Rich table of a genotype's layers with parameters and FLOPs."""
+    rows = geno.layer_table(input_shape)
+    t = Table(title=escape(str(geno)))
+    for col in ("layer", "op", "cin", "cout", "output DxHxW", "params", "MFLOPs"):
+        t.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    for r in rows:
+        t.add_row(r["layer"], r["op"], str(r["cin"]), str(r["cout"]),
+                  "x".join(map(str, r["out"])), f"{r['params']:,}", f"{r['flops'] / 1e6:.1f}")
+    t.add_row("head", "gap+linear", "", str(geno.num_classes), "", "", "")
+    total_p = sum(r["params"] for r in rows)
+    total_f = sum(r["flops"] for r in rows)
+    t.caption = f"{total_p:,} params in layers; {total_f / 1e9:.3f} GFLOPs per scan"
+    return t

@@ -1,0 +1,93 @@
+"""The one straight-through Gumbel-softmax sampler, shared by architecture and augmentation search.
+
+Forward: a hard one-hot sample (only that candidate is computed). Backward: the gradient
+of the soft Gumbel-softmax (MedPipe Eq. 3-4, GDAS). The candidate's output is multiplied
+by its one-hot weight (exactly 1.0 in value) so that the logits receive a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+def gumbel_like(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel noise with the logits' shape (drawn on the CPU generator if given)."""
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float32)
+    u = u.clamp_(1e-10, 1.0 - 1e-7).to(logits.device)
+    return -torch.log(-torch.log(u))
+
+
+def st_gumbel_softmax(
+    logits: torch.Tensor, tau: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straight-through Gumbel-softmax over the last dimension.
+
+    Returns:
+        weights: hard one-hot in value, with the soft sample's gradient.
+        index: the sampled candidate(s), ``argmax`` of the hard sample.
+    """
+    if tau <= 0:
+        raise ValueError(f"temperature must be > 0, got {tau}")
+    y_soft = torch.softmax((logits.float() + gumbel_like(logits, generator)) / tau, dim=-1)
+    index = y_soft.argmax(dim=-1)
+    y_hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(y_soft.dtype)
+    return y_hard - y_soft.detach() + y_soft, index
+
+
+@dataclass
+class TemperatureSchedule:
+    """Temperature annealed from ``start`` to ``end`` over the search (exp or linear)."""
+
+    start: float = 5.0
+    end: float = 0.5
+    kind: Literal["exp", "linear", "constant"] = "exp"
+
+    def __call__(self, progress: float) -> float:
+        """Temperature at ``progress`` in [0, 1] (fraction of the search done)."""
+        p = min(max(progress, 0.0), 1.0)
+        if self.kind == "constant":
+            return self.start
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * p
+        return self.start * math.exp(math.log(self.end / self.start) * p)
+
+
+class ChoiceLogits(nn.Module):
+    """Logits of a set of categorical choices (one row per searchable layer).
+
+    Rows may have different numbers of candidates; each is its own Parameter.
+    """
+
+    def __init__(self, sizes: list[int], names: list[str] | None = None) -> None:
+        super().__init__()
+        self.logits = nn.ParameterList([nn.Parameter(torch.zeros(n)) for n in sizes])
+        self.names = names or [f"choice{i}" for i in range(len(sizes))]
+        self.tau = 1.0
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def sample(
+        self, generator: torch.Generator | None = None
+    ) -> list[tuple[torch.Tensor, int]]:
+        """One straight-through sample per row: (one-hot weights, chosen index)."""
+        out = []
+        for a in self.logits:
+            w, idx = st_gumbel_softmax(a, self.tau, generator)
+            out.append((w, int(idx)))
+        return out
+
+    def argmax(self) -> list[int]:
+        return [int(a.detach().argmax()) for a in self.logits]
+
+    def probs(self) -> list[torch.Tensor]:
+        return [torch.softmax(a.detach().float(), -1) for a in self.logits]
+
+    def entropy(self) -> list[float]:
+        """Entropy (nats) of each row's distribution: log(n) when uniform, 0 when decided."""
+        return [float(-(p * p.clamp_min(1e-12).log()).sum()) for p in self.probs()]
