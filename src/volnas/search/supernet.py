@@ -107,6 +107,18 @@ class SuperNet(nn.Module):
             total += count_params(layer.candidates[next(it)] if isinstance(layer, ChoiceLayer) else layer)
         return total
 
+    def path_state_dict(self, indices: list[int]) -> dict[str, Tensor]:
+        """Weights of the path ``indices`` under the derived network's names (``Genotype.build``)."""
+        out: dict[str, Tensor] = {}
+        it = iter(indices)
+        for i, layer in enumerate(self.net.layers):
+            module = layer.candidates[next(it)] if isinstance(layer, ChoiceLayer) else layer
+            for k, v in module.state_dict().items():
+                out[f"layers.{i}.{k}"] = v
+        for k, v in self.net.fc.state_dict().items():
+            out[f"fc.{k}"] = v
+        return out
+
     def candidate_params(self) -> list[Tensor]:
         """Per searchable layer, the parameter count of each candidate (for cost-aware search)."""
         return self._costs

@@ -255,6 +255,8 @@ class Trainer:
         self.best_score = float(extra["best_score"])
         self.best_epoch = int(extra["best_epoch"])
         self.stale = int(extra.get("stale", 0))
+        # An extended run (more epochs on resume) anneals over the new length.
+        self.scheduler.T_max = self.cfg.epochs
         self.load_extra_state(extra.get("sub", {}), tensors)
 
     def _write_history(self) -> None:

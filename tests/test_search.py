@@ -1,0 +1,140 @@
+"""Architecture search: sampler, supernet, genotypes, the bi-level step, the CLI end to end."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from volnas.models.genotype import Genotype
+from volnas.models.profile import count_params
+from volnas.models.spaces import layer_specs
+from volnas.search.sampler import ChoiceLogits, TemperatureSchedule, st_gumbel_softmax
+from volnas.search.supernet import ChoiceLayer, SuperNet
+
+
+def test_st_gumbel_is_hard_forward_soft_backward() -> None:
+    logits = torch.zeros(5, requires_grad=True)
+    w, idx = st_gumbel_softmax(logits, tau=1.0, generator=torch.Generator().manual_seed(0))
+    assert w.tolist().count(1.0) == 1 and w.sum().item() == pytest.approx(1.0)
+    assert int(idx) == int(w.argmax())
+    (w * torch.arange(5.0)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # samples follow the distribution: a dominant logit is drawn most of the time
+    g = torch.Generator().manual_seed(1)
+    picks = [int(st_gumbel_softmax(torch.tensor([3.0, 0, 0]), 1.0, g)[1]) for _ in range(400)]
+    assert 0.8 < picks.count(0) / 400 < 0.98  # softmax([3,0,0])[0] = 0.909
+
+
+def test_temperature_schedule() -> None:
+    s = TemperatureSchedule(5.0, 0.5, "exp")
+    assert s(0) == pytest.approx(5.0) and s(1) == pytest.approx(0.5)
+    assert s(0.5) == pytest.approx(math.sqrt(5.0 * 0.5))
+    assert TemperatureSchedule(4, 1, "linear")(0.5) == pytest.approx(2.5)
+
+
+class _Scale(nn.Module):
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.s
+
+
+class _Noisy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
+
+
+def test_logits_move_to_the_better_candidate_and_indifferent_layer_stays_uniform() -> None:
+    torch.manual_seed(0)
+    # The straight-through gradient of a candidate is dL/d(scale of its output): zero for the
+    # exact one, positive (pushed down) for a noisy or a sign-flipped one.
+    good = ChoiceLayer([_Scale(1.0), _Noisy(), _Scale(-1.0)], ("id", "noisy", "neg"))
+    same = ChoiceLayer([nn.Identity(), nn.Identity(), nn.Identity()], ("a", "b", "c"))
+    alpha = ChoiceLogits([3, 3], ["good", "same"])
+    opt = torch.optim.Adam(alpha.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        x = torch.randn(16, 4)
+        sample = alpha.sample(gen)
+        for layer, (w, i) in zip((good, same), sample, strict=True):
+            layer.index, layer.weight = i, w
+        loss = F.mse_loss(same(good(x)), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p_good, p_same = alpha.probs()
+    assert p_good[0] > 0.8, p_good
+    h_same = alpha.entropy()[1]
+    assert h_same > 0.9 * math.log(3), p_same
+
+
+def test_exactly_one_candidate_runs_per_layer() -> None:
+    net = SuperNet("medpipe", 1, 2)
+    calls: dict[int, int] = {}
+    for li, layer in enumerate(net.choice_layers):
+        for cand in layer.candidates:
+            cand.register_forward_hook(lambda *_, li=li: calls.__setitem__(li, calls.get(li, 0) + 1))
+    net.train()
+    net(torch.randn(2, 1, 8, 16, 16))
+    assert len(calls) == len(net.choice_layers) == len(net.alpha)
+    assert set(calls.values()) == {1}
+
+
+def test_logits_receive_gradient_through_the_supernet() -> None:
+    torch.manual_seed(0)
+    net = SuperNet("covidnet3d-s", 1, 2)
+    net.train()
+    loss = F.cross_entropy(net(torch.randn(2, 1, 8, 16, 16)), torch.tensor([0, 1]))
+    grads = torch.autograd.grad(loss, net.arch_parameters())
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_genotype_round_trip_and_derived_equals_supernet_path(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = SuperNet("medpipe", 1, 3)
+    gen = torch.Generator().manual_seed(3)
+    idx = [int(torch.randint(0, len(layer.candidates), (1,), generator=gen)) for layer in net.choice_layers]
+    geno = net.genotype(idx, input_shape=(1, 8, 16, 16))
+    assert Genotype.from_string(geno.to_string(), num_classes=3).ops == geno.ops
+    geno.save(tmp_path / "g.json")
+    back = Genotype.load(tmp_path / "g.json")
+    assert back.to_dict() == geno.to_dict()
+    derived = back.build()
+    assert count_params(derived) == net.path_params(idx)
+    derived.load_state_dict(net.path_state_dict(idx), strict=True)
+    net.eval()
+    net.fixed_path = idx
+    x = torch.randn(2, 1, 8, 16, 16)
+    torch.testing.assert_close(derived.eval()(x), net(x))
+    # the derived net holds no unused candidates
+    assert len(derived.state_dict()) == len(net.path_state_dict(idx))
+
+
+def test_genotype_rejects_bad_ops() -> None:
+    ops = [s.candidates[0] for s in layer_specs("covidnet3d-s")]
+    ops[3] = "k9e9"
+    with pytest.raises(ValueError, match="cell1.layer2"):
+        Genotype("covidnet3d-s", ops)
+    with pytest.raises(ValueError, match="layers"):
+        Genotype("covidnet3d-s", ops[:-1])
+
+
+def test_cost_awareness_shrinks_expected_params() -> None:
+    torch.manual_seed(0)
+    net = SuperNet("covidnet3d-s", 1, 2)
+    start = net.expected_params().item()
+    opt = torch.optim.Adam(net.arch_parameters(), lr=0.05)
+    for _ in range(20):
+        penalty = torch.log(net.expected_params() / 0.5e6) ** 2
+        opt.zero_grad()
+        penalty.backward()
+        opt.step()
+    assert net.expected_params().item() < 0.8 * start
+    skip_prob = [p[-1].item() for p in net.alpha.probs()]  # "skip" is the last candidate
+    assert min(skip_prob) > 1 / 8

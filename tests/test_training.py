@@ -1,0 +1,159 @@
+"""Trainer and run folders: artefacts, never overwriting, resume after a kill, test read once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from volnas.data.dataset import ScanDataset
+from volnas.data.synth import synthesize
+from volnas.models.genotype import Genotype
+from volnas.models.spaces import layer_specs
+from volnas.training.checkpoint import load_tensors
+from volnas.training.config import TrainConfig, load_config
+from volnas.training.run import RunDirError, evaluate_run, run_training
+from volnas.training.trainer import Trainer
+
+METRIC_KEYS = {
+    "accuracy", "precision", "sensitivity", "specificity", "f1", "auc", "positive_class",
+    "confusion_matrix", "per_class", "weighted", "n_scans", "params", "model_size_mb",
+    "flops_per_scan",
+}
+
+
+def tiny_genotype(path: Path) -> str:
+    """A small searched-style net: every searchable layer is 'skip'."""
+    specs = layer_specs("medpipe")
+    ops = ["skip" if s.kind == "normal" else ("conv_s2" if i < 3 else "conv_s1")
+           for i, s in enumerate(specs)]
+    Genotype("medpipe", ops).save(path)
+    return f"genotype:{path}"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("tiny")
+    res = synthesize(root / "data", scans=30, fmt="npz", classes=2, shape=(12, 24, 24), seed=3)
+    model = tiny_genotype(root / "tiny.json")
+    return next(res.out.glob("*.npz")), model
+
+
+def _cfg(data: Path, model: str, tmp: Path, **kw) -> TrainConfig:
+    base = {"data": str(data), "model": model, "epochs": 3, "batch_size": 4, "seed": 7,
+            "preprocess": {"slices": 12, "size": (24, 24), "intensity": "range", "window": (0, 255)},
+            "cache_dir": str(tmp / "cache")}
+    base.update(kw)
+    return TrainConfig.model_validate(base)
+
+
+def test_run_folder_artefacts_and_no_overwrite(tiny_data, tmp_path: Path) -> None:
+    data, model = tiny_data
+    cfg = _cfg(data, model, tmp_path, epochs=2)
+    run = tmp_path / "run"
+    metrics = run_training(cfg, run)
+    for name in ("config.yaml", "run.json", "history.csv", "model.safetensors", "metrics.json",
+                 "curves.png", "confusion_test.png", "roc_test.png", "predictions_test.csv",
+                 "genotype.json"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(saved)
+    assert saved["n_scans"] == metrics["n_scans"] > 0
+    assert sum(map(sum, saved["confusion_matrix"])) == saved["n_scans"]
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    # the resolved config reloads to the same settings, with the genotype pinned in the run
+    again = load_config(run / "config.yaml", {})
+    assert again.model == "genotype:genotype.json" and again.preprocess == cfg.preprocess
+    # weights are safetensors
+    assert load_tensors(run / "model.safetensors")
+    # never overwrite an earlier run
+    with pytest.raises(RunDirError, match="already holds a run"):
+        run_training(cfg, run)
+    # evaluate recomputes the same test metrics from the saved checkpoint
+    re = evaluate_run(run, None, "test")
+    assert re["accuracy"] == pytest.approx(saved["accuracy"])
+    assert re["auc"] == pytest.approx(saved["auc"])
+
+
+def test_resume_after_kill_matches_an_unbroken_run(tiny_data, tmp_path: Path, monkeypatch) -> None:
+    data, model = tiny_data
+    cfg = _cfg(data, model, tmp_path)
+    run_training(cfg, tmp_path / "full")
+
+    real_epoch = Trainer.train_epoch
+
+    def killed(self, loader, epoch, total=None):
+        if epoch == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_epoch(self, loader, epoch, total)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "broken")
+    assert not (tmp_path / "broken" / "metrics.json").exists()
+    assert json.loads((tmp_path / "broken" / "checkpoint" / "last.json").read_text())["epoch"] == 2
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    run_training(cfg, tmp_path / "broken", resume=True)
+
+    a = load_tensors(tmp_path / "full" / "checkpoint" / "epoch_0003.safetensors")
+    b = load_tensors(tmp_path / "broken" / "checkpoint" / "epoch_0003.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    ha = (tmp_path / "full" / "history.csv").read_text().splitlines()
+    hb = (tmp_path / "broken" / "history.csv").read_text().splitlines()
+    strip = [lambda line: line.rsplit(",", 1)[0]]  # drop the wall-time column
+    assert [strip[0](x) for x in ha] == [strip[0](x) for x in hb]
+
+
+def test_test_split_is_read_once_at_the_end(tiny_data, tmp_path: Path, monkeypatch) -> None:
+    data, model = tiny_data
+    cfg = _cfg(data, model, tmp_path, epochs=2)
+    events: list[tuple[str, int]] = []
+    real_load = ScanDataset.load
+
+    def spy(self, i):
+        events.append((self.rows[i].split, i))
+        return real_load(self, i)
+
+    monkeypatch.setattr(ScanDataset, "load", spy)
+    run_training(cfg, tmp_path / "run")
+    test_events = [e for e in events if e[0] == "test"]
+    n_test = json.loads((tmp_path / "run" / "metrics.json").read_text())["n_scans"]
+    assert sorted(i for _, i in test_events) == list(range(n_test))  # each test scan once
+    first_test = events.index(test_events[0])
+    assert all(split == "test" for split, _ in events[first_test:])  # nothing after it
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: mc3_18\nepochs: 5\npreprocess:\n  slices: 16\n")
+    cfg = load_config(f, {"epochs": 9, "size": (64, 64), "lr": None})
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("mc3_18", 9, 1e-3)
+    assert cfg.preprocess.slices == 16 and cfg.preprocess.size == (64, 64)
+    f.write_text("epochs: 0\n")
+    with pytest.raises(ValueError, match="(?s)c.yaml.*epochs"):
+        load_config(f, {})
+    f.write_text("optimiser: adam\n")
+    with pytest.raises(ValueError, match="optimiser"):
+        load_config(f, {})
+
+
+def test_flip_augmentation_is_per_scan_and_training_only() -> None:
+    cfg = TrainConfig(augment="flip")
+    trainer = Trainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 2)), cfg,
+                      class_names=["a", "b"], positive_class="b", device=torch.device("cpu"),
+                      run_dir=Path("unused"))
+    torch.manual_seed(0)
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 1, 2, 4, 4).repeat(64, 1, 1, 1, 1)
+    y = trainer.augment(x)
+    same = (y == x).flatten(1).all(1)
+    hflip = (y == x.flip(-1)).flatten(1).all(1)
+    vflip = (y == x.flip(-2)).flatten(1).all(1)
+    assert bool((same | hflip | vflip).all())
+    for kind in (same, hflip, vflip):  # about a third each, decided per scan
+        assert 8 < int(kind.sum()) < 40
+    assert np.isclose(float(y.sum()), float(x.sum()))
