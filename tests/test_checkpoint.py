@@ -15,7 +15,6 @@ from volnas.training.checkpoint import (
 )
 
 
-
 def test_training_state_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))

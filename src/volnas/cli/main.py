@@ -30,7 +30,8 @@ def parse_shape(text: str, n: int, what: str) -> tuple[int, ...]:
     try:
         parts = tuple(int(p) for p in text.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"{what} must look like {'x'.join(['N'] * n)}, got {text!r}")
+        raise typer.BadParameter(
+            f"{what} must look like {'x'.join(['N'] * n)}, got {text!r}") from None
     if len(parts) != n or min(parts) < 1:
         raise typer.BadParameter(f"{what} must have {n} positive parts, got {text!r}")
     return parts
@@ -83,7 +84,7 @@ def data_index(
     try:
         fractions = tuple(float(f) for f in split.split(","))
     except ValueError:
-        raise typer.BadParameter(f"--split must be three numbers, got {split!r}")
+        raise typer.BadParameter(f"--split must be three numbers, got {split!r}") from None
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise typer.BadParameter("--split needs three non-negative fractions summing to 1")
     cmap = None
@@ -91,7 +92,8 @@ def data_index(
         try:
             cmap = dict(kv.split("=", 1) for kv in class_map.split(","))
         except ValueError:
-            raise typer.BadParameter("--class-map must look like 'folder=class,folder=class'")
+            raise typer.BadParameter(
+                "--class-map must look like 'folder=class,folder=class'") from None
     if out.exists():
         _fail(f"{out}: manifest already exists; refusing to overwrite")
     try:

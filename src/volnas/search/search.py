@@ -218,7 +218,7 @@ class SearchTrainer(Trainer):
             "mean_entropy": float(np.mean(entropies)),
             "params": count_params(net),
             "flops": count_flops(net, self.retrain_shape),
-            "expected_params": float(self.supernet.expected_params()),
+            "expected_params": self.supernet.expected_params().item(),
             "seconds": row["seconds"],
         }
         rec["score"] = self._score({"loss": row["val_loss"], "accuracy": row["val_accuracy"],

@@ -315,6 +315,4 @@ def plot_choice_probabilities(
             seen.add(key)
             ax.legend(fontsize=5, loc="upper left", ncol=2)
     fig.suptitle(title, fontsize=_TITLE)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.05, top=1 - 0.9 / (2.0 * rows + 0.8),
-                        hspace=0.55, wspace=0.25)
     return _save(fig, out)

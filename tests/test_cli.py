@@ -1,0 +1,89 @@
+"""The command line end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from volnas.cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_help_lists_every_command() -> None:
+    out = invoke("--help")
+    for cmd in ("data", "models", "train", "evaluate", "search", "genotype", "demo"):
+        assert cmd in out
+    assert "--skip-bad" in invoke("data", "index", "--help")
+    assert "--resume" in invoke("train", "--help")
+
+
+def test_models_lists_sizes() -> None:
+    out = invoke("models", "--input", "1x8x32x32", "--classes", "3", "--filter", "resnet3d_1*",
+                 "--no-flops")
+    assert "resnet3d_18" in out and "resnet3d_101" in out
+
+
+@pytest.mark.slow
+def test_synth_index_train_evaluate_search(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "dicom"
+    invoke("data", "synth", data, "--scans", "16", "--format", "dicom", "--shape", "10x24x24",
+           "--seed", "2")
+    manifest = tmp_path / "m.csv"
+    out = invoke("data", "index", data, "--out", manifest, "--split", "0.5,0.25,0.25")
+    assert "train" in out and manifest.exists()
+    rows = list(csv.DictReader(manifest.open()))
+    assert len(rows) == 16
+    # patients never straddle splits
+    split_of: dict[str, set[str]] = {}
+    for r in rows:
+        split_of.setdefault(r["patient_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())
+
+    # refuse to overwrite a manifest
+    res = runner.invoke(app, ["data", "index", str(data), "--out", str(manifest)])
+    assert res.exit_code != 0 and "refusing to overwrite" in res.output
+
+    run = tmp_path / "search"
+    invoke("search", "--data", manifest, "--space", "medpipe", "--out", run, "--epochs", "2",
+           "--topk", "2", "--probe-epochs", "1", "--retrain-epochs", "1", "--slices", "8",
+           "--size", "24x24", "--search-size", "16x16", "--batch-size", "4")
+    log = list(csv.DictReader((run / "search" / "search_log.csv").open()))
+    assert [r["epoch"] for r in log] == ["1", "2"]
+    assert len(list((run / "search" / "genotypes").glob("epoch_*.json"))) == 2
+    assert (run / "search" / "search_probs.png").stat().st_size > 1000
+    result = json.loads((run / "result.json").read_text())
+    metrics = json.loads((run / "final" / "metrics.json").read_text())
+    assert result["test"]["accuracy"] == metrics["accuracy"]
+    assert 1 <= len(result["probes"]) <= 2
+
+    show = invoke("genotype", "show", run / "genotype.json")
+    assert "cell6.layer1" in show and "GFLOPs" in show
+
+    # the searched net trains like any registry model
+    train_dir = tmp_path / "train"
+    invoke("train", "--data", manifest, "--model", f"genotype:{run / 'genotype.json'}",
+           "--out", train_dir, "--epochs", "1", "--slices", "8", "--size", "24x24",
+           "--batch-size", "4")
+    assert json.loads((train_dir / "metrics.json").read_text())["n_scans"] == metrics["n_scans"]
+    out = invoke("evaluate", train_dir, "--split", "val")
+    assert "accuracy" in out and (train_dir / "metrics_val.json").exists()
+
+    # refuse to overwrite a run; a clear error for bad input
+    res = runner.invoke(app, ["train", "--data", str(manifest), "--model", "mc3_18", "--out",
+                              str(train_dir)])
+    assert res.exit_code == 2 and "already holds a run" in res.output
+    res = runner.invoke(app, ["train", "--data", str(tmp_path / "nope.csv"), "--model", "mc3_18",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "nope.csv" in res.output
