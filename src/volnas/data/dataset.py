@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from volnas.data.cache import StackCache
 from volnas.data.index import ManifestRow, build_index, read_manifest, read_manifest_info
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, take_slices
 from volnas.data.volume import DataError
+from volnas.training.distributed import ShardedBatchSampler
+from volnas.training.distributed import info as dist_info
 
 SPLITS = ("train", "val", "test")
 
@@ -104,17 +106,15 @@ class ScanDataset(Dataset):
 def make_loader(
     dataset: ScanDataset, batch_size: int, *, train: bool, num_workers: int = 0, seed: int = 0
 ) -> DataLoader:
-    """Shuffled (seeded) loader with drop_last for training; ordered for evaluation.
+    """Seeded shuffled batches (complete ones only) for training; ordered for evaluation.
 
-    Workers are not persistent, so each epoch's workers see the dataset's current epoch.
+    Under torchrun each rank takes its slice of every global batch (see
+    ``ShardedBatchSampler``), so N ranks with ``batch_size`` see what one process with
+    ``N * batch_size`` sees. Workers are not persistent, so each epoch's workers see the
+    dataset's current epoch.
     """
-    if train:
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=RandomSampler(dataset, generator=gen),
-            drop_last=len(dataset) > batch_size,
-            num_workers=num_workers,
-        )
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    d = dist_info()
+    sampler = ShardedBatchSampler(
+        len(dataset), batch_size, shuffle=train, seed=seed, rank=d.rank,
+        world_size=d.world_size, drop_last=train and len(dataset) > batch_size * d.world_size)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)

@@ -34,6 +34,8 @@ from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import atomic_write_text
 from volnas.training.config import TrainConfig
 from volnas.training.device import resolve_device, seed_everything
+from volnas.training.distributed import barrier, init_distributed
+from volnas.training.distributed import info as dist_info
 from volnas.training.metrics import select_metric
 from volnas.training.run import RunDirError, positive_of, prepare_run_dir, run_training
 
@@ -50,7 +52,9 @@ def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchCo
     for k, v in overrides.items():
         if v is None:
             continue
-        if k in ("slices", "size", "resize", "intensity", "window"):
+        if k == "preprocess":
+            pre.update(v)
+        elif k in ("slices", "size", "resize", "intensity", "window"):
             pre[k] = v
         else:
             data[k] = v
@@ -74,14 +78,18 @@ def run_search(
     """Search, probe the top-k, retrain the best from scratch, test once."""
     console = console or Console()
     run_dir = Path(run_dir)
+    main = init_distributed(cfg.device).is_main
+    if not main:
+        console = Console(quiet=True)
     if resume:
         if not (run_dir / "search_config.yaml").exists():
             raise RunDirError(f"{run_dir}: nothing to resume (no search_config.yaml)")
         cfg = load_search_config(run_dir / "search_config.yaml", {})
     else:
         prepare_run_dir(run_dir, resume=False)
-        atomic_write_text(run_dir / "search_config.yaml",
-                          yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        if main:
+            atomic_write_text(run_dir / "search_config.yaml",
+                              yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     source = open_source(cfg.data)
@@ -91,7 +99,7 @@ def run_search(
     # ---- search ------------------------------------------------------------------------
     scfg = cfg.search_train_config()
     search_dir = run_dir / "search"
-    search_dir.mkdir(exist_ok=True)
+    search_dir.mkdir(parents=True, exist_ok=True)
     w_rows, a_rows = split_by_patient(source.split("train"), cfg.seed)
     cache = StackCache(scfg.preprocess, Path(cfg.cache_dir) if cfg.cache_dir else None)
 
@@ -120,7 +128,9 @@ def run_search(
     done = search_dir / "done.json"
     if not done.exists():
         trainer.fit(paired, val_loader, resume=resume)
-        atomic_write_text(done, json.dumps({"seconds": time.perf_counter() - t0}))
+        if main:
+            atomic_write_text(done, json.dumps({"seconds": time.perf_counter() - t0}))
+        barrier()
     else:
         trainer._resume(search_dir / "checkpoint")
     search_seconds = json.loads(done.read_text())["seconds"]
@@ -131,7 +141,9 @@ def run_search(
     best = max(probes, key=lambda p: p["probe_score"])
     chosen = Genotype.from_string(best["genotype"], num_classes=k,
                                   input_shape=cfg.preprocess.input_shape)
-    chosen.save(run_dir / "genotype.json")
+    if main:
+        chosen.save(run_dir / "genotype.json")
+    barrier()
     console.print(f"[bold]chosen[/] {escape(str(chosen))} (probe {cfg.select_metric} {best['probe_score']:.4f})")
     final_cfg = retrain_config(cfg, "genotype:" + str(run_dir / "genotype.json"), cfg.retrain_epochs)
     final_dir = run_dir / "final"
@@ -145,7 +157,8 @@ def run_search(
         "probes": probes,
         "test": metrics,
     }
-    atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
+    if main:
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
     return result
 
 
@@ -177,7 +190,9 @@ def probe_candidates(
         geno = Genotype.from_string(cand["genotype"], num_classes=k,
                                     input_shape=cfg.preprocess.input_shape)
         geno_file = run_dir / "probes" / f"rank{rank:02d}_candidate.json"
-        geno.save(geno_file)
+        if dist_info().is_main:
+            geno.save(geno_file)
+        barrier()
         pcfg = retrain_config(cfg, "genotype:" + str(geno_file), cfg.probe_epochs)
         console.print(f"[bold]probe {rank}/{len(candidates)}[/] {escape(str(geno))} "
                       f"(search epoch {cand['epoch']})")
@@ -189,9 +204,11 @@ def probe_candidates(
                if cfg.select_metric != "loss" else -float(best["loss"]),
                "probe_val": {m: best.get(m) for m in ("accuracy", "f1", "auc", "loss")},
                "params": int(cand["params"])}
-        atomic_write_text(result_file, json.dumps(rec, indent=2))
+        if dist_info().is_main:
+            atomic_write_text(result_file, json.dumps(rec, indent=2))
         probes.append(rec)
-    write_probe_table(run_dir / "probes.csv", probes)
+    if dist_info().is_main:
+        write_probe_table(run_dir / "probes.csv", probes)
     return probes
 
 

@@ -31,6 +31,7 @@ from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import _flatten_optimizer, _unflatten_optimizer, atomic_write_text
 from volnas.training.config import TrainConfig
 from volnas.training.device import autocast, to_device
+from volnas.training.distributed import average_gradients
 from volnas.training.plots import plot_choice_probabilities
 from volnas.training.trainer import Trainer
 
@@ -110,7 +111,7 @@ class PairedLoader:
         self.weight_loader = weight_loader
         self.arch_loader = arch_loader
         self.dataset = weight_loader.dataset
-        self.sampler = weight_loader.sampler
+        self.batch_sampler = weight_loader.batch_sampler
 
     def __len__(self) -> int:
         return max(len(self.weight_loader), len(self.arch_loader))
@@ -118,7 +119,7 @@ class PairedLoader:
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         if hasattr(self.arch_loader.dataset, "set_epoch"):
             self.arch_loader.dataset.set_epoch(self.dataset.epoch)
-        gen = getattr(self.arch_loader.sampler, "generator", None)
+        gen = getattr(self.arch_loader.batch_sampler, "generator", None)
         if gen is not None:
             gen.manual_seed(int(torch.randint(0, 2**31, (1,)).item()))
         w_it, a_it = iter(self.weight_loader), iter(self.arch_loader)
@@ -137,11 +138,18 @@ class PairedLoader:
 
 
 class SearchTrainer(Trainer):
-    """Trainer whose step is the bi-level architecture + weight step on a SuperNet."""
+    """Trainer whose step is the bi-level architecture + weight step on a SuperNet.
+
+    Paths are drawn from a generator seeded identically on every rank, so under torchrun
+    all ranks run the same path each step (a consistent DDP graph).
+    """
+
+    find_unused_parameters = True
 
     def __init__(self, model: SuperNet, cfg: TrainConfig, search: SearchConfig,
                  retrain_shape: tuple[int, ...], **kwargs: Any) -> None:
         self.search = search
+        model.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
         super().__init__(model, cfg, **kwargs)
         self.supernet: SuperNet = model
         self.arch_optimizer = torch.optim.Adam(
@@ -155,7 +163,10 @@ class SearchTrainer(Trainer):
         self.probs_history: list[list[list[float]]] = []
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        return self.model.weight_parameters()  # type: ignore[operator]
+        return self.supernet_of().weight_parameters()
+
+    def supernet_of(self) -> SuperNet:
+        return self.net  # type: ignore[return-value]
 
     def cost_penalty(self) -> torch.Tensor | None:
         s = self.search
@@ -169,8 +180,9 @@ class SearchTrainer(Trainer):
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One Adam step on the logits; only their gradients are computed (autograd.grad)."""
+        # The unwrapped net: DDP's reducer expects weight gradients, this step computes none.
         with autocast(self.device, self.amp):
-            logits = self.model(x)
+            logits = self.net(x)
         loss = self.loss_fn(logits, y)
         penalty = self.cost_penalty()
         total = loss if penalty is None else loss + penalty
@@ -179,6 +191,7 @@ class SearchTrainer(Trainer):
         self.arch_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
+        average_gradients(params)  # every rank keeps identical logits
         self.arch_optimizer.step()
         return loss.item()
 
@@ -224,6 +237,8 @@ class SearchTrainer(Trainer):
         rec["score"] = self._score({"loss": row["val_loss"], "accuracy": row["val_accuracy"],
                                     "f1": row["val_f1"], "auc": row["val_auc"]})
         self.log.append(rec | {"entropies": entropies})
+        if not self.dist.is_main:
+            return
         gdir = self.run_dir / "genotypes"
         gdir.mkdir(exist_ok=True)
         geno.extra = {"epoch": epoch, "val": {k: row[k] for k in ("val_accuracy", "val_f1", "val_auc")}}

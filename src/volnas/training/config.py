@@ -34,6 +34,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # channels_last_3d memory format
+    sync_bn: bool = False  # synchronised batch norm across ranks (torchrun on CUDA)
     cache_dir: str | None = None  # default: $VOLNAS_CACHE_DIR or ~/.cache/volnas
     positive_class: str | None = None  # default: from the manifest
 
@@ -53,7 +54,9 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in PreprocessConfig.model_fields:
+        if key == "preprocess":
+            pre.update(value)
+        elif key in PreprocessConfig.model_fields:
             pre[key] = value
         else:
             data[key] = value

@@ -35,6 +35,9 @@ from volnas.models.registry import create_model
 from volnas.training.checkpoint import atomic_write_text, load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_config
 from volnas.training.device import resolve_device, seed_everything
+from volnas.training.distributed import broadcast_object, init_distributed
+from volnas.training.distributed import info as dist_info
+from volnas.training.metrics import compute_metrics
 from volnas.training.plots import plot_confusion, plot_history, plot_roc
 from volnas.training.trainer import Trainer
 
@@ -69,7 +72,19 @@ def build_model(name: str, num_classes: int, run_dir: Path | None = None) -> tor
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite an earlier run; ``resume`` requires one."""
+    """Refuse to overwrite an earlier run; ``resume`` requires one (rank 0 decides)."""
+    error = None
+    if dist_info().is_main:
+        try:
+            _prepare_run_dir(run_dir, resume)
+        except RunDirError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error:
+        raise RunDirError(error)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.yaml").exists():
             raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml)")
@@ -123,6 +138,7 @@ def run_training(
     """
     console = console or Console()
     run_dir = Path(run_dir)
+    init_distributed(cfg.device)
     prepare_run_dir(run_dir, resume)
     if resume:
         saved = load_config(run_dir / "config.yaml", {})
@@ -130,7 +146,8 @@ def run_training(
         cfg = saved.model_copy(update={"epochs": max(cfg.epochs, saved.epochs)})
     if model is None:
         cfg = pin_genotype(cfg, run_dir)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    if dist_info().is_main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
@@ -155,7 +172,10 @@ def run_training(
         "machine": platform.machine(),
         **model_profile(model, cfg),
     }
-    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+    if dist_info().is_main:
+        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+    else:
+        console = Console(quiet=True)
     console.print(
         f"[bold]{cfg.model}[/]: {info['params']:,} params ({info['model_size_mb']:.2f} MB), "
         f"input {cfg.preprocess.input_shape}, {len(ds['train'])} train / {len(ds['val'])} val "
@@ -164,14 +184,17 @@ def run_training(
     trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
                       device=device, run_dir=run_dir, console=console)
     trainer.fit(train_loader, val_loader, resume=resume)
-    plot_history(trainer.history, run_dir / "curves.png", best_epoch=trainer.best_epoch)
+    if dist_info().is_main:
+        plot_history(trainer.history, run_dir / "curves.png", best_epoch=trainer.best_epoch)
     train_seconds = time.perf_counter() - t_start
     if not test:
         best = json.loads((run_dir / "best_val_metrics.json").read_text())
         return best | {"best_epoch": trainer.best_epoch, "train_seconds": train_seconds}
     metrics = test_once(trainer, cfg, source, run_dir, console)
-    metrics.update({"best_epoch": trainer.best_epoch, "train_seconds": train_seconds})
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    metrics.update({"best_epoch": trainer.best_epoch, "train_seconds": train_seconds,
+                    "world_size": dist_info().world_size})
+    if dist_info().is_main:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -179,7 +202,7 @@ def test_once(
     trainer: Trainer, cfg: TrainConfig, source: DataSource, run_dir: Path, console: Console
 ) -> dict[str, Any]:
     """Load the best checkpoint and evaluate the test split — the only time it is read."""
-    load_model_state(trainer.model, run_dir / "model.safetensors")
+    load_model_state(trainer.net, run_dir / "model.safetensors")
     test = build_datasets(cfg, source, ("test",))["test"]
     loader = make_loader(test, cfg.batch_size, train=False, num_workers=cfg.num_workers)
     metrics = evaluate_and_write(trainer, test, loader, run_dir, "test")
@@ -195,10 +218,10 @@ def evaluate_and_write(
 ) -> dict[str, Any]:
     """Metrics, per-scan predictions and plots of one split into ``run_dir``."""
     probs, labels, loss = trainer.predict(loader)
-    from volnas.training.metrics import compute_metrics
-
     metrics = compute_metrics(labels, probs, trainer.class_names, trainer.positive_class)
-    metrics.update({"loss": loss, "split": split, **model_profile(trainer.model, trainer.cfg)})
+    metrics.update({"loss": loss, "split": split, **model_profile(trainer.net, trainer.cfg)})
+    if not dist_info().is_main:
+        return metrics
     write_predictions(run_dir / f"predictions_{split}.csv", dataset, labels, probs,
                       trainer.class_names)
     plot_confusion(np.array(metrics["confusion_matrix"]), trainer.class_names,

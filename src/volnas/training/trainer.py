@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from volnas.training.checkpoint import (
     atomic_write_text,
@@ -30,6 +31,8 @@ from volnas.training.checkpoint import (
 )
 from volnas.training.config import TrainConfig
 from volnas.training.device import autocast, eval_mode, prepare_model, to_device
+from volnas.training.distributed import all_gather_objects, barrier
+from volnas.training.distributed import info as dist_info
 from volnas.training.metrics import compute_metrics, select_metric
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_accuracy",
@@ -85,11 +88,24 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.channels_last = cfg.channels_last
-        self.model = prepare_model(model, device, self.channels_last)
+        self.dist = dist_info()
+        if cfg.sync_bn and self.dist.enabled:
+            if device.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # self.net: the network itself; self.model: what the training step calls (DDP-wrapped
+        # under torchrun, else the same object).
+        self.net = prepare_model(model, device, self.channels_last)
+        self.model = self.net
+        if self.dist.enabled:
+            self.model = DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=self.find_unused_parameters)
         self.class_names = class_names
         self.positive_class = positive_class
         self.run_dir = Path(run_dir)
-        self.console = console or Console(quiet=True)
+        quiet = console is None or not self.dist.is_main
+        self.console = Console(quiet=True) if quiet else console
         self.optimizer = build_optimizer(self.weight_parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr
@@ -101,11 +117,13 @@ class Trainer:
         self.stale = 0  # epochs since the best validation score
         self.amp = cfg.amp and device.type == "cuda"
 
+    find_unused_parameters = False  # the supernet runs one path per step: True there
+
     # ---- hooks -------------------------------------------------------------------------
 
     def weight_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the weight optimiser updates (search subclasses exclude logits)."""
-        return self.model.parameters()
+        return self.net.parameters()
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """Training-time augmentation on the device batch (evaluation never calls this)."""
@@ -172,21 +190,31 @@ class Trainer:
     @torch.no_grad()
     def predict(self, loader: Iterable) -> tuple[np.ndarray, np.ndarray, float]:
         """Softmax probabilities, labels and mean loss over a loader (eval mode, no augmentation)."""
-        probs, labels, loss_sum, n = [], [], 0.0, 0
-        with eval_mode(self.model):
+        probs, labels, loss_sum = [], [], 0.0
+        with eval_mode(self.net):
             for x, y in loader:
                 x = to_device(x, self.device, self.channels_last)
                 y = y.to(self.device)
                 with autocast(self.device, self.amp):
-                    logits = self.model(x)
+                    logits = self.net(x)
                 logits = logits.float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                n += len(y)
                 probs.append(torch.softmax(logits, 1).cpu().numpy())
                 labels.append(y.cpu().numpy())
-        if n == 0:
+        k = len(self.class_names)
+        p = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
+        lab = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        if self.dist.enabled:
+            # Each rank scored its shard: gather, and put scans back in dataset order.
+            idx = [i for batch in loader.batch_sampler for i in batch]
+            parts = all_gather_objects((idx, p, lab, loss_sum))
+            order = np.argsort(np.concatenate([np.asarray(q[0], dtype=np.int64) for q in parts]))
+            p = np.concatenate([q[1] for q in parts])[order]
+            lab = np.concatenate([q[2] for q in parts])[order]
+            loss_sum = sum(q[3] for q in parts)
+        if len(lab) == 0:
             raise ValueError("cannot evaluate on an empty split")
-        return np.concatenate(probs), np.concatenate(labels), loss_sum / n
+        return p, lab, loss_sum / len(lab)
 
     def evaluate(self, loader: Iterable) -> dict[str, Any]:
         probs, labels, loss = self.predict(loader)
@@ -211,7 +239,7 @@ class Trainer:
             for ds in (getattr(train_loader, "dataset", None),):
                 if hasattr(ds, "set_epoch"):
                     ds.set_epoch(epoch)
-            sampler_gen = getattr(getattr(train_loader, "sampler", None), "generator", None)
+            sampler_gen = getattr(getattr(train_loader, "batch_sampler", None), "generator", None)
             if sampler_gen is not None:
                 sampler_gen.manual_seed(self.cfg.seed * 100_003 + epoch)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -224,32 +252,38 @@ class Trainer:
                         "val_f1": val["f1"], "val_auc": val["auc"]})
             row["seconds"] = time.perf_counter() - t0
             score = self._score(val)
-            improved = score > self.best_score
+            improved = score > self.best_score or self.best_epoch < 0
+            main = self.dist.is_main
             if improved:
                 self.best_score, self.best_epoch, self.stale = score, epoch, 0
-                save_tensors(self.run_dir / "model.safetensors", model_state(self.model))
-                atomic_write_text(self.run_dir / "best_val_metrics.json", _json(val | {"epoch": epoch}))
+                if main:
+                    save_tensors(self.run_dir / "model.safetensors", model_state(self.net))
+                    atomic_write_text(self.run_dir / "best_val_metrics.json",
+                                      _json(val | {"epoch": epoch}))
             else:
                 self.stale += 1
             self.history.append(row)
             self.epoch = epoch
-            self._write_history()
+            if main:
+                self._write_history()
             self.console.print(_epoch_line(row, self.cfg.epochs, improved))
             self.on_epoch_end(epoch, row)
             extra, tensors = self.extra_state()
-            save_training_state(
-                ckpt_dir, epoch, self.model, self.optimizer, self.scheduler,
-                {"history": self.history, "best_score": self.best_score,
-                 "best_epoch": self.best_epoch, "stale": self.stale, "sub": extra},
-                tensors,
-            )
+            if main:
+                save_training_state(
+                    ckpt_dir, epoch, self.net, self.optimizer, self.scheduler,
+                    {"history": self.history, "best_score": self.best_score,
+                     "best_epoch": self.best_epoch, "stale": self.stale, "sub": extra},
+                    tensors,
+                )
+            barrier()  # no rank runs ahead of the checkpoint (resume sees a consistent state)
             if self.cfg.patience is not None and self.stale >= self.cfg.patience:
                 self.console.print(f"early stop: no validation gain for {self.stale} epochs")
                 break
         return self.history
 
     def _resume(self, ckpt_dir: Path) -> None:
-        epoch, extra, tensors = load_training_state(ckpt_dir, self.model, self.optimizer, self.scheduler)
+        epoch, extra, tensors = load_training_state(ckpt_dir, self.net, self.optimizer, self.scheduler)
         self.epoch = epoch
         self.history = extra["history"]
         self.best_score = float(extra["best_score"])
