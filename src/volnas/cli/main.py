@@ -156,6 +156,10 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
     workers: int = typer.Option(None, "--workers", help="Data loader worker processes [0]."),
+    augment: str = typer.Option(None, "--augment", help="auto | none | flip | POLICY.json "
+                                "[auto: a genotype's searched policy, else flip]."),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn",
+                                 help="Synchronised batch norm under torchrun (CUDA)."),
 ) -> None:
     """Train a model: validation every epoch, best checkpoint by validation, test once."""
     from volnas.training.config import load_config
@@ -165,6 +169,7 @@ def train_cmd(
         "data": data, "model": model, "epochs": epochs, "batch_size": batch_size,
         "slices": slices, "size": parse_shape(size, 2, "--size") if size else None,
         "lr": lr, "seed": seed, "device": device, "num_workers": workers,
+        "augment": augment, "sync_bn": sync_bn,
     }
     try:
         cfg = load_config(config, overrides)
@@ -220,6 +225,14 @@ def search_cmd(
                                         help="Steer towards this many million parameters."),
     cost_weight: float = typer.Option(None, "--cost-weight",
                                       help="Weight of the expected-parameter cost [0, off]."),
+    augment_search: str = typer.Option(
+        None, "--augment-search",
+        help="joint | only | off | decoupled [joint for medpipe, off otherwise]."),
+    objective: str = typer.Option(
+        None, "--objective", help="paper (augmented arch batch) | unrolled (clean, one-step "
+        "unrolled gradient for the augmentation logits) [paper]."),
+    fixed_genotype: str = typer.Option(None, "--fixed-genotype",
+                                       help="Network for --augment-search only."),
     seed: int = typer.Option(None, "--seed", help="Seed [0]."),
     config: Path = typer.Option(None, "--config", help="YAML config; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search in --out."),
@@ -238,6 +251,8 @@ def search_cmd(
         "arch_lr": arch_lr, "weight_optimizer": weight_optimizer, "weight_lr": weight_lr,
         "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
         "cost_weight": cost_weight, "seed": seed, "device": device,
+        "augment_search": augment_search, "objective": objective,
+        "fixed_genotype": fixed_genotype,
     }
     try:
         cfg = load_search_config(config, overrides)
@@ -269,6 +284,14 @@ def genotype_show(
     except ValueError as e:
         _fail(str(e))
     console.print(genotype_table(geno, parse_shape(input, 4, "--input") if input else None))
+    policy = geno.extra.get("augment_policy")
+    if policy is not None:
+        from volnas.data.augment import Policy
+
+        lines = Policy.from_json(policy, source=str(file)).describe()
+        console.print("augmentation policy (type; magnitude; probability):")
+        for line in lines or ["identity (every type at probability 0)"]:
+            console.print(f"  {escape(line)}")
 
 
 # ---- demo ---------------------------------------------------------------------------------

@@ -139,8 +139,7 @@ def run_search(
     candidates = top_k(trainer.log, cfg.topk)
     probes = probe_candidates(cfg, candidates, run_dir, k, console)
     best = max(probes, key=lambda p: p["probe_score"])
-    chosen = Genotype.from_string(best["genotype"], num_classes=k,
-                                  input_shape=cfg.preprocess.input_shape)
+    chosen = candidate_genotype(best, k, cfg)
     if main:
         chosen.save(run_dir / "genotype.json")
     barrier()
@@ -152,6 +151,9 @@ def run_search(
     result = {
         "space": cfg.space,
         "genotype": chosen.to_string(),
+        "augment_search": cfg.aug_mode,
+        "objective": cfg.objective,
+        "policy": chosen.extra.get("augment_policy"),
         "search_seconds": search_seconds,
         "total_seconds": time.perf_counter() - t0,
         "probes": probes,
@@ -176,6 +178,15 @@ def top_k(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     return out
 
 
+def candidate_genotype(cand: dict[str, Any], k: int, cfg: SearchConfig) -> Genotype:
+    """A recorded architecture with the augmentation policy found beside it, if any."""
+    geno = Genotype.from_string(cand["genotype"], num_classes=k,
+                                input_shape=cfg.preprocess.input_shape)
+    if cand.get("policy_json"):
+        geno.extra["augment_policy"] = json.loads(cand["policy_json"])
+    return geno
+
+
 def probe_candidates(
     cfg: SearchConfig, candidates: list[dict[str, Any]], run_dir: Path, k: int, console: Console
 ) -> list[dict[str, Any]]:
@@ -187,8 +198,7 @@ def probe_candidates(
         if result_file.exists():
             probes.append(json.loads(result_file.read_text()))
             continue
-        geno = Genotype.from_string(cand["genotype"], num_classes=k,
-                                    input_shape=cfg.preprocess.input_shape)
+        geno = candidate_genotype(cand, k, cfg)
         geno_file = run_dir / "probes" / f"rank{rank:02d}_candidate.json"
         if dist_info().is_main:
             geno.save(geno_file)
@@ -199,6 +209,7 @@ def probe_candidates(
         resume = (pdir / "config.yaml").exists()
         best = run_training(pcfg, pdir, resume=resume, console=console, test=False)
         rec = {"rank": rank, "genotype": geno.to_string(), "search_epoch": int(cand["epoch"]),
+               "policy_json": cand.get("policy_json") or "",
                "search_score": float(cand["score"]),
                "probe_score": select_metric(best, cfg.select_metric)
                if cfg.select_metric != "loss" else -float(best["loss"]),

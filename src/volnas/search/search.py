@@ -26,6 +26,7 @@ from torch import nn
 from volnas.data.index import ManifestRow
 from volnas.data.preprocess import PreprocessConfig
 from volnas.models.profile import count_flops, count_params
+from volnas.search.augment_search import AugmentSearch
 from volnas.search.sampler import TemperatureSchedule
 from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import _flatten_optimizer, _unflatten_optimizer, atomic_write_text
@@ -55,9 +56,21 @@ class SearchConfig(TrainConfig):
     tau_schedule: Literal["exp", "linear", "constant"] = "exp"
     target_params: float | None = Field(None, gt=0)  # millions of parameters
     cost_weight: float = Field(0.0, ge=0)
+    augment_search: Literal["off", "joint", "only", "decoupled"] | None = None  # None: joint
+    # for the medpipe space, off otherwise
+    objective: Literal["paper", "unrolled"] = "paper"
+    aug_lr: float | None = Field(None, gt=0)  # default: arch_lr
+    unrolled_xi: float | None = Field(None, gt=0)  # virtual step size (default: weight_lr)
+    fixed_genotype: str | None = None  # the network of --augment-search only (default below)
     topk: int = Field(10, ge=1)
     probe_epochs: int = Field(3, ge=1)
     retrain_epochs: int = Field(200, ge=1)
+
+    @property
+    def aug_mode(self) -> str:
+        if self.augment_search is not None:
+            return self.augment_search
+        return "joint" if self.space == "medpipe" else "off"
 
     def search_preprocess(self) -> PreprocessConfig:
         return self.preprocess.model_copy(update={
@@ -79,6 +92,23 @@ class SearchConfig(TrainConfig):
             "model": f"supernet:{self.space}",
         })
         return TrainConfig.model_validate(base)
+
+
+def fixed_path(supernet: SuperNet, search: SearchConfig) -> list[int]:
+    """The network held fixed while only augmentation is searched: --fixed-genotype, or
+    k3e3 everywhere with MedPipe's Clean-CC-CCII strides [1, 2, 2, 2, 2, 2, 1]."""
+    from volnas.models.genotype import Genotype
+
+    if search.fixed_genotype:
+        ops = Genotype.load(search.fixed_genotype).ops
+    else:
+        strides = iter([1, 2, 2, 2, 2, 2, 1])
+        ops = [("k3e3" if s.kind == "normal" else f"conv_s{next(strides)}")
+               if s.searchable else s.candidates[0] for s in supernet.specs]
+        if supernet.space != "medpipe":
+            ops = ["k3e3" if s.kind == "normal" else s.candidates[0] for s in supernet.specs]
+    return [s.candidates.index(op) for s, op in zip(supernet.specs, ops, strict=True)
+            if s.searchable]
 
 
 def split_by_patient(rows: list[ManifestRow], seed: int) -> tuple[list[ManifestRow], list[ManifestRow]]:
@@ -149,12 +179,23 @@ class SearchTrainer(Trainer):
     def __init__(self, model: SuperNet, cfg: TrainConfig, search: SearchConfig,
                  retrain_shape: tuple[int, ...], **kwargs: Any) -> None:
         self.search = search
+        self.mode = search.aug_mode
         model.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
+        if self.mode != "off":
+            model.aug = AugmentSearch()
         super().__init__(model, cfg, **kwargs)
         self.supernet: SuperNet = model
-        self.arch_optimizer = torch.optim.Adam(
-            self.supernet.arch_parameters(), lr=search.arch_lr, betas=(0.5, 0.999),
-            weight_decay=search.arch_weight_decay)
+        self.aug: AugmentSearch | None = getattr(model, "aug", None)
+        # augmentation draws come from their own generator, identical on every rank
+        self.aug_generator = torch.Generator().manual_seed(cfg.seed * 7919 + 23)
+        groups = [{"params": self.supernet.arch_parameters(), "lr": search.arch_lr}]
+        if self.aug is not None:
+            groups.append({"params": list(self.aug.parameters()),
+                           "lr": search.aug_lr or search.arch_lr})
+        self.arch_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999),
+                                               weight_decay=search.arch_weight_decay)
+        self.fixed_path = fixed_path(self.supernet, search) if self.mode in ("only", "decoupled") else None
+        self.path_generator = model.generator
         self.schedule = TemperatureSchedule(search.tau_start, search.tau_end, search.tau_schedule)
         self.retrain_shape = retrain_shape
         self.steps_per_epoch = 1
@@ -178,34 +219,136 @@ class SearchTrainer(Trainer):
             return w * torch.log(expected / (s.target_params * 1e6)) ** 2
         return s.cost_weight * expected / 1e6
 
-    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One Adam step on the logits; only their gradients are computed (autograd.grad)."""
-        # The unwrapped net: DDP's reducer expects weight gradients, this step computes none.
-        with autocast(self.device, self.amp):
-            logits = self.net(x)
-        loss = self.loss_fn(logits, y)
-        penalty = self.cost_penalty()
-        total = loss if penalty is None else loss + penalty
-        params = self.supernet.arch_parameters()
-        grads = torch.autograd.grad(total, params, allow_unused=True)
+    # ---- which logits move in this phase ------------------------------------------------
+
+    def phase(self) -> tuple[bool, bool]:
+        """(architecture logits move, augmentation logits move) in the current epoch."""
+        if self.mode == "off":
+            return True, False
+        if self.mode == "joint":
+            return True, True
+        if self.mode == "only":
+            return False, True
+        first_half = self.epoch < max(1, self.cfg.epochs // 2)  # decoupled: aug, then arch
+        return (not first_half), first_half
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Training batches: the sampled searchable policy, the fixed argmax one, or flips."""
+        if self.aug is None:
+            return super().augment(x)
+        _, aug_moves = self.phase()
+        if aug_moves:
+            return self.aug(x, self.aug_generator)
+        return self.aug.policy().apply(x, self.aug_generator)  # decoupled, second half
+
+    def _install_path(self) -> None:
+        arch_moves, _ = self.phase()
+        self.supernet.fixed_path = None if arch_moves else self.fixed_path
+
+    def _logit_params(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        arch_moves, aug_moves = self.phase()
+        arch = self.supernet.arch_parameters() if arch_moves else []
+        aug = list(self.aug.parameters()) if (self.aug is not None and aug_moves) else []
+        return arch, aug
+
+    def _apply_logit_grads(self, params: list[nn.Parameter], grads: tuple) -> None:
         self.arch_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         average_gradients(params)  # every rank keeps identical logits
         self.arch_optimizer.step()
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One Adam step on the logits (MedPipe's objective: the architecture-half batch is
+        augmented by the sampled policy). Only logit gradients are computed."""
+        arch, aug = self._logit_params()
+        if aug:
+            x = self.aug(x, self.aug_generator)
+        # The unwrapped net: DDP's reducer expects weight gradients, this step computes none.
+        with autocast(self.device, self.amp):
+            logits = self.net(x)
+        loss = self.loss_fn(logits, y)
+        penalty = self.cost_penalty() if arch else None
+        total = loss if penalty is None else loss + penalty
+        params = arch + aug
+        if params:
+            self._apply_logit_grads(params, torch.autograd.grad(total, params, allow_unused=True))
         return loss.item()
+
+    def unrolled_step(self, xw: torch.Tensor, yw: torch.Tensor, xa: torch.Tensor,
+                      ya: torch.Tensor) -> float:
+        """Clean architecture-half batch; augmentation logits get their gradient through a
+        one-step unrolled weight update (DARTS/DADA first-order finite difference):
+
+        w' = w - xi * grad_w L_train(aug(xw); w);  v = grad_w' L_val(xa; w')
+        grad_aug = -xi * (grad_aug L_train(w + eps v) - grad_aug L_train(w - eps v)) / (2 eps)
+        """
+        arch, aug = self._logit_params()
+        weights = [p for p in self.supernet.weight_parameters() if p.requires_grad]
+        xi = self.search.unrolled_xi or self.search.weight_lr
+        seed = int(torch.randint(0, 2**31, (1,), generator=self.aug_generator))
+
+        def train_loss() -> torch.Tensor:
+            gen = torch.Generator().manual_seed(seed)  # the same augmented batch each time
+            with autocast(self.device, self.amp):
+                return self.loss_fn(self.net(self.aug(xw, gen) if aug else xw), yw)
+
+        path_seed = int(torch.randint(0, 2**31, (1,), generator=self.aug_generator))
+        self.supernet.generator = torch.Generator().manual_seed(path_seed)
+        g_w = torch.autograd.grad(train_loss(), weights, allow_unused=True)
+        backup = [w.detach().clone() for w in weights]
+        with torch.no_grad():
+            for w, g in zip(weights, g_w, strict=True):
+                if g is not None:
+                    w.sub_(xi * g)
+        with autocast(self.device, self.amp):
+            val_loss = self.loss_fn(self.net(xa), ya)
+        grads_val = torch.autograd.grad(val_loss, weights + arch, allow_unused=True)
+        v, arch_grads = grads_val[:len(weights)], grads_val[len(weights):]
+        aug_grads: list = []
+        if aug:
+            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in v if g is not None))
+            eps = 0.01 / max(float(norm), 1e-12)
+            fd: list[tuple] = []
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    for w, b, g in zip(weights, backup, v, strict=True):
+                        w.copy_(b if g is None else b + sign * eps * g)
+                self.supernet.generator = torch.Generator().manual_seed(path_seed)
+                fd.append(torch.autograd.grad(train_loss(), aug, allow_unused=True))
+            aug_grads = [None if gp is None else -xi * (gp - gm) / (2 * eps)
+                         for gp, gm in zip(fd[0], fd[1], strict=True)]
+        with torch.no_grad():
+            for w, b in zip(weights, backup, strict=True):
+                w.copy_(b)
+        self.supernet.generator = self.path_generator
+        params = arch + aug
+        if params:
+            self._apply_logit_grads(params, tuple(arch_grads) + tuple(aug_grads))
+        return val_loss.item()
 
     def train_batch(self, batch: Any) -> dict[str, float]:
         (xw, yw), (xa, ya) = batch
         progress = ((self.epoch + self.step_in_epoch / max(self.steps_per_epoch, 1))
                     / max(self.cfg.epochs, 1))
         self.supernet.alpha.tau = self.schedule(progress)
+        if self.aug is not None:
+            self.aug.alpha.tau = self.supernet.alpha.tau
         self.step_in_epoch += 1
+        self._install_path()
+        xw = to_device(xw, self.device, self.channels_last)
+        yw = yw.to(self.device)
         if self.epoch >= self.search.warmup_epochs:
-            self.arch_step(self.augment(to_device(xa, self.device, self.channels_last)),
-                           ya.to(self.device))
-        out = self.train_step(to_device(xw, self.device, self.channels_last), yw.to(self.device))
+            xa = to_device(xa, self.device, self.channels_last)
+            ya = ya.to(self.device)
+            if self.search.objective == "unrolled" and self.aug is not None:
+                self.unrolled_step(xw, yw, xa, ya)
+            else:
+                self.arch_step(xa, ya)
+        out = self.train_step(xw, yw)
         self.supernet.alpha.zero_grad(set_to_none=True)  # the weight step must not move logits
+        if self.aug is not None:
+            self.aug.zero_grad(set_to_none=True)
         return out
 
     def train_epoch(self, loader: Any, epoch: int, total: int | None = None) -> dict[str, float]:
@@ -216,6 +359,11 @@ class SearchTrainer(Trainer):
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
         """Record the argmax architecture, its validation score, entropies and cost."""
         geno = self.supernet.genotype(input_shape=self.retrain_shape)
+        if self.fixed_path is not None and not self.phase()[0] and self.mode == "only":
+            geno = self.supernet.genotype(self.fixed_path, input_shape=self.retrain_shape)
+        policy = self.aug.policy() if self.aug is not None else None
+        if policy is not None:
+            geno.extra["augment_policy"] = policy.to_list()
         net = geno.build()
         entropies = self.supernet.alpha.entropy()
         probs = [p.tolist() for p in self.supernet.alpha.probs()]
@@ -232,6 +380,10 @@ class SearchTrainer(Trainer):
             "params": count_params(net),
             "flops": count_flops(net, self.retrain_shape),
             "expected_params": self.supernet.expected_params().item(),
+            "policy": "; ".join(policy.describe()) if policy is not None else "",
+            "policy_json": policy.to_json() if policy is not None else "",
+            "aug_strength": self.aug.expected_strength() if self.aug is not None else "",
+            "aug_entropy": float(np.mean(self.aug.alpha.entropy())) if self.aug is not None else "",
             "seconds": row["seconds"],
         }
         rec["score"] = self._score({"loss": row["val_loss"], "accuracy": row["val_accuracy"],
@@ -241,12 +393,15 @@ class SearchTrainer(Trainer):
             return
         gdir = self.run_dir / "genotypes"
         gdir.mkdir(exist_ok=True)
-        geno.extra = {"epoch": epoch, "val": {k: row[k] for k in ("val_accuracy", "val_f1", "val_auc")}}
+        geno.extra.update({"epoch": epoch,
+                           "val": {k: row[k] for k in ("val_accuracy", "val_f1", "val_auc")}})
         geno.save(gdir / f"epoch_{epoch:03d}.json")
         self._write_log()
         plot_choice_probabilities(
             self.probs_history, self.supernet.alpha.names,
             [layer.names for layer in self.supernet.choice_layers], self.run_dir / "search_probs.png")
+        if policy is not None:
+            self.console.print(f"  policy {escape('; '.join(policy.describe()) or 'identity')}")
         self.console.print(f"  argmax {escape(geno.to_string())}  ({rec['params'] / 1e6:.2f} M params, "
                            f"entropy {rec['mean_entropy']:.3f}, tau {rec['tau']:.2f})")
 

@@ -26,7 +26,9 @@ class TrainConfig(BaseModel):
     min_lr: float = Field(1e-5, ge=0)  # cosine annealing floor
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: float = 0.9  # sgd only
-    augment: Literal["none", "flip"] = "flip"  # CovidNet3D: random H or V flip in training
+    # auto: a genotype's searched policy if it has one, else flip (CovidNet3D: random H or V
+    # flip); none; flip; or a policy JSON file (volnas.data.augment.Policy)
+    augment: str = "auto"
     select_metric: Literal["auc", "f1", "accuracy", "loss"] = "auc"
     patience: int | None = Field(None, ge=1)  # early stopping on the validation metric
     seed: int = 0

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from volnas.data.augment import Policy
 from volnas.data.cache import StackCache
 from volnas.data.dataset import DataSource, ScanDataset, make_loader, open_source
 from volnas.models.genotype import Genotype
@@ -60,6 +61,27 @@ def pin_genotype(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     if src.resolve() != local.resolve():
         Genotype.load(src).save(local)
     return cfg.model_copy(update={"model": GENOTYPE_PREFIX + "genotype.json"})
+
+
+def pin_augment(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """Copy the training policy into the run folder: an --augment file, or with ``auto`` the
+    policy a searched genotype carries. The run then names ``augment_policy.json``."""
+    local = run_dir / "augment_policy.json"
+    if cfg.augment == "auto" and cfg.model.startswith(GENOTYPE_PREFIX):
+        geno = Genotype.load(run_dir / cfg.model[len(GENOTYPE_PREFIX):])
+        policy = geno.extra.get("augment_policy")
+        if policy is None:
+            return cfg
+        Policy.from_json(policy, source=cfg.model).save(local)
+    elif cfg.augment not in ("auto", "none", "flip"):
+        src = Path(cfg.augment)
+        if not src.is_file() and (run_dir / src).is_file():
+            src = run_dir / src
+        if src.resolve() != local.resolve():
+            Policy.load(src).save(local)
+    else:
+        return cfg
+    return cfg.model_copy(update={"augment": local.name})
 
 
 def build_model(name: str, num_classes: int, run_dir: Path | None = None) -> torch.nn.Module:
@@ -144,8 +166,11 @@ def run_training(
         saved = load_config(run_dir / "config.yaml", {})
         # Only the epoch budget may change on resume (to extend a finished run).
         cfg = saved.model_copy(update={"epochs": max(cfg.epochs, saved.epochs)})
-    if model is None:
-        cfg = pin_genotype(cfg, run_dir)
+    if dist_info().is_main:
+        if model is None:
+            cfg = pin_genotype(cfg, run_dir)
+        cfg = pin_augment(cfg, run_dir)
+    cfg = broadcast_object(cfg)
     if dist_info().is_main:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     t_start = time.perf_counter()

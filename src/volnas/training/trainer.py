@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from volnas.data.augment import Policy
 from volnas.training.checkpoint import (
     atomic_write_text,
     load_training_state,
@@ -50,6 +51,18 @@ def make_progress(console: Console) -> Progress:
         console=console,
         transient=True,
     )
+
+
+def load_policy(augment: str, run_dir: Path) -> Policy | None:
+    """The fixed policy named by ``augment`` (a JSON file, looked up in ``run_dir`` first)."""
+    if augment in ("auto", "none", "flip"):
+        return None
+    path = Path(augment)
+    if not path.is_absolute() and (run_dir / path).exists():
+        path = run_dir / path
+    if not path.is_file():
+        raise ValueError(f"--augment {augment!r}: expected none, flip or a policy JSON file")
+    return Policy.load(path)
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -116,6 +129,7 @@ class Trainer:
         self.epoch = 0  # epochs finished
         self.stale = 0  # epochs since the best validation score
         self.amp = cfg.amp and device.type == "cuda"
+        self.policy = load_policy(cfg.augment, self.run_dir)
 
     find_unused_parameters = False  # the supernet runs one path per step: True there
 
@@ -127,7 +141,9 @@ class Trainer:
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """Training-time augmentation on the device batch (evaluation never calls this)."""
-        if self.cfg.augment == "flip":
+        if self.policy is not None:
+            return self.policy.apply(x)
+        if self.cfg.augment in ("flip", "auto"):
             # CovidNet3D: random horizontal or vertical flip, decided per scan.
             b = x.shape[0]
             coin = torch.rand(b, device=x.device)

@@ -1,0 +1,124 @@
+"""Joint search of augmentation and architecture (MedPipe)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from volnas.cli.main import app
+from volnas.data.augment import Policy
+from volnas.data.synth import synthesize
+from volnas.search.augment_search import AugmentSearch
+from volnas.search.search import SearchConfig, SearchTrainer
+
+runner = CliRunner()
+
+
+def test_augment_layer_passes_gradient_to_its_logits() -> None:
+    aug = AugmentSearch()
+    x = torch.rand(4, 1, 8, 16, 16, requires_grad=True)
+    out = aug(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    (out * torch.randn_like(out)).sum().backward()
+    grads = [p.grad for p in aug.alpha.logits]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert x.grad is not None
+    # the same generator seed reproduces the same batch
+    a = aug(x.detach(), torch.Generator().manual_seed(5))
+    b = aug(x.detach(), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b)
+
+
+def test_argmax_policy_and_identity_start() -> None:
+    aug = AugmentSearch()
+    pol = aug.policy()  # all logits equal: argmax is each type's first candidate (p = 0)
+    assert isinstance(pol, Policy) and len(pol) == 13
+    assert pol.describe() == []
+    with torch.no_grad():
+        aug.alpha.logits[4][aug.choices[4].index(((-15.0, 15.0), 0.8))] = 5.0
+    assert pol.describe() == [] and aug.policy().describe() == ["(rotate_v; (-15, 15); 0.8)"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("augsearch")
+    res = synthesize(root / "data", scans=24, fmt="npz", classes=2, shape=(8, 16, 16), seed=9)
+    return next(res.out.glob("*.npz"))
+
+
+def _search(manifest: Path, out: Path, *extra: str) -> dict:
+    args = ["search", "--data", str(manifest), "--space", "medpipe", "--out", str(out),
+            "--epochs", "2", "--topk", "1", "--probe-epochs", "1", "--retrain-epochs", "1",
+            "--slices", "8", "--size", "16x16", "--batch-size", "4", "--arch-lr", "0.05", *extra]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return json.loads((out / "result.json").read_text())
+
+
+def _aug_logits(run: Path) -> dict[str, torch.Tensor]:
+    from volnas.training.checkpoint import load_tensors
+
+    ckpt = json.loads((run / "search" / "checkpoint" / "last.json").read_text())
+    t = load_tensors(run / "search" / "checkpoint" / ckpt["file"])
+    return {k: v for k, v in t.items() if k.startswith("model.aug.")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "objective"), [("joint", "paper"), ("joint", "unrolled"),
+                                                 ("only", "paper"), ("decoupled", "paper"),
+                                                 ("off", "paper")])
+def test_every_mode_end_to_end(manifest: Path, tmp_path: Path, monkeypatch, mode: str,
+                               objective: str) -> None:
+    monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    result = _search(manifest, run, "--augment-search", mode, "--objective", objective)
+    logits = _aug_logits(run)
+    if mode == "off":
+        assert logits == {} and result["policy"] is None
+        return
+    assert len(logits) == 13
+    assert max(float(v.abs().max()) for v in logits.values()) > 1e-3  # the logits moved
+    log = list(csv.DictReader((run / "search" / "search_log.csv").open()))
+    assert all(r["policy_json"] for r in log)
+    geno = json.loads((run / "genotype.json").read_text())
+    assert "augment_policy" in geno["extra"]
+    # the retrain trains with the searched policy, pinned in its run folder
+    assert (run / "final" / "augment_policy.json").exists()
+    assert Policy.load(run / "final" / "augment_policy.json").to_list() == geno["extra"]["augment_policy"]
+    out = runner.invoke(app, ["genotype", "show", str(run / "genotype.json")]).output
+    assert "augmentation policy" in out
+
+
+def test_evaluation_never_augments(manifest: Path, tmp_path: Path, monkeypatch) -> None:
+    """The evaluation path (validation and test) never calls the augmentation."""
+    calls = {"train": 0, "eval": 0}
+    real = SearchTrainer.augment
+
+    def spy(self, x):
+        calls["eval" if not self.net.training else "train"] += 1
+        return real(self, x)
+
+    monkeypatch.setattr(SearchTrainer, "augment", spy)
+    real_predict = SearchTrainer.predict
+
+    def predict(self, loader):
+        before = dict(calls)
+        out = real_predict(self, loader)
+        assert calls == before, "augmentation ran during evaluation"
+        return out
+
+    monkeypatch.setattr(SearchTrainer, "predict", predict)
+    monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "cache"))
+    _search(manifest, tmp_path / "run", "--augment-search", "joint")
+    assert calls["train"] > 0 and calls["eval"] == 0
+
+
+def test_search_config_modes() -> None:
+    assert SearchConfig(space="medpipe").aug_mode == "joint"
+    assert SearchConfig(space="covidnet3d-s").aug_mode == "off"
+    assert SearchConfig(space="covidnet3d-s", augment_search="only").aug_mode == "only"
