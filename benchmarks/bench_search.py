@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     d, h, w = (int(v) for v in args.input.split("x"))
-    console = Console()
+    console = Console(width=160)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, d, h, w, device=device)
     if device.type == "cpu":
