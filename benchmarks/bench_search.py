@@ -105,7 +105,7 @@ def main() -> None:
         t_derived = timed(train_step(derived, x, y, torch.optim.Adam(derived.parameters(), 1e-3),
                                      device), args.repeats, device)
 
-        def weight_step() -> None:
+        def weight_step(idx: list[int] = idx) -> None:
             s = sup.alpha.sample(torch.Generator().manual_seed(0))
             sup.set_path(idx, [wt for wt, _ in s])
             sup.fixed_path = None
@@ -115,7 +115,7 @@ def main() -> None:
             F.cross_entropy(out.float(), y).backward()
             w_opt.step()
 
-        def bilevel_step() -> None:
+        def bilevel_step(idx: list[int] = idx) -> None:
             s = sup.alpha.sample(torch.Generator().manual_seed(0))
             sup.set_path(idx, [wt for wt, _ in s])
             with autocast(device):
@@ -125,7 +125,7 @@ def main() -> None:
             for p, g in zip(sup.arch_parameters(), grads, strict=True):
                 p.grad = g
             a_opt.step()
-            weight_step()
+            weight_step(idx)
 
         rows.append((t_derived, timed(weight_step, args.repeats, device),
                      timed(bilevel_step, args.repeats, device)))
