@@ -22,7 +22,8 @@ def invoke(*args: str) -> str:
 
 def test_help_lists_every_command() -> None:
     out = invoke("--help")
-    for cmd in ("data", "models", "train", "evaluate", "search", "genotype", "demo"):
+    for cmd in ("data", "models", "train", "evaluate", "search", "genotype", "demo", "explain",
+                "export", "predict", "benchmark"):
         assert cmd in out
     assert "--skip-bad" in invoke("data", "index", "--help")
     assert "--resume" in invoke("train", "--help")

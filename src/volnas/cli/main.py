@@ -309,6 +309,17 @@ def demo_cmd(
     run_demo(out, epochs=epochs, seed=seed, console=console)
 
 
+def _register_stage_commands() -> None:
+    from volnas.cli.deploy_cmds import register as register_deploy
+    from volnas.cli.explain_cmd import register as register_explain
+
+    register_explain(app)
+    register_deploy(app)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,160 @@
+"""``volnas export``, ``volnas predict`` and ``volnas benchmark``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+_console = Console()
+_err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    _err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _shape(text: str | None, n: int, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    from volnas.cli.main import parse_shape
+
+    return parse_shape(text, n, what)
+
+
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished training run (or search) folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder (must not exist or be empty)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx (needs `onnx`)."),
+) -> None:
+    """Write a self-contained model bundle: safetensors weights, architecture, preprocessing."""
+    import warnings
+
+    from volnas.deploy.bundle import BundleError, export_bundle, load_bundle
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            export_bundle(run_dir, out, onnx=onnx)
+        bundle = load_bundle(out)  # what was written loads and verifies
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    for w in caught:
+        _err.print(f"[yellow]warning:[/] {escape(str(w.message))}")
+    m = bundle.manifest
+    size = m["model"].get("model_size_mb")
+    arch = (f"searched {bundle.genotype.space} network" if bundle.genotype is not None
+            else bundle.model_name)
+    _console.print(
+        f"bundle: {out}  ({escape(arch)}, input {'x'.join(map(str, bundle.input_shape))}, "
+        f"classes {', '.join(bundle.classes)}"
+        + (f", {size:.2f} MB" if size is not None else "")
+        + (", model.onnx" if (m.get("onnx") or {}).get("file") else "") + ")")
+
+
+def predict_cmd(
+    model_dir: Path = typer.Argument(..., help="A bundle folder from `volnas export`."),
+    scans: list[str] = typer.Argument(
+        ..., help="DICOM series folder, NIfTI file, slice folder, file.npz#split/i, a manifest "
+        "CSV (all its scans), MANIFEST.csv#scan_id, or a MedMNIST .npz."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the predictions: FILE.csv or FILE.json."),
+    explain: bool = typer.Option(False, "--explain", help="Also write CAM heatmaps of every scan."),
+    explain_dir: Path = typer.Option(None, "--explain-dir",
+                                     help="Folder for --explain [next free ./explain-NNN]."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Scans per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+) -> None:
+    """Classify scans with a bundle; exit code 1 when some scan could not be predicted."""
+    from volnas.deploy.bundle import BundleError, load_bundle
+    from volnas.deploy.predict import predict_scans, write_predictions
+
+    if out is not None:
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise typer.BadParameter("must end in .csv or .json", param_hint="--out")
+        if out.exists():
+            _fail(f"{out}: already exists; refusing to overwrite")
+    if explain_dir is not None and not explain:
+        raise typer.BadParameter("needs --explain", param_hint="--explain-dir")
+    if explain and explain_dir is None:
+        from volnas.cli.demo import next_free
+
+        explain_dir = next_free(Path.cwd(), "explain")
+    try:
+        bundle = load_bundle(model_dir)
+        rows, failures = predict_scans(bundle, scans, explain_dir if explain else None,
+                                       console=_console, batch_size=batch_size, device=device)
+    except (BundleError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    table = Table(title=f"{len(rows)} scan(s), bundle {escape(str(model_dir))}")
+    labelled = any(r["label"] for r in rows)
+    for col in ("scan", *(["label"] if labelled else []), "predicted",
+                *[f"p({c})" for c in bundle.classes]):
+        table.add_column(escape(col), justify="right" if col.startswith("p(") else "left")
+    for r in rows:
+        table.add_row(escape(r["scan"]), *([escape(r["label"] or "")] if labelled else []),
+                      escape(r["predicted"]),
+                      *[f"{r['probabilities'][c]:.4f}" for c in bundle.classes])
+    _console.print(table)
+    if out is not None:
+        write_predictions(out, rows, failures, bundle)
+        _console.print(f"predictions: {out}")
+    if failures:
+        _err.print(f"[red]{len(failures)} could not be predicted:[/]")
+        for f in failures:
+            _err.print(f"  {escape(f.path)}: {escape(f.reason)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def benchmark_cmd(
+    data: str = typer.Option(..., "--data", help="Manifest CSV or MedMNIST .npz (shared splits)."),
+    models: str = typer.Option("", "--models", help="Comma-separated registry names."),
+    search: str = typer.Option("", "--search", help="Comma-separated search spaces."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Benchmark folder (re-run to resume)."),
+    epochs: int = typer.Option(None, "--epochs", help="Training epochs of every baseline [200]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size [8]."),
+    slices: int = typer.Option(None, "--slices", help="Slices per scan T [32]."),
+    size: str = typer.Option(None, "--size", help="In-plane HxW [128x128]."),
+    search_epochs: int = typer.Option(None, "--search-epochs", help="Search epochs [30]."),
+    probe_epochs: int = typer.Option(None, "--probe-epochs", help="Epochs per probe [3]."),
+    retrain_epochs: int = typer.Option(None, "--retrain-epochs",
+                                       help="Retrain epochs of the searched net [--epochs]."),
+    topk: int = typer.Option(None, "--topk", help="Architectures probed after a search [10]."),
+    search_size: str = typer.Option(None, "--search-size", help="Search HxW (reduced)."),
+    search_slices: int = typer.Option(None, "--search-slices", help="Search slices (reduced)."),
+    config: Path = typer.Option(None, "--config", help="YAML settings; flags override it."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+) -> None:
+    """Train baselines and run searches with every seed; write report.md/json and a plot."""
+    from volnas.training.benchmark import BenchmarkError, run_benchmark
+
+    overrides = {
+        "epochs": epochs, "batch_size": batch_size, "slices": slices,
+        "size": _shape(size, 2, "--size"), "search_epochs": search_epochs,
+        "probe_epochs": probe_epochs, "retrain_epochs": retrain_epochs, "topk": topk,
+        "search_size": _shape(search_size, 2, "--search-size"), "search_slices": search_slices,
+        "device": device,
+    }
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    spaces = [s.strip() for s in search.split(",") if s.strip()]
+    try:
+        report = run_benchmark(data, names, spaces, seeds, out, config=config,
+                               overrides=overrides, console=_console)
+    except BenchmarkError as e:
+        _fail(str(e))
+    if report["failed"]:
+        _err.print(f"[red]{len(report['failed'])} run(s) failed[/] (listed in {out / 'report.md'})")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export``, ``predict`` and ``benchmark`` to ``app`` (a second call does nothing)."""
+    have = {c.name for c in app.registered_commands}
+    for name, fn in (("export", export_cmd), ("predict", predict_cmd),
+                     ("benchmark", benchmark_cmd)):
+        if name not in have:
+            app.command(name)(fn)

@@ -1,0 +1,212 @@
+"""Predict with a bundle on new scans: read, prepare exactly as evaluation does, classify.
+
+A SCAN is a DICOM series folder, a NIfTI file, a slice folder, ``file.npz#split/i``, a
+manifest CSV (all its scans; labels are shown), ``MANIFEST.csv#scan_id`` (one row) or a
+MedMNIST ``.npz`` (all its scans). Scans that cannot be read are collected with the file
+and the reason; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from volnas.data.cache import StackCache
+from volnas.data.dataset import open_source
+from volnas.data.preprocess import take_slices
+from volnas.data.volume import DataError
+from volnas.deploy.bundle import Bundle
+from volnas.training.checkpoint import atomic_write_text
+from volnas.training.device import autocast, prepare_model, resolve_device, to_device
+
+
+@dataclass
+class ScanItem:
+    """One scan to predict, resolved from a SCAN argument."""
+
+    name: str  # shown in the table: the argument, or the manifest's scan_id
+    path: str  # what read_scan reads
+    fmt: str | None
+    label: str | None
+    arg: str  # the same scan as a ``volnas explain`` argument
+
+
+@dataclass
+class Failure:
+    """A scan (or argument) that could not be predicted."""
+
+    scan: str
+    path: str
+    reason: str
+
+
+def expand_scans(args: Sequence[str | Path]) -> tuple[list[ScanItem], list[Failure]]:
+    """SCAN arguments -> scans; a manifest or an ``.npz`` expands into all of its scans."""
+    items: list[ScanItem] = []
+    failures: list[Failure] = []
+    for raw in args:
+        arg = str(raw)
+        base, sep, frag = arg.rpartition("#")
+        try:
+            if sep and base.lower().endswith(".csv"):
+                rows = [r for r in open_source(base).rows if r.scan_id == frag]
+                if not rows:
+                    raise DataError(base, f"no scan with scan_id {frag!r} in this manifest")
+                items.append(ScanItem(rows[0].scan_id, rows[0].path, rows[0].format,
+                                      rows[0].label, arg))
+            elif arg.lower().endswith((".csv", ".npz")) and Path(arg).is_file():
+                for r in open_source(arg).rows:
+                    ref = r.path if r.format == "npz" else f"{arg}#{r.scan_id}"
+                    items.append(ScanItem(r.scan_id, r.path, r.format, r.label, ref))
+            else:
+                items.append(ScanItem(arg, arg, None, None, arg))
+        except (DataError, OSError, ValueError) as e:
+            failures.append(_failure(arg, arg, e))
+    return items, failures
+
+
+def _failure(name: str, path: str, e: BaseException) -> Failure:
+    if isinstance(e, DataError):
+        return Failure(name, e.path, e.problem)
+    return Failure(name, path, f"{type(e).__name__}: {e}")
+
+
+def predict_scans(
+    bundle: Bundle,
+    scans: Sequence[str | Path],
+    explain_dir: Path | None = None,
+    console: Console | None = None,
+    *,
+    batch_size: int = 4,
+    device: str = "auto",
+    cache_dir: Path | None = None,
+) -> tuple[list[dict[str, Any]], list[Failure]]:
+    """Class probabilities of every scan; unreadable scans are returned, not raised.
+
+    Each scan goes through the evaluation path: :class:`StackCache` (``read_scan`` then
+    ``prepare_stack``, stored as training stores it) and symmetrical ``take_slices``, so a
+    scan gets the probabilities ``volnas evaluate`` gives it.
+
+    Args:
+        bundle: from :func:`volnas.deploy.bundle.load_bundle`.
+        scans: SCAN arguments (module docstring).
+        explain_dir: also write explanations (montage, heatmap NIfTI, JSON per scan) of the
+            predicted scans here (must not exist or be empty).
+        console: where the progress bar goes (None: a default console).
+        batch_size: scans per forward pass.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        cache_dir: prepared-stack cache (default: ``$VOLNAS_CACHE_DIR`` or ``~/.cache/volnas``).
+
+    Returns:
+        ``(rows, failures)``: one row per predicted scan, in input order, with ``scan``,
+        ``path``, ``label``, ``predicted``, ``probability`` and ``probabilities`` per class.
+    """
+    console = console or Console()
+    items, failures = expand_scans(scans)
+    dev = resolve_device(device)
+    model = prepare_model(bundle.model, dev, bundle.channels_last).eval()
+    amp = bundle.amp and dev.type == "cuda"
+    cache = StackCache(bundle.preprocess, cache_dir, memory_limit_mb=0)
+    rows: list[dict[str, Any]] = []
+    done: list[ScanItem] = []
+    pending: list[tuple[ScanItem, np.ndarray]] = []
+
+    def flush() -> None:
+        x = to_device(torch.from_numpy(np.stack([p[1] for p in pending])), dev,
+                      bundle.channels_last)
+        with torch.no_grad(), autocast(dev, amp):
+            logits = model(x)
+        probs = torch.softmax(logits.float(), 1).cpu().numpy()
+        for (item, _), p in zip(pending, probs, strict=True):
+            k = int(p.argmax())
+            rows.append({
+                "scan": item.name, "path": item.path, "label": item.label,
+                "predicted": bundle.classes[k], "probability": float(p[k]),
+                "probabilities": {c: float(v) for c, v in zip(bundle.classes, p, strict=True)},
+            })
+            done.append(item)
+        pending.clear()
+
+    with Progress(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                  console=console, transient=True, disable=len(items) < 2) as progress:
+        task = progress.add_task("", total=len(items))
+        for item in items:
+            progress.update(task, description=item.name[-40:])
+            try:
+                stack, _ = cache.get(item.path, item.fmt)
+                x, _ = take_slices(stack, bundle.preprocess, "symmetrical", None)
+                pending.append((item, x))
+            except Exception as e:  # noqa: BLE001 - any unreadable scan is reported, not raised
+                failures.append(_failure(item.name, item.path, e))
+            if len(pending) >= batch_size:
+                flush()
+            progress.advance(task)
+        if pending:
+            flush()
+
+    if explain_dir is not None and done:
+        failures.extend(explain_predicted(bundle, done, Path(explain_dir), console))
+    return rows, failures
+
+
+def explain_predicted(
+    bundle: Bundle, items: Sequence[ScanItem], out: Path, console: Console
+) -> list[Failure]:
+    """Explanations of ``items`` through :func:`volnas.explain.api.explain_scans`.
+
+    The bundle folder holds ``config.yaml``, ``run.json`` and the weights, so it opens as a
+    run there. Returns the failure, if any, instead of raising.
+    """
+    try:
+        from volnas.explain.api import explain_scans
+    except ImportError as e:
+        return [Failure("--explain", str(out), f"explanations are not available: {e}")]
+    try:
+        explain_scans(bundle.path, [it.arg for it in items], out, console=console)
+    except Exception as e:  # noqa: BLE001 - predictions stand; the explain step is reported
+        return [_failure("--explain", str(out), e)]
+    return []
+
+
+def write_predictions(
+    path: Path, rows: Sequence[dict[str, Any]], failures: Sequence[Failure], bundle: Bundle
+) -> Path:
+    """Predictions (and failures) as ``.csv`` (one line per scan) or ``.json``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        payload = {
+            "bundle": str(bundle.path.resolve()),
+            "model": bundle.model_name,
+            "classes": bundle.classes,
+            "positive_class": bundle.positive_class,
+            "predictions": list(rows),
+            "failures": [asdict(f) for f in failures],
+        }
+        atomic_write_text(path, json.dumps(payload, indent=2))
+        return path
+    if suffix != ".csv":
+        raise ValueError(f"{path}: --out must end in .csv or .json")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["scan", "path", "label", "predicted", "probability",
+                *[f"p_{c}" for c in bundle.classes], "error"])
+    for r in rows:
+        w.writerow([r["scan"], r["path"], r["label"] or "", r["predicted"],
+                    f"{r['probability']:.6f}",
+                    *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes], ""])
+    for f in failures:
+        w.writerow([f.scan, f.path, "", "", "", *[""] * len(bundle.classes), f.reason])
+    atomic_write_text(path, buf.getvalue())
+    return path

@@ -1,0 +1,116 @@
+"""``volnas benchmark``: every (model, seed) cell, a report that matches the runs, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from volnas.cli.deploy_cmds import register
+from volnas.cli.main import app
+from volnas.data.synth import synthesize
+from volnas.models.genotype import Genotype
+from volnas.models.spaces import layer_specs
+from volnas.training.benchmark import METRICS, fmt_mean_std
+
+register(app)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench_data")
+    res = synthesize(root, scans=24, fmt="npz", classes=2, shape=(8, 16, 16), seed=5)
+    return next(res.out.glob("*.npz"))
+
+
+def tiny_genotype(path: Path) -> Path:
+    """A small net of the medpipe space: every searchable layer is 'skip'."""
+    specs = layer_specs("medpipe")
+    ops = ["skip" if s.kind == "normal" else ("conv_s2" if i < 3 else "conv_s1")
+           for i, s in enumerate(specs)]
+    Genotype("medpipe", ops).save(path)
+    return path
+
+
+def _invoke(*args: object) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    tiny = tiny_genotype(tmp_path / "tiny.json")
+    config = tmp_path / "bench.yaml"
+    config.write_text("augment_search: \"off\"\nlr: 0.003\n")  # a quicker search
+    args = ["benchmark", "--data", npz_data, "--models", f"genotype:{tiny}", "--search",
+            "medpipe", "--seeds", "2", "--out", out, "--epochs", "1", "--batch-size", "4",
+            "--slices", "8", "--size", "16x16", "--search-epochs", "1", "--probe-epochs", "1",
+            "--topk", "1", "--config", config, "--device", "cpu"]
+    _invoke(*args)
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] and not report["failed"]
+    assert report["seeds"] == [0, 1]
+    assert report["machine"]["cpu_count"] and report["machine"]["torch"]
+    assert report["training"]["epochs"] == 1 and report["preprocess"]["slices"] == 8
+    assert "volnas benchmark" in report["command"] and "--search medpipe" in report["command"]
+    md = (out / "report.md").read_text()
+    assert (out / "f1_vs_size.png").stat().st_size > 1000
+
+    files = {"genotype-tiny": "metrics.json", "medpipe": "final/metrics.json"}
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == set(files)
+    for name, rel in files.items():
+        runs = [json.loads((out / "runs" / name / f"seed{k}" / rel).read_text()) for k in (0, 1)]
+        row = rows[name]
+        assert [r["seed"] for r in row["runs"]] == [0, 1]
+        for key in (*METRICS, "model_size_mb"):
+            vals = [r[key] for r in runs if r[key] is not None]
+            s = row["summary"][key]
+            if not vals:
+                assert s["mean"] is None
+                continue
+            assert s["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+            assert s["std"] == pytest.approx(np.std(vals, ddof=1) if len(vals) > 1 else 0.0,
+                                             abs=1e-12)
+            assert s["n"] == len(vals)
+            if key in METRICS:
+                assert fmt_mean_std(s, total=2) in md
+        if name == "genotype-tiny":
+            secs = [r["train_seconds"] for r in runs]
+            assert row["input"] == [1, 8, 16, 16] and row["slices"] == 8
+            assert f"{np.mean(vals):.2f}" in md  # the size column
+        else:
+            results = [json.loads((out / "runs" / name / f"seed{k}" / "result.json").read_text())
+                       for k in (0, 1)]
+            secs = [r["search_seconds"] for r in results]
+            assert [r["genotype"] for r in row["runs"]] == [r["genotype"] for r in results]
+        assert row["summary"]["seconds"]["mean"] == pytest.approx(np.mean(secs))
+
+    # Again: every cell is finished, so nothing is trained and no metrics file is rewritten.
+    watched = sorted(out.glob("runs/*/seed*/**/*.json")) + sorted(out.glob("runs/*/seed*/*.safetensors"))
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    again = _invoke(*args)
+    assert "4 done, 0 to resume, 0 new" in again
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]
+
+    # An interrupted cell (no metrics.json yet) is resumed from its checkpoint, not retrained.
+    cell = out / "runs" / "genotype-tiny" / "seed1"
+    (cell / "metrics.json").unlink()
+    again = _invoke(*args)
+    assert "3 done, 1 to resume, 0 new" in again and "resumed after epoch 1" in again
+    assert json.loads((cell / "metrics.json").read_text())["n_scans"] > 0
+    assert len((cell / "history.csv").read_text().strip().splitlines()) == 2  # header + 1 epoch
+
+    # Other settings for the same folder are refused rather than mixed into the table.
+    changed = [str(a) for a in args]
+    changed[changed.index("--epochs") + 1] = "2"
+    res = runner.invoke(app, changed)
+    assert res.exit_code == 2 and "other settings" in res.output
