@@ -1,18 +1,27 @@
-"""The main job on built-in data: synthesise -> index -> train -> evaluate (minutes on 2 CPU cores)."""
+"""The main job on built-in data (minutes on 2 CPU cores):
+
+synthesise chest CT -> index -> train a baseline -> search a compact net (search, probe,
+retrain, test once) -> explain a few test scans of each -> compare.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from volnas.data.index import build_index, summary_table, write_manifest
 from volnas.data.synth import synthesize
+from volnas.search.run import load_search_config, run_search
 from volnas.training.config import TrainConfig
 from volnas.training.run import run_training
 
-DEMO_MODEL = "mc3_18"
+DEMO_MODEL = "resnet3d_18"
+PREPROCESS = {"slices": 16, "size": (64, 64)}
 
 
 def next_free(root: Path, stem: str) -> Path:
@@ -23,34 +32,70 @@ def next_free(root: Path, stem: str) -> Path:
     return root / f"{stem}-{i:03d}"
 
 
-def run_demo(out: Path, *, epochs: int = 6, seed: int = 0, console: Console | None = None) -> Path:
+def _explain(run_dir: Path, manifest: Path, out: Path, masks: Path, console: Console) -> dict:
+    from volnas.explain.api import explain_test_scans
+
+    results = explain_test_scans(run_dir, manifest, out, n=3, method="cam", masks=masks,
+                                 console=console)
+    hits = [r["faithfulness"]["pointing_hit"] for r in results
+            if r.get("faithfulness") and "pointing_hit" in r["faithfulness"]]
+    return {"n": len(results), "hits": sum(hits), "with_mask": len(hits)}
+
+
+def run_demo(out: Path, *, epochs: int = 6, search: bool = True, seed: int = 0,
+             console: Console | None = None) -> Path:
     """Run the demo into a fresh folder under ``out``; returns that folder."""
     console = console or Console()
     t0 = time.perf_counter()
     root = next_free(out, "demo")
     data_dir = root / "data"
-    console.rule("[bold]1/3 synthesise chest CT (DICOM series, HU)")
-    res = synthesize(data_dir, scans=60, fmt="dicom", classes=2, shape=(24, 64, 64), seed=seed)
+    steps = 5 if search else 4
+    console.rule(f"[bold]1/{steps} synthesise chest CT (DICOM series in HU, lesion masks)")
+    res = synthesize(data_dir, scans=48, fmt="dicom", classes=2, shape=(24, 64, 64), seed=seed)
     console.print(f"{len(res.scans)} scans, classes {res.class_names}, written to {data_dir}")
-    console.rule("[bold]2/3 index: patient-grouped, stratified splits")
+    console.rule(f"[bold]2/{steps} index: patient-grouped, stratified splits")
     index = build_index(data_dir, split=(0.6, 0.2, 0.2), seed=seed)
     manifest = root / "manifest.csv"
     write_manifest(index, manifest)
     console.print(summary_table(index.rows))
-    console.rule(f"[bold]3/3 train {DEMO_MODEL}, choose the epoch on validation, test once")
+    cache = str(root / "cache")
+
+    console.rule(f"[bold]3/{steps} train {DEMO_MODEL}: epoch chosen on validation, test once")
     cfg = TrainConfig.model_validate({
         "data": str(manifest), "model": DEMO_MODEL, "epochs": epochs, "batch_size": 6,
-        "seed": seed, "preprocess": {"slices": 16, "size": (64, 64)},
-        "cache_dir": str(root / "cache"),
-    })
-    run_dir = root / "run"
-    metrics = run_training(cfg, run_dir, console=console)
-    console.rule("[bold]done")
-    console.print(
-        f"test: accuracy {metrics['accuracy']:.3f}, F1 {metrics['f1']:.3f}, AUC "
-        f"{metrics['auc'] if metrics['auc'] is None else round(metrics['auc'], 3)} "
-        f"({metrics['n_scans']} scans)  —  {time.perf_counter() - t0:.0f} s in all"
-    )
-    console.print(f"run folder: [bold]{run_dir}[/] (metrics.json, history.csv, curves.png, "
-                  "confusion_test.png, roc_test.png, model.safetensors)")
+        "seed": seed, "preprocess": PREPROCESS, "cache_dir": cache})
+    baseline_dir = root / "baseline"
+    results: dict[str, dict[str, Any]] = {DEMO_MODEL: run_training(cfg, baseline_dir, console=console)}
+    run_dirs = {DEMO_MODEL: baseline_dir}
+
+    if search:
+        console.rule(f"[bold]4/{steps} search covidnet3d-s (16x32x32), probe top 2, retrain, test once")
+        scfg = load_search_config(None, {
+            "data": str(manifest), "space": "covidnet3d-s", "search_epochs": 4, "topk": 2,
+            "probe_epochs": 1, "retrain_epochs": epochs, "batch_size": 6, "seed": seed,
+            "search_size": (32, 32), "arch_lr": 3e-3, "preprocess": PREPROCESS,
+            "cache_dir": cache})
+        result = run_search(scfg, root / "search", console=console)
+        results["searched " + result["genotype"].split("[")[0]] = result["test"]
+        run_dirs["searched " + result["genotype"].split("[")[0]] = root / "search" / "final"
+
+    console.rule(f"[bold]{steps}/{steps} explain test scans (CAM; PNG montage + NIfTI on the scan grid)")
+    explained = {}
+    for name, run_dir in run_dirs.items():
+        explained[name] = _explain(run_dir, manifest, root / "explain" / name.split()[-1],
+                                   data_dir, console)
+
+    table = Table(title=f"volnas demo — test split read once per model ({time.perf_counter() - t0:.0f} s)")
+    for col in ("model", "params", "size MB", "accuracy", "F1", "AUC", "CAM pointing hits"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in results.items():
+        e = explained[name]
+        auc = "n/a" if m.get("auc") is None else f"{m['auc']:.3f}"
+        table.add_row(escape(name), f"{m['params']:,}", f"{m['model_size_mb']:.2f}",
+                      f"{m['accuracy']:.3f}", f"{m['f1']:.3f}", auc,
+                      f"{e['hits']}/{e['with_mask']}")
+    console.print(table)
+    console.print(f"everything is under [bold]{root}[/]: baseline/ and search/final/ are run folders "
+                  "(metrics.json, curves.png, confusion_test.png, roc_test.png, model.safetensors); "
+                  "explain/ holds montages (PNG) and heatmaps (NIfTI) to open over the scans.")
     return root

@@ -300,13 +300,14 @@ def genotype_show(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("volnas_demo"), "--out", help="Demo folder (a new run each time)."),
-    epochs: int = typer.Option(6, "--epochs", help="Training epochs."),
+    epochs: int = typer.Option(6, "--epochs", help="Training (and retrain) epochs."),
+    search: bool = typer.Option(True, "--search/--no-search", help="Include the architecture search."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Synthesise a small chest-CT dataset, index it, train a baseline, evaluate it."""
+    """Synthesise chest CT, train a baseline, search a compact net, explain both, compare."""
     from volnas.cli.demo import run_demo
 
-    run_demo(out, epochs=epochs, seed=seed, console=console)
+    run_demo(out, epochs=epochs, search=search, seed=seed, console=console)
 
 
 def _register_stage_commands() -> None:
