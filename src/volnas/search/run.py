@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -32,7 +31,7 @@ from volnas.models.genotype import Genotype
 from volnas.search.search import PairedLoader, SearchConfig, SearchTrainer, split_by_patient
 from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import atomic_write_text
-from volnas.training.config import TrainConfig
+from volnas.training.config import TrainConfig, load_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.distributed import barrier, init_distributed
 from volnas.training.distributed import info as dist_info
@@ -42,27 +41,7 @@ from volnas.training.run import RunDirError, positive_of, prepare_run_dir, run_t
 
 def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchConfig:
     """Defaults <- YAML <- overrides, as for training."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: config must be a mapping")
-        data.update(loaded)
-    pre = dict(data.get("preprocess") or {})
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k == "preprocess":
-            pre.update(v)
-        elif k in ("slices", "size", "resize", "intensity", "window"):
-            pre[k] = v
-        else:
-            data[k] = v
-    data["preprocess"] = pre
-    try:
-        return SearchConfig.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(f"invalid search configuration:\n{e}") from e
+    return load_config(path, overrides, SearchConfig)
 
 
 def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:

@@ -35,10 +35,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from volnas.data.preprocess import PreprocessConfig
 from volnas.search.search import SearchConfig
 from volnas.training.checkpoint import atomic_write_text
-from volnas.training.config import TrainConfig
+from volnas.training.config import TrainConfig, merge_settings
 from volnas.training.device import resolve_device
 from volnas.training.metrics import summarize_seeds
 
@@ -91,24 +90,10 @@ class Cell:
 
 def merged_settings(config: Path | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults <- YAML <- overrides (None ignored), with preprocessing keys nested."""
-    data: dict[str, Any] = {}
-    if config is not None:
-        try:
-            loaded = yaml.safe_load(Path(config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise BenchmarkError(f"{config}: cannot read config: {e}") from e
-        if not isinstance(loaded, dict):
-            raise BenchmarkError(f"{config}: config must be a mapping")
-        data.update(loaded)
-    pre = dict(data.get("preprocess") or {})
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in PreprocessConfig.model_fields:
-            pre[key] = value
-        else:
-            data[key] = value
-    data["preprocess"] = pre
+    try:
+        data = merge_settings(config, dict(overrides))
+    except ValueError as e:
+        raise BenchmarkError(str(e)) from e
     for key in ("model", "space", "data"):
         data.pop(key, None)  # set per cell
     return data

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from volnas.data.preprocess import PreprocessConfig
+
+C = TypeVar("C", bound="TrainConfig")
 
 
 class TrainConfig(BaseModel):
@@ -41,8 +43,8 @@ class TrainConfig(BaseModel):
     positive_class: str | None = None  # default: from the manifest
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults <- YAML file <- overrides (None values in overrides are ignored)."""
+def merge_settings(path: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Raw settings: YAML file <- overrides (None values ignored), preprocessing keys nested."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -63,8 +65,15 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
         else:
             data[key] = value
     data["preprocess"] = pre
+    return data
+
+
+def load_config(path: Path | None, overrides: dict[str, Any], cls: type[C] | None = None) -> C:
+    """Defaults <- YAML file <- overrides, validated as ``cls`` (default TrainConfig)."""
+    model_cls = cls or TrainConfig
+    data = merge_settings(path, overrides)
     try:
-        return TrainConfig.model_validate(data)
+        return model_cls.model_validate(data)  # type: ignore[return-value]
     except ValidationError as e:
         where = f"{path}: " if path else ""
         raise ValueError(f"{where}invalid configuration:\n{e}") from e
