@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_models.py [--models a,b] [--batch 2] [--repeats 3] [--all]
+        [--threads N]
 
 For each model and each input size, one train step is forward + backward + Adam step with
 model and batch in ``channels_last_3d``; the first step (warm-up) is not timed and the
@@ -10,7 +11,10 @@ median of ``--repeats`` steps is reported as scans/s. Inference is the same batc
 ``torch.inference_mode`` in eval mode. The last column is the speed-up of channels_last_3d
 over contiguous tensors for the train step at the first input size, measured on two copies
 of the model with their steps interleaved. Other processes on the machine skew the figures:
-the 1-minute load average is printed with each row. ResNet3D-101 is left out unless named or ``--all`` is given (it dominates the run time).
+the 1-minute load average is printed with each row. With one of two cores busy elsewhere,
+a 2-thread step ran 9x slower than a 1-thread one (ResNet3D-18: 4.3 s vs 0.46 s); use
+``--threads 1`` on a shared machine. ResNet3D-101 is left out unless named or ``--all``
+is given (it dominates the run time).
 """
 
 from __future__ import annotations
@@ -121,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--all", action="store_true", help="include ResNet3D-101")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     if args.models:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
