@@ -1,0 +1,397 @@
+"""Explain a trained run's predictions on scans: maps on the source grid, files, faithfulness.
+
+A SCAN is anything :func:`volnas.data.readers.read_scan` reads (a DICOM series folder, a
+NIfTI file, a slice folder, ``file.npz#split/i``) or a manifest row written as
+``MANIFEST.csv#scan_id`` (the row's path, format and label are used).
+
+Each scan is read, prepared exactly as in evaluation (the run's preprocessing, symmetrical
+slice sampling), explained, and the map is mapped back to the scan's own grid
+(:mod:`volnas.explain.geometry`). Output layout (``out`` must not exist or be empty)::
+
+    out/<scan name>/montage.png       evenly spaced slices, map over the CT
+    out/<scan name>/heatmap.nii.gz    float32 map in [0, 1], the scan's affine
+    out/<scan name>/explanation.json  prediction, probabilities, slices with most of the map
+    out/summary.json, summary.csv     every scan, plus faithfulness means when masks are given
+
+Masks (``masks``): a folder holding ``masks.csv`` as written by :mod:`volnas.data.synth`
+(columns scan_id, scan_path, mask_path; paths relative to the folder). A scan is matched by
+its resolved path (for ``.npz`` scans by file and the ``<split>_<index>`` scan id).
+Faithfulness is measured on the map that is written, i.e. for the explained class.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from volnas.data.preprocess import PreprocessConfig, StackGeometry, prepare_stack, take_slices
+from volnas.data.readers import NIFTI_EXTS, read_nifti, read_scan, split_npz_path
+from volnas.data.volume import DataError, Volume
+from volnas.explain.cam import make_explainer
+from volnas.explain.faithfulness import faithfulness, summarize
+from volnas.explain.geometry import to_source_grid
+from volnas.explain.render import render_montage, top_slices, write_heatmap_nifti, write_json
+from volnas.training.checkpoint import atomic_write_text
+
+METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds files; explanations never overwrite."""
+
+
+# --------------------------------------------------------------------------- scans
+
+
+@dataclass
+class ScanRef:
+    """One SCAN argument, resolved."""
+
+    arg: str  # as given
+    path: str  # what read_scan reads (may end in #split/i)
+    fmt: str | None = None
+    scan_id: str = ""
+    label: str | None = None
+
+
+def resolve_scan(arg: str) -> ScanRef:
+    """A SCAN argument -> ScanRef; ``MANIFEST.csv#scan_id`` looks the row up."""
+    base, sep, frag = str(arg).rpartition("#")
+    if sep and base.lower().endswith(".csv"):
+        from volnas.data.index import read_manifest
+
+        rows = [r for r in read_manifest(Path(base)) if r.scan_id == frag]
+        if not rows:
+            raise DataError(base, f"no scan with scan_id {frag!r} in this manifest")
+        r = rows[0]
+        return ScanRef(str(arg), r.path, r.format, r.scan_id, r.label)
+    p, split, index = split_npz_path(arg)
+    if split is not None:
+        return ScanRef(str(arg), str(arg), "npz", f"{_stem(p)}_{split}_{index}")
+    if not p.exists():
+        raise DataError(p, "no such file or folder")
+    return ScanRef(str(arg), str(arg), None, _stem(p))
+
+
+def _stem(p: Path) -> str:
+    name = p.resolve().name
+    for ext in (*NIFTI_EXTS, ".npz"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def safe_names(refs: Sequence[ScanRef]) -> list[str]:
+    """Distinct folder names (``[A-Za-z0-9._-]``) for the scans, ``-2``, ``-3`` on clashes."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in refs:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", r.scan_id).strip("._") or "scan"
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}-{seen[name]}"
+        else:
+            seen[name] = 1
+        out.append(name)
+    return out
+
+
+def scan_key(path: str) -> str:
+    """Identity of a scan path for mask matching: resolved path (+ ``#split/i`` for npz)."""
+    p, split, index = split_npz_path(path)
+    key = str(p.resolve())
+    return f"{key}#{split}/{index}" if split is not None else key
+
+
+def load_mask_table(masks: Path) -> dict[str, Path]:
+    """``masks.csv`` in ``masks`` (or the CSV itself) -> {scan key: mask file}."""
+    masks = Path(masks)
+    csv_path = masks if masks.is_file() else masks / "masks.csv"
+    if not csv_path.is_file():
+        raise DataError(masks, "no masks.csv here (expected the folder `volnas data synth` wrote)")
+    root = csv_path.parent
+    table: dict[str, Path] = {}
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"scan_id", "scan_path", "mask_path"} - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(csv_path, f"missing column(s) {sorted(missing)}")
+        for row in reader:
+            scan = root / row["scan_path"]
+            key = str(scan.resolve())
+            m = re.fullmatch(r"(train|val|test)_(\d+)", row["scan_id"])
+            if key.lower().endswith(".npz") and m:
+                key = f"{key}#{m.group(1)}/{int(m.group(2))}"
+            table[key] = root / row["mask_path"]
+    return table
+
+
+def read_mask(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """A lesion mask NIfTI as bool D x H x W, checked against the scan's shape."""
+    mask = read_nifti(path).array > 0
+    if mask.shape != tuple(shape):
+        raise DataError(path, f"mask shape {mask.shape} differs from the scan's {tuple(shape)}")
+    return mask
+
+
+# --------------------------------------------------------------------------- core
+
+
+@dataclass
+class VolumeExplanation:
+    """One scan explained, on its own grid."""
+
+    heatmap: np.ndarray  # (D, H, W) float32 in [0, 1]
+    model_map: np.ndarray  # (T, H', W') on the model input
+    probs: np.ndarray  # (classes,)
+    target: int  # class index the map explains
+    indices: np.ndarray  # sampled source slice of each input plane
+    geometry: StackGeometry
+
+
+def prepare_input(volume: Volume, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, StackGeometry]:
+    """Model input (1, T, H, W), sampled slice indices and geometry, as in evaluation."""
+    stack, geom = prepare_stack(volume, pre)
+    x, idx = take_slices(stack, pre, "symmetrical", None)
+    return x, idx, geom
+
+
+def explain_volumes(
+    explainer: Any,
+    volumes: Sequence[Volume],
+    pre: PreprocessConfig,
+    target: int | None = None,
+    device: str | torch.device = "cpu",
+) -> list[VolumeExplanation]:
+    """Explain volumes in one batch and map every map back to its source grid.
+
+    Args:
+        explainer: from :func:`volnas.explain.cam.make_explainer`.
+        volumes: scans as read.
+        pre: the run's preprocessing.
+        target: class index to explain; None: each scan's predicted class.
+        device: where the model is.
+    """
+    prepared = [prepare_input(v, pre) for v in volumes]
+    x = torch.from_numpy(np.stack([p[0] for p in prepared])).to(device)
+    exp = explainer(x, target)
+    probs = exp.probs.cpu().numpy()
+    out = []
+    for i, (_, idx, geom) in enumerate(prepared):
+        model_map = exp.maps[i].cpu().numpy()
+        out.append(VolumeExplanation(to_source_grid(model_map, idx, geom), model_map, probs[i],
+                                     int(exp.classes[i]), idx, geom))
+    return out
+
+
+def explain_scans(
+    run_dir: Path,
+    scans: list[str],
+    out: Path,
+    method: str = "cam",
+    target_class: str | None = None,
+    masks: Path | None = None,
+    console: Console | None = None,
+    *,
+    target_layer: str | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    montage_count: int = 12,
+) -> list[dict[str, Any]]:
+    """Explain ``scans`` with the best model of ``run_dir``; write files under ``out``.
+
+    Args:
+        run_dir: a finished training run.
+        scans: SCAN arguments (module docstring).
+        out: output folder; must not exist or be empty.
+        method: ``cam``, ``gradcam`` or ``gradcampp``.
+        target_class: class name to explain; None: each scan's predicted class.
+        masks: folder with ``masks.csv``; adds pointing game and energy fraction.
+        console: where to print the summary (None: a default console).
+        target_layer: dotted module name overriding the default layer.
+        batch_size: scans per forward pass.
+        device: torch device for the model.
+
+    Returns:
+        One dict per scan (what ``explanation.json`` holds).
+    """
+    from volnas.training.run import load_run
+
+    console = console or Console()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputExistsError(f"{out}: already exists and is not empty; choose another --out")
+    if not scans:
+        raise ValueError("no scans to explain")
+    refs = [resolve_scan(s) for s in scans]
+    names = safe_names(refs)
+    mask_table = load_mask_table(masks) if masks is not None else None
+
+    model, cfg, info = load_run(Path(run_dir))
+    classes: list[str] = list(info["classes"])
+    target = None
+    if target_class is not None:
+        if target_class not in classes:
+            raise ValueError(f"unknown class {target_class!r}; the run's classes: {classes}")
+        target = classes.index(target_class)
+    model = model.to(device).eval()
+    explainer = make_explainer(model, method, target_layer, cfg.model)
+    out.mkdir(parents=True, exist_ok=True)
+
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(refs), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(refs))))
+        volumes = [read_scan(refs[i].path, refs[i].fmt) for i in chunk]
+        explained = explain_volumes(explainer, volumes, cfg.preprocess, target, device)
+        for i, vol, ex in zip(chunk, volumes, explained, strict=True):
+            results.append(_write_scan(out / names[i], refs[i], names[i], vol, ex, classes,
+                                       method, explainer.target_layer, mask_table,
+                                       montage_count))
+    summary = _write_summary(out, run_dir, cfg.model, method, explainer.target_layer, classes,
+                             results)
+    _print(console, results, summary, out)
+    return results
+
+
+def _write_scan(
+    folder: Path,
+    ref: ScanRef,
+    name: str,
+    volume: Volume,
+    ex: VolumeExplanation,
+    classes: list[str],
+    method: str,
+    layer: str,
+    mask_table: dict[str, Path] | None,
+    montage_count: int,
+) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=False)
+    pred = int(np.argmax(ex.probs))
+    mask = None
+    mask_path = mask_table.get(scan_key(ref.path)) if mask_table is not None else None
+    if mask_path is not None:
+        mask = read_mask(mask_path, volume.shape)
+    title = (f"{name}: predicted {classes[pred]} (p={ex.probs[pred]:.2f})"
+             + (f", label {ref.label}" if ref.label else "")
+             + f"\n{METHOD_NAMES.get(method, method)} for '{classes[ex.target]}' ({layer})")
+    shown = render_montage(folder / "montage.png", volume, ex.heatmap, title, mask,
+                           count=montage_count)
+    write_heatmap_nifti(folder / "heatmap.nii.gz", ex.heatmap, volume)
+    record: dict[str, Any] = {
+        "name": name,
+        "scan": ref.arg,
+        "path": ref.path,
+        "format": volume.meta.get("format", ref.fmt),
+        "label": ref.label,
+        "source_shape": list(volume.shape),
+        "spacing_mm": [round(s, 5) for s in volume.spacing],
+        "predicted": classes[pred],
+        "probability": float(ex.probs[pred]),
+        "probabilities": {c: float(p) for c, p in zip(classes, ex.probs, strict=True)},
+        "method": method,
+        "target_class": classes[ex.target],
+        "target_layer": layer,
+        "sampled_slices": [int(i) for i in ex.indices],
+        "slices": top_slices(ex.heatmap),
+        "montage_slices": shown,
+        "files": {"montage": "montage.png", "heatmap": "heatmap.nii.gz",
+                  "json": "explanation.json"},
+        "mask": str(mask_path) if mask_path is not None else None,
+        "faithfulness": faithfulness(ex.heatmap, mask) if mask is not None and mask.any() else None,
+    }
+    write_json(folder / "explanation.json", record)
+    return record
+
+
+_CSV_COLUMNS = ("name", "scan", "label", "predicted", "probability", "target_class",
+                "pointing_hit", "energy_in_lesion", "lesion_fraction")
+
+
+def _write_summary(
+    out: Path, run_dir: Path, model: str, method: str, layer: str, classes: list[str],
+    results: list[dict[str, Any]],
+) -> dict[str, Any]:
+    scored = [r["faithfulness"] for r in results if r["faithfulness"] is not None]
+    summary = {
+        "run_dir": str(Path(run_dir).resolve()),
+        "model": model,
+        "method": method,
+        "target_layer": layer,
+        "classes": classes,
+        "faithfulness": summarize(scored) if scored else None,
+        "scans": results,
+    }
+    write_json(out / "summary.json", summary)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(_CSV_COLUMNS)
+    for r in results:
+        f = r["faithfulness"] or {}
+        w.writerow([r["name"], r["scan"], r["label"] or "", r["predicted"],
+                    f"{r['probability']:.6f}", r["target_class"],
+                    *(f"{f[k]:.6f}" if k in f else "" for k in _CSV_COLUMNS[6:])])
+    atomic_write_text(out / "summary.csv", buf.getvalue())
+    return summary
+
+
+def _print(console: Console, results: list[dict[str, Any]], summary: dict[str, Any],
+           out: Path) -> None:
+    table = Table(title=f"{METHOD_NAMES.get(summary['method'], summary['method'])} "
+                        f"({summary['model']}, layer {summary['target_layer']})")
+    for col in ("scan", "label", "predicted", "p", "map for", "top slices", "hit", "energy"):
+        table.add_column(col, justify="right" if col in ("p", "hit", "energy") else "left")
+    for r in results:
+        f = r["faithfulness"]
+        table.add_row(r["name"], r["label"] or "", r["predicted"], f"{r['probability']:.3f}",
+                      r["target_class"],
+                      ", ".join(str(t["slice"]) for t in r["slices"]["top"][:3]),
+                      f"{f['pointing_hit']:.2f}" if f else "",
+                      f"{f['energy_in_lesion']:.3f}" if f else "")
+    console.print(table)
+    fs = summary["faithfulness"]
+    if fs:
+        console.print(
+            f"faithfulness over {fs['n_scans']} scans with lesion masks: pointing-game hit rate "
+            f"[bold]{fs['hit_rate']:.3f}[/] (uniform map {fs['uniform_pointing']:.3f}), energy in "
+            f"lesions [bold]{fs['energy_in_lesion']:.3f}[/] (uniform map {fs['uniform_energy']:.3f})"
+        )
+    console.print(f"explanations: {out}")
+
+
+def explain_test_scans(
+    run_dir: Path,
+    manifest: Path,
+    out: Path,
+    n: int = 3,
+    method: str = "cam",
+    masks: Path | None = None,
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Explain up to ``n`` test-split scans of ``manifest`` (positive class first), for the demo.
+
+    Scans are passed as ``MANIFEST.csv#scan_id``; ``masks`` as in :func:`explain_scans`.
+    """
+    from volnas.data.index import read_manifest, read_manifest_info
+
+    rows = [r for r in read_manifest(Path(manifest)) if r.split == "test"]
+    if not rows:
+        raise DataError(manifest, "no test scans to explain")
+    positive = read_manifest_info(Path(manifest)).get("positive_class")
+    pos = [r for r in rows if r.label == positive]
+    rest = [r for r in rows if r.label != positive]
+    n = max(1, n)
+    k = min(len(pos), max(1, n - 1))  # mostly positives (lesions to point at), one other
+    picked = pos[:k] + rest[: n - k]
+    picked += pos[k : k + n - len(picked)]
+    return explain_scans(run_dir, [f"{manifest}#{r.scan_id}" for r in picked], out,
+                         method=method, masks=masks, console=console)
