@@ -32,3 +32,9 @@ def adrenal64_npz() -> Path:
 def dicom_series() -> Path:
     """One real JPEG-lossless chest CT series (154 slices, 512x512)."""
     return _need(SHARED_DATA / "covid-ct-md" / "normal001")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write to the user's ~/.cache/volnas."""
+    monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
