@@ -53,7 +53,7 @@ FORMATS = ("png", "tiff", "nifti", "dicom", "npz")
 HU_OFFSET = 1024  # png/tiff/dicom store HU + 1024 as uint16
 WINDOW = (-1000.0, 400.0)  # npz: HU window mapped to 0..255
 # Lesion burden (fraction of lung volume) thresholds for CT-1 | CT-2 | CT-3 | CT-4.
-CT_BURDEN = (0.02, 0.05, 0.10)
+CT_BURDEN = (0.01, 0.02, 0.035)
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.1), ("test", 0.2))
 
 _LUNG_SIDES = (-1.0, 1.0)  # -1: right lung (patient right = -x in LPS), +1: left lung
@@ -406,7 +406,7 @@ def _render(
 
     hu = ndimage.gaussian_filter(hu, (0.35, 0.6, 0.6))
     noise = _smooth_noise(rng, shape, 0.5) * rng.uniform(14.0, 26.0)
-    hu = (hu + noise).astype(np.float32)
+    hu = np.clip(hu + noise, -HU_OFFSET, 3071).astype(np.float32)  # scanner range
     return hu, mask.astype(np.uint8), lung
 
 
