@@ -21,7 +21,7 @@ from volnas.training.config import TrainConfig
 from volnas.training.run import run_training
 
 DEMO_MODEL = "resnet3d_18"
-PREPROCESS = {"slices": 16, "size": (64, 64)}
+PREPROCESS = {"slices": 16, "size": (48, 48)}
 
 
 def next_free(root: Path, stem: str) -> Path:
@@ -42,7 +42,7 @@ def _explain(run_dir: Path, manifest: Path, out: Path, masks: Path, console: Con
     return {"n": len(results), "hits": sum(hits), "with_mask": len(hits)}
 
 
-def run_demo(out: Path, *, epochs: int = 6, search: bool = True, seed: int = 0,
+def run_demo(out: Path, *, epochs: int = 8, search: bool = True, seed: int = 0,
              console: Console | None = None) -> Path:
     """Run the demo into a fresh folder under ``out``; returns that folder."""
     console = console or Console()
@@ -51,7 +51,7 @@ def run_demo(out: Path, *, epochs: int = 6, search: bool = True, seed: int = 0,
     data_dir = root / "data"
     steps = 5 if search else 4
     console.rule(f"[bold]1/{steps} synthesise chest CT (DICOM series in HU, lesion masks)")
-    res = synthesize(data_dir, scans=48, fmt="dicom", classes=2, shape=(24, 64, 64), seed=seed)
+    res = synthesize(data_dir, scans=96, fmt="dicom", classes=2, shape=(20, 48, 48), seed=seed)
     console.print(f"{len(res.scans)} scans, classes {res.class_names}, written to {data_dir}")
     console.rule(f"[bold]2/{steps} index: patient-grouped, stratified splits")
     index = build_index(data_dir, split=(0.6, 0.2, 0.2), seed=seed)
@@ -62,7 +62,7 @@ def run_demo(out: Path, *, epochs: int = 6, search: bool = True, seed: int = 0,
 
     console.rule(f"[bold]3/{steps} train {DEMO_MODEL}: epoch chosen on validation, test once")
     cfg = TrainConfig.model_validate({
-        "data": str(manifest), "model": DEMO_MODEL, "epochs": epochs, "batch_size": 6,
+        "data": str(manifest), "model": DEMO_MODEL, "epochs": epochs, "batch_size": 8,
         "seed": seed, "preprocess": PREPROCESS, "cache_dir": cache})
     baseline_dir = root / "baseline"
     results: dict[str, dict[str, Any]] = {DEMO_MODEL: run_training(cfg, baseline_dir, console=console)}
@@ -71,9 +71,9 @@ def run_demo(out: Path, *, epochs: int = 6, search: bool = True, seed: int = 0,
     if search:
         console.rule(f"[bold]4/{steps} search covidnet3d-s (16x32x32), probe top 2, retrain, test once")
         scfg = load_search_config(None, {
-            "data": str(manifest), "space": "covidnet3d-s", "search_epochs": 4, "topk": 2,
-            "probe_epochs": 1, "retrain_epochs": epochs, "batch_size": 6, "seed": seed,
-            "search_size": (32, 32), "arch_lr": 3e-3, "preprocess": PREPROCESS,
+            "data": str(manifest), "space": "covidnet3d-s", "search_epochs": 3, "topk": 2,
+            "probe_epochs": 1, "retrain_epochs": epochs, "batch_size": 8, "seed": seed,
+            "search_size": (32, 32), "arch_lr": 0.01, "preprocess": PREPROCESS,
             "cache_dir": cache})
         result = run_search(scfg, root / "search", console=console)
         results["searched " + result["genotype"].split("[")[0]] = result["test"]

@@ -11,7 +11,9 @@ reverse order:
    forward resize) from the resized plane to the source H x W.
 3. **slice sampling**: every source slice gets the map of the nearest sampled slice
    (ties go to the lower slice); a slice sampled several times (N < T) gets the mean of
-   its copies.
+   its copies. Slices beyond the first or last sampled slice by more than half the
+   sampling gap get 0, like the area outside the crop: the model never saw them (with
+   N = 40 and T = 32, say, the 4 outermost slices at each end).
 
 The in-plane steps run on the distinct sampled slices only, before the slice expansion.
 """
@@ -57,7 +59,11 @@ def unsample(maps: np.ndarray, indices: np.ndarray, n: int) -> np.ndarray:
     per = np.zeros((len(uniq), *maps.shape[1:]), dtype=np.float64)
     np.add.at(per, inverse, maps)
     per /= np.bincount(inverse, minlength=len(uniq))[:, None, None]
-    return per[nearest_sampled(uniq, n)].astype(np.float32)
+    near = nearest_sampled(uniq, n)
+    out = per[near].astype(np.float32)
+    gap = int(np.diff(uniq).max()) if len(uniq) > 1 else 1
+    out[np.abs(np.arange(n) - uniq[near]) > gap / 2] = 0.0
+    return out
 
 
 def nearest_sampled(sampled: np.ndarray, n: int) -> np.ndarray:

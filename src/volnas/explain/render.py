@@ -2,7 +2,7 @@
 
 The montage shows evenly spaced slices of the source scan (lung window [-1350, 150] HU for
 CT, 1st-99th percentile otherwise) with the map over it (jet, opacity growing with the
-map), lesion outlines in cyan when a mask is given, and the prediction in the title. The
+map, transparent below 0.15), lesion outlines in cyan when a mask is given, and the prediction in the title. The
 NIfTI file holds the map as float32 with the source volume's affine, so it opens as an
 overlay over the scan in 3D Slicer or ITK-SNAP.
 """
@@ -92,7 +92,7 @@ def render_montage(
     for ax, d in zip(axes.flat, idx, strict=False):
         ax.imshow(volume.array[d], cmap="gray", vmin=lo, vmax=hi, aspect=aspect,
                   interpolation="bilinear")
-        ax.imshow(hm[d], cmap="jet", vmin=0.0, vmax=1.0, alpha=0.6 * hm[d] ** 0.8,
+        ax.imshow(hm[d], cmap="jet", vmin=0.0, vmax=1.0, alpha=_overlay_alpha(hm[d]),
                   aspect=aspect, interpolation="bilinear")
         if mask is not None and mask[d].any():
             ax.contour(mask[d].astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.7)
@@ -105,6 +105,11 @@ def render_montage(
     fig.savefig(buf, format="png", dpi=100)
     atomic_write_bytes(Path(path), buf.getvalue())
     return idx
+
+
+def _overlay_alpha(hm: np.ndarray) -> np.ndarray:
+    """Transparent below 0.15 of the maximum, up to 0.65 opaque at the maximum."""
+    return 0.65 * np.clip((hm - 0.15) / 0.85, 0.0, 1.0) ** 0.6
 
 
 def write_heatmap_nifti(path: Path, heatmap: np.ndarray, volume: Volume) -> None:

@@ -1,0 +1,315 @@
+"""Explanations: CAM / Grad-CAM exactness and batching, geometry back to the source grid,
+files for every input format, faithfulness on synthetic lesions, the CLI, a real DICOM."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from volnas.data.preprocess import PreprocessConfig, StackGeometry, normalize_intensity
+from volnas.data.readers import read_scan
+from volnas.explain.api import (
+    OutputExistsError,
+    explain_scans,
+    explain_volumes,
+    load_mask_table,
+    resolve_scan,
+    scan_key,
+)
+from volnas.explain.cam import (
+    CAM,
+    ExplainError,
+    GradCAM,
+    GradCAMpp,
+    default_target_layer,
+    find_linear_head,
+    make_explainer,
+)
+from volnas.explain.faithfulness import energy_fraction, faithfulness, pointing_game
+from volnas.explain.geometry import to_source_grid, unsample
+from volnas.models.genotype import Genotype
+from volnas.training.checkpoint import model_state, save_tensors
+from volnas.training.config import TrainConfig, dump_config
+
+# A shallow medpipe genotype: stem, stride-2 calibrations, one MBConv; mostly skips.
+OPS = (["conv_s1", "conv_s2", "k3e3"] + ["skip"] * 3 + ["conv_s2"] + ["skip"] * 4
+       + ["conv_s1"] + ["skip"] * 4 + ["conv_s1"] + ["skip"] * 4 + ["conv_s1"] + ["skip"] * 4
+       + ["conv_s1", "skip"])
+PRE = PreprocessConfig(slices=8, size=(32, 32))
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return Genotype("medpipe", list(OPS)).build().eval()
+
+
+def make_run(root: Path, model: nn.Module | None = None, pre: PreprocessConfig = PRE,
+             classes: tuple[str, ...] = ("normal", "covid"), name: str = "run") -> Path:
+    """A finished-run folder (config, run.json, weights) for a genotype StackNet."""
+    geno = root / f"{name}.genotype.json"
+    Genotype("medpipe", list(OPS)).save(geno)
+    model = model or small_net()
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = TrainConfig(data="unused.csv", model=f"genotype:{geno}", preprocess=pre)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    (run / "run.json").write_text(json.dumps({"classes": list(classes),
+                                              "positive_class": classes[1]}))
+    save_tensors(run / "model.safetensors", model_state(model))
+    return run
+
+
+class GapOnly(nn.Module):
+    """CAM of class 1 is the input itself: a probe for the geometry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.fc.weight[:] = torch.tensor([[-1.0], [1.0]])
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.layers(x)).flatten(1))
+
+
+# --------------------------------------------------------------------------- CAM
+
+
+def test_cam_equals_linear_head_on_feature_map() -> None:
+    model = small_net()
+    x = torch.randn(3, 1, 8, 32, 32)
+    exp = CAM(model)(x, [0, 1, 1])
+    with torch.no_grad():
+        feats = model.layers(x)
+        logits = model(x)
+    w, b = model.fc.weight, model.fc.bias
+    manual = torch.einsum("ck,bkdhw->bcdhw", w, feats)
+    for i, c in enumerate([0, 1, 1]):
+        torch.testing.assert_close(exp.raw[i], manual[i, c], rtol=1e-5, atol=1e-5)
+    # the head applied to the map, averaged, is the logit (CAM is exact)
+    torch.testing.assert_close(manual.mean(dim=(2, 3, 4)) + b, logits, rtol=1e-4, atol=1e-4)
+    assert exp.maps.shape == (3, 8, 32, 32)
+    assert float(exp.maps.min()) >= 0 and float(exp.maps.amax(dim=(1, 2, 3)).min()) == 1.0
+    torch.testing.assert_close(exp.logits, logits)
+
+
+@pytest.mark.parametrize("name", ["resnet3d_18", "mc3_18"])
+def test_cam_baselines_exact(name: str) -> None:
+    from volnas.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, 1, 2).eval()
+    cam = CAM(model)
+    assert cam.target_layer == "layer4"
+    exp = cam(torch.randn(2, 1, 8, 32, 32))  # the exactness check runs inside
+    assert exp.maps.shape == (2, 8, 32, 32)
+    assert make_explainer(model, "gradcam", model_name=name).target_layer == "layer4"
+
+
+def test_cam_needs_gap_linear_head() -> None:
+    seq = nn.Sequential(nn.Conv3d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(ExplainError, match="global average pooling"):
+        CAM(seq)
+    model = small_net()
+    with pytest.raises(ExplainError, match="does not reproduce the logits|channels"):
+        CAM(model, target_layer="layers.2")(torch.randn(1, 1, 8, 32, 32))
+    with pytest.raises(ExplainError, match="no layer"):
+        make_explainer(model, "gradcam", target_layer="nope")
+    with pytest.raises(ExplainError, match="unknown method"):
+        make_explainer(model, "lime")
+
+
+def test_target_layers() -> None:
+    model = small_net()
+    assert default_target_layer(model, "genotype:x.json") == "layers"
+    assert default_target_layer(model, None) == "layers"
+    assert find_linear_head(model).feature_layer == "layers"
+    from volnas.models.registry import get_spec
+
+    assert default_target_layer(nn.Module(), "densenet3d_121") == get_spec(
+        "densenet3d_121").cam_layer
+
+
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMpp])
+def test_gradcam_batch_equals_items(cls: type) -> None:
+    model = small_net(1)
+    x = torch.randn(3, 1, 8, 32, 32)
+    classes = [1, 0, 1]
+    batch = cls(model, "layers.2")(x, classes)
+    for i in range(3):
+        one = cls(model, "layers.2")(x[i : i + 1], classes[i])
+        torch.testing.assert_close(batch.raw[i], one.raw[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(batch.maps[i], one.maps[0], rtol=1e-4, atol=1e-5)
+    assert batch.classes.tolist() == classes
+    pred = cls(model, "layers")(x)
+    assert pred.classes.tolist() == pred.logits.argmax(1).tolist()
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_gradcam_on_gap_linear_equals_relu_cam() -> None:
+    """For GAP + linear, Grad-CAM's weights are W_c / (d h w): it is ReLU(CAM) up to scale."""
+    model = small_net(2)
+    x = torch.randn(2, 1, 8, 32, 32)
+    cam = CAM(model)(x, 1)
+    grad = GradCAM(model, "layers")(x, 1)
+    n = cam.raw[0].numel()
+    torch.testing.assert_close(grad.raw, torch.relu(cam.raw) / n, rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_unsample_nearest_repeats_and_edges() -> None:
+    maps = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    # N < T: slice 1 sampled twice -> mean of its copies
+    out = unsample(maps, np.array([0, 1, 1, 2]), 3)
+    assert out[:, 0, 0].tolist() == [0.0, 1.5, 3.0]
+    # N > T at stride 3: nearest sampled slice, nothing beyond half a gap from the ends
+    out = unsample(maps, np.array([2, 5, 8, 11]), 14)
+    assert out[:, 0, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0]
+
+
+def test_to_source_grid_uncrop_and_resize() -> None:
+    geom = StackGeometry((3, 20, 30), (10, 12), (1, 2))
+    m = np.ones((3, 8, 8), np.float32)
+    out = to_source_grid(m, np.array([0, 1, 2]), geom)
+    assert out.shape == (3, 20, 30)
+    assert out[:, 10, 15].min() == pytest.approx(1.0)  # centre: inside the crop
+    assert out[:, 0, 0].max() == 0.0  # corner: outside the crop
+
+
+@pytest.mark.parametrize("pre", [PreprocessConfig(slices=8, size=(32, 32)),
+                                 PreprocessConfig(slices=24, size=(40, 40)),
+                                 PreprocessConfig(slices=6, size=(24, 24), resize=(30, 36))])
+def test_geometry_round_trip(pre: PreprocessConfig) -> None:
+    """A model whose CAM is its input maps back onto the (normalised) source scan."""
+    from volnas.data.synth import make_volume
+    from volnas.data.volume import Volume
+
+    hu, _ = make_volume(np.random.default_rng(3), "normal", (14, 36, 40))
+    vol = Volume(hu, np.eye(4), True, "probe")
+    ex = explain_volumes(make_explainer(GapOnly().eval(), "cam"), [vol], pre, target=1)[0]
+    assert ex.heatmap.shape == vol.shape
+    ref = normalize_intensity(hu, pre, True)
+    ref = ref / ref.max()
+    sel = np.unique(ex.indices)
+    # compare away from the crop border (outside it the map is 0 by design)
+    g = ex.geometry
+    sy, sx = vol.shape[1] / g.resized_hw[0], vol.shape[2] / g.resized_hw[1]
+    y0, x0 = int(np.ceil((g.crop_offset[0] + 1) * sy)), int(np.ceil((g.crop_offset[1] + 1) * sx))
+    y1 = int((g.crop_offset[0] + pre.size[0] - 1) * sy)
+    x1 = int((g.crop_offset[1] + pre.size[1] - 1) * sx)
+    a = ex.heatmap[sel, y0:y1, x0:x1].ravel()
+    b = ref[sel, y0:y1, x0:x1].ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.97
+    if pre.resize is not None:
+        assert ex.heatmap[:, 0, 0].max() == 0.0
+
+
+# --------------------------------------------------------------------------- faithfulness
+
+
+def test_faithfulness_scores() -> None:
+    mask = np.zeros((4, 10, 10), bool)
+    mask[1, 2:4, 2:4] = True
+    hm = np.zeros(mask.shape, np.float32)
+    hm[1, 3, 3] = 1.0
+    assert pointing_game(hm, mask) == 1.0
+    assert energy_fraction(hm, mask) == 1.0
+    hm[0, 0, 0] = 1.0  # a tie, one maximum inside, one outside
+    assert pointing_game(hm, mask) == 0.5
+    uniform = np.ones(mask.shape)
+    f = faithfulness(uniform, mask)
+    assert f["pointing_hit"] == pytest.approx(mask.mean())
+    assert f["energy_in_lesion"] == pytest.approx(mask.mean()) == f["uniform_energy"]
+    with pytest.raises(ValueError, match="shape"):
+        pointing_game(hm[:2], mask)
+
+
+# --------------------------------------------------------------------------- files, formats
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from volnas.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("formats")
+    out = {}
+    for fmt in ("png", "tiff", "nifti", "dicom", "npz"):
+        synthesize(root / fmt, scans=3, fmt=fmt, shape=(10, 32, 32), seed=4,
+                   scans_per_patient=(1, 1))
+        out[fmt] = root / fmt
+    return out
+
+
+def _first_scan(root: Path, fmt: str) -> tuple[str, Path | None]:
+    """A positive scan of the synthetic dataset (the masks.csv rows are the positives)."""
+    with open(root / "masks.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    scan = str(root / row["scan_path"])
+    if fmt == "npz":
+        split, idx = row["scan_id"].rsplit("_", 1)
+        scan = f"{scan}#{split}/{int(idx)}"
+    return scan, root / row["mask_path"]
+
+
+def test_every_format_maps_to_source_grid(tmp_path: Path, formats: dict[str, Path]) -> None:
+    run = make_run(tmp_path)
+    scans = [_first_scan(root, fmt)[0] for fmt, root in formats.items()]
+    out = tmp_path / "expl"
+    results = explain_scans(run, scans, out, method="gradcam", masks=None)
+    assert len(results) == len(scans)
+    for r, scan in zip(results, scans, strict=True):
+        vol = read_scan(scan)
+        img = nib.load(out / r["name"] / "heatmap.nii.gz")
+        data = np.asarray(img.dataobj).transpose(2, 1, 0)
+        assert data.shape == vol.shape == tuple(r["source_shape"])
+        np.testing.assert_allclose(img.affine, vol.affine, atol=1e-5)
+        assert 0.0 <= data.min() and data.max() <= 1.0 + 1e-6
+        assert (out / r["name"] / "montage.png").stat().st_size > 10_000
+        j = json.loads((out / r["name"] / "explanation.json").read_text())
+        assert j["predicted"] in ("normal", "covid")
+        assert sum(j["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert j["slices"]["top"] and j["target_class"] == j["predicted"]
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["name"] for r in rows] == [r["name"] for r in results]
+    with pytest.raises(OutputExistsError):
+        explain_scans(run, scans[:1], out)
+
+
+def test_masks_and_manifest_rows(tmp_path: Path, formats: dict[str, Path]) -> None:
+    from volnas.data.index import build_index, write_manifest
+
+    root = formats["nifti"]
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(build_index(root, split=(0.34, 0.33, 0.33), seed=0), manifest)
+    scan, mask = _first_scan(root, "nifti")
+    table = load_mask_table(root)
+    assert table[scan_key(scan)] == mask
+    npz_scan, npz_mask = _first_scan(formats["npz"], "npz")
+    assert load_mask_table(formats["npz"])[scan_key(npz_scan)] == npz_mask
+    from volnas.data.index import read_manifest
+
+    scan_id = next(r.scan_id for r in read_manifest(manifest)
+                   if Path(r.path).resolve() == Path(scan).resolve())
+    ref = resolve_scan(f"{manifest}#{scan_id}")
+    assert Path(ref.path).resolve() == Path(scan).resolve() and ref.label == "covid"
+    res = explain_scans(make_run(tmp_path), [f"{manifest}#{scan_id}"], tmp_path / "o",
+                        method="cam", target_class="covid", masks=root)
+    f = res[0]["faithfulness"]
+    assert res[0]["target_class"] == "covid" and res[0]["label"] == "covid"
+    assert f is not None and 0 <= f["pointing_hit"] <= 1
+    assert f["uniform_pointing"] == pytest.approx(read_scan(mask).array.astype(bool).mean())
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["faithfulness"]["n_scans"] == 1
+    assert (tmp_path / "o" / scan_id.replace("/", "_") / "montage.png").is_file()
