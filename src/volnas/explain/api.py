@@ -17,6 +17,10 @@ Masks (``masks``): a folder holding ``masks.csv`` as written by :mod:`volnas.dat
 (columns scan_id, scan_path, mask_path; paths relative to the folder). A scan is matched by
 its resolved path (for ``.npz`` scans by file and the ``<split>_<index>`` scan id).
 Faithfulness is measured on the map that is written, i.e. for the explained class.
+
+``explanation.json`` also records ``raw_map_max``, the map's peak before normalisation: a
+value <= 0 means the class has no positive evidence anywhere (Grad-CAM then writes an
+all-zero map, which scores exactly like a uniform map).
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ class VolumeExplanation:
     target: int  # class index the map explains
     indices: np.ndarray  # sampled source slice of each input plane
     geometry: StackGeometry
+    raw_max: float = 0.0  # peak of the map before normalisation (<= 0: no positive evidence)
 
 
 def prepare_input(volume: Volume, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, StackGeometry]:
@@ -190,7 +195,7 @@ def explain_volumes(
     for i, (_, idx, geom) in enumerate(prepared):
         model_map = exp.maps[i].cpu().numpy()
         out.append(VolumeExplanation(to_source_grid(model_map, idx, geom), model_map, probs[i],
-                                     int(exp.classes[i]), idx, geom))
+                                     int(exp.classes[i]), idx, geom, float(exp.raw[i].max())))
     return out
 
 
@@ -301,6 +306,7 @@ def _write_scan(
         "method": method,
         "target_class": classes[ex.target],
         "target_layer": layer,
+        "raw_map_max": ex.raw_max,
         "sampled_slices": [int(i) for i in ex.indices],
         "slices": top_slices(ex.heatmap),
         "montage_slices": shown,
