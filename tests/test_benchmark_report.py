@@ -70,6 +70,8 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
         runs = [json.loads((out / "runs" / name / f"seed{k}" / rel).read_text()) for k in (0, 1)]
         row = rows[name]
         assert [r["seed"] for r in row["runs"]] == [0, 1]
+        for r in runs:
+            r["f1_weighted"] = r["weighted"]["f1"]
         for key in (*METRICS, "model_size_mb"):
             vals = [r[key] for r in runs if r[key] is not None]
             s = row["summary"][key]

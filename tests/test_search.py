@@ -138,3 +138,38 @@ def test_cost_awareness_shrinks_expected_params() -> None:
     assert net.expected_params().item() < 0.8 * start
     skip_prob = [p[-1].item() for p in net.alpha.probs()]  # "skip" is the last candidate
     assert min(skip_prob) > 1 / 8
+
+
+def test_stride_budget_bounds_sampled_and_exported_paths() -> None:
+    """medpipe: paths far beyond the paper strides' activation memory are never run."""
+    from volnas.search.supernet import REFERENCE_STRIDES
+
+    net = SuperNet("medpipe", 1, 2, stride_budget=2.0)
+    ref = net.stride_cost(REFERENCE_STRIDES)
+    assert net.stride_cost((1,) * 7) > 50 * ref and net.stride_cost((2,) * 7) < ref
+    rows = net._stride_rows
+    assert len(rows) == 7
+    # logits that strongly prefer stride 1 everywhere: samples and the argmax stay in budget
+    with torch.no_grad():
+        for r in rows:
+            net.alpha.logits[r].copy_(torch.tensor([3.0, 0.0]))
+    net.train()
+    net.generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(100):
+        idx = net.sample_path()
+        strides = net.path_strides(idx)
+        seen.add(strides)
+        assert net.stride_cost(strides) <= 2.0 * ref + 1e-9
+    assert len(seen) > 3  # still a distribution, not one forced pattern
+    best = net.path_strides(net.argmax_path())
+    assert net.stride_cost(best) <= 2.0 * ref and best.count(1) >= 2
+    assert net.genotype().ops == net.genotype(net.argmax_path()).ops
+    # the straight-through weights still carry a gradient to the stride logits
+    loss = F.cross_entropy(net(torch.randn(2, 1, 8, 16, 16)), torch.tensor([0, 1]))
+    grads = torch.autograd.grad(loss, [net.alpha.logits[r] for r in rows], allow_unused=True)
+    assert sum(g is not None and g.abs().sum() > 0 for g in grads) >= 4
+    # without a budget the all-stride-1 path is allowed
+    free = SuperNet("medpipe", 1, 2, stride_budget=None)
+    assert free.feasible([0] * len(free.alpha))
+    assert not net.feasible([0] * len(net.alpha))

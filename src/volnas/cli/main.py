@@ -53,6 +53,8 @@ def data_synth(
     classes: int = typer.Option(2, "--classes", min=2, max=3, help="2 (normal/covid) or 3 (+cap)."),
     shape: str = typer.Option("32x64x64", "--shape", help="Nominal DxHxW of a scan."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    difficulty: str = typer.Option("realistic", "--difficulty",
+                                   help="realistic (faint findings, distractors) | easy."),
 ) -> None:
     """Write synthetic chest-CT-like scans (HU) with lesion masks in a real on-disk layout."""
     from volnas.data.synth import synthesize
@@ -61,8 +63,10 @@ def data_synth(
         _fail(f"{out}: folder is not empty; refusing to overwrite")
     if fmt not in ("png", "tiff", "nifti", "dicom", "npz"):
         raise typer.BadParameter(f"unknown format {fmt!r}", param_hint="--format")
+    if difficulty not in ("realistic", "easy"):
+        raise typer.BadParameter(f"unknown difficulty {difficulty!r}", param_hint="--difficulty")
     res = synthesize(out, scans=scans, fmt=fmt, classes=classes,
-                     shape=parse_shape(shape, 3, "--shape"), seed=seed)
+                     shape=parse_shape(shape, 3, "--shape"), seed=seed, difficulty=difficulty)
     console.print(f"wrote {len(res.scans)} {fmt} scans of {len({s.patient_id for s in res.scans})} "
                   f"patients ({', '.join(res.class_names)}) to {out}")
 

@@ -55,6 +55,10 @@ WINDOW = (-1000.0, 400.0)  # npz: HU window mapped to 0..255
 # Lesion burden (fraction of lung volume) thresholds for CT-1 | CT-2 | CT-3 | CT-4.
 CT_BURDEN = (0.01, 0.02, 0.035)
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.1), ("test", 0.2))
+# realistic: faint and small findings plus distractors in every class (a hard task);
+# easy: 3-5 larger, denser opacities and no distractors (learnable from ~100 scans in
+# minutes on a CPU: the demo's data).
+DIFFICULTIES = ("realistic", "easy")
 
 _LUNG_SIDES = (-1.0, 1.0)  # -1: right lung (patient right = -x in LPS), +1: left lung
 
@@ -274,11 +278,15 @@ def _smooth_noise(
 
 
 def _render(
-    rng: np.random.Generator, label: str, shape: tuple[int, int, int], anat: Anatomy
+    rng: np.random.Generator, label: str, shape: tuple[int, int, int], anat: Anatomy,
+    difficulty: str = "realistic",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (HU float32, lesion mask uint8, lung mask bool), all D x H x W."""
     if label not in CLASS_NAMES[3]:
         raise ValueError(f"unknown label {label!r}; expected one of {CLASS_NAMES[3]}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown difficulty {difficulty!r}; expected one of {DIFFICULTIES}")
+    easy = difficulty == "easy"
     d, h, w = shape
     dz, dy, dx = scan_spacing(anat, shape)
     x0, y0, z0 = _origin(anat, shape)
@@ -360,7 +368,7 @@ def _render(
     delta = vessel * (40.0 - base)  # HU added to the parenchyma, combined by max
 
     distract = np.zeros(shape, np.float32)
-    if rng.random() < 0.3:  # solid benign nodule(s)
+    if rng.random() < (0.0 if easy else 0.3):  # solid benign nodule(s)
         for _ in range(int(rng.integers(1, 3))):
             c = _random_lung_point(rng, lung, z1, y[0, :, 0], x[0, 0, :])
             if c is None:
@@ -368,7 +376,7 @@ def _render(
             r = np.full(3, rng.uniform(2.5, 6.0))
             dist = _ellipsoid_dist(z, y, x, c, r, 0.0)
             distract = np.maximum(distract, _sigmoid((1 - dist) / 0.08) * rng.uniform(600, 900))
-    if rng.random() < 0.3:  # dependent (posterior, basal) atelectasis
+    if rng.random() < (0.0 if easy else 0.3):  # dependent (posterior, basal) atelectasis
         top = rng.uniform(0.25, 0.6)
         thick = rng.uniform(4.0, 10.0)
         dens = rng.uniform(200.0, 500.0)
@@ -386,7 +394,7 @@ def _render(
     margin = _smooth_noise(rng, shape, (7.0 / dz, 7.0 / dy, 7.0 / dx))  # irregular margins
     for _ in range(20):  # redraw until a finding is visible on this grid
         if label == "covid":
-            les_delta, occ = _covid_lesions(rng, anat, z, y, x, margin)
+            les_delta, occ = _covid_lesions(rng, anat, z, y, x, margin, easy)
             mask = (occ > 0.5) & lung
             les_delta = les_delta * (1 + 0.15 * texture)
         elif label == "cap":
@@ -447,11 +455,13 @@ def _covid_lesions(
     y: np.ndarray,
     x: np.ndarray,
     margin: np.ndarray,
+    easy: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Contrast (HU above the parenchyma) and occupancy 0..1 of 1-4 subpleural GGOs."""
+    """Contrast (HU above the parenchyma) and occupancy 0..1 of 1-4 subpleural GGOs
+    (``easy``: 3-5 larger and denser ones)."""
     out = np.zeros(np.broadcast_shapes(z.shape, y.shape, x.shape), np.float32)
     occ = np.zeros_like(out)
-    n = int(rng.choice([1, 2, 3, 4], p=[0.15, 0.3, 0.3, 0.25]))
+    n = int(rng.integers(3, 6)) if easy else int(rng.choice([1, 2, 3, 4], p=[0.15, 0.3, 0.3, 0.25]))
     for _ in range(n):
         side = int(rng.integers(2))
         tz = rng.beta(1.6, 1.8) * 0.85 + 0.1  # lower and middle zones favoured
@@ -460,7 +470,7 @@ def _covid_lesions(
         if min(rx, ry) < 10:
             continue
         phi = rng.uniform(-1.2, 1.9)  # 0 = lateral, +pi/2 = posterior
-        r = float(np.exp(rng.uniform(np.log(10.0), np.log(36.0))))
+        r = float(np.exp(rng.uniform(np.log(28.0 if easy else 10.0), np.log(50.0 if easy else 36.0))))
         r = min(r, 0.6 * min(rx, ry))  # stays peripheral where the lung section is small
         bp = np.array([cy + ry * np.sin(phi), cx + _LUNG_SIDES[side] * rx * np.cos(phi)])
         c_in = np.array([cy, cx])
@@ -472,7 +482,7 @@ def _covid_lesions(
         dist = _ellipsoid_dist(z, y, x, np.array([zc, *cyx]), radii, rng.uniform(0, np.pi))
         dist = dist + 0.18 * np.tanh(margin)
         s = _sigmoid((1 - dist) / 0.08)
-        target = rng.uniform(-620.0, -250.0)
+        target = rng.uniform(-350.0, -100.0) if easy else rng.uniform(-620.0, -250.0)
         contrast = (target + 850.0) * s
         if rng.random() < 0.2:  # denser core
             contrast = np.maximum(contrast, _sigmoid((0.5 - dist) / 0.08) * rng.uniform(500, 750))
@@ -528,6 +538,7 @@ def make_volume(
     label: str,
     shape: tuple[int, int, int],
     anatomy: Anatomy | None = None,
+    difficulty: str = "realistic",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One scan: (HU float32 D x H x W, lesion mask uint8 D x H x W; empty for ``normal``).
 
@@ -536,7 +547,7 @@ def make_volume(
     """
     if anatomy is None:
         anatomy = random_anatomy(rng)
-    hu, mask, _ = _render(rng, label, tuple(int(s) for s in shape), anatomy)
+    hu, mask, _ = _render(rng, label, tuple(int(s) for s in shape), anatomy, difficulty)
     return hu, mask
 
 
@@ -706,6 +717,7 @@ def synthesize(
     shape: tuple[int, int, int] = (32, 64, 64),
     seed: int = 0,
     scans_per_patient: tuple[int, int] = (1, 3),
+    difficulty: str = "realistic",
 ) -> SynthResult:
     """Write ``scans`` synthetic chest CT scans under ``out`` in layout ``fmt``.
 
@@ -718,11 +730,14 @@ def synthesize(
             ``npz``, whose scans are all exactly ``shape``.
         seed: the same seed gives the same files.
         scans_per_patient: inclusive range of scans per patient (the last one may get fewer).
+        difficulty: ``realistic`` (default) or ``easy`` (see ``DIFFICULTIES``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if classes not in CLASS_NAMES:
         raise ValueError(f"classes must be 2 or 3, got {classes}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown difficulty {difficulty!r}; expected one of {DIFFICULTIES}")
     if scans < 1:
         raise ValueError("scans must be >= 1")
     lo, hi = scans_per_patient
@@ -762,7 +777,7 @@ def synthesize(
                 d = d0
             else:
                 d = max(8, int(round(d0 * rng.uniform(0.75, 1.25))))
-            hu, mask, lung = _render(rng, cname, (d, h, w), anat)
+            hu, mask, lung = _render(rng, cname, (d, h, w), anat, difficulty)
             frac = float(mask.sum() / max(lung.sum(), 1))
             affine = scan_affine(anat, hu.shape)
             split = index = None

@@ -94,7 +94,7 @@ def run_search(
     )
     val_loader = make_loader(ds(source.split("val"), False), bs, train=False,
                              num_workers=cfg.num_workers)
-    supernet = SuperNet(cfg.space, in_channels=1, num_classes=k)
+    supernet = SuperNet(cfg.space, in_channels=1, num_classes=k, stride_budget=cfg.stride_budget)
     console.print(
         f"[bold]search[/] space {cfg.space}: {len(supernet.alpha)} choices, "
         f"{len(w_rows)} weight-half / {len(a_rows)} arch-half / {len(val_loader.dataset)} val "

@@ -54,6 +54,9 @@ class SearchConfig(TrainConfig):
     tau_start: float = Field(5.0, gt=0)
     tau_end: float = Field(0.5, gt=0)
     tau_schedule: Literal["exp", "linear", "constant"] = "exp"
+    # medpipe: a path may use at most this multiple of the activation memory of the paper's
+    # strides [1,2,2,2,2,2,1]; paths over it are redrawn (None: no limit)
+    stride_budget: float | None = Field(2.0, ge=1)
     target_params: float | None = Field(None, gt=0)  # millions of parameters
     cost_weight: float = Field(0.0, ge=0)
     augment_search: Literal["off", "joint", "only", "decoupled"] | None = None  # None: joint

@@ -6,9 +6,18 @@ import torch
 from torch import Tensor, nn
 
 from volnas.models.genotype import Genotype, StackNet, build_layer
+import itertools
+import math
+
+from volnas.models.mbconv import STRIDE_CANDIDATES
 from volnas.models.profile import count_params
 from volnas.models.spaces import layer_specs
 from volnas.search.sampler import ChoiceLogits
+
+# MedPipe's searched strides (stem + 6 calibration layers; paper Fig. 5): the reference of
+# the stride memory budget.
+REFERENCE_STRIDES = (1, 2, 2, 2, 2, 2, 1)
+MAX_EXPANSION = 6
 
 
 class ChoiceLayer(nn.Module):
@@ -36,7 +45,12 @@ class SuperNet(nn.Module):
     in eval mode it runs the argmax path (the architecture the search would export now).
     """
 
-    def __init__(self, space: str, in_channels: int = 1, num_classes: int = 2) -> None:
+    def __init__(self, space: str, in_channels: int = 1, num_classes: int = 2,
+                 stride_budget: float | None = 2.0) -> None:
+        """``stride_budget``: where strides are searched (medpipe), a path may keep at most
+        this multiple of the activation volume of :data:`REFERENCE_STRIDES`; paths over it
+        are redrawn (a path of stride-1 layers at full resolution would need tens of GB).
+        None: no limit."""
         super().__init__()
         self.space = space
         self.in_channels = in_channels
@@ -58,6 +72,13 @@ class SuperNet(nn.Module):
                        for layer in self.choice_layers]
         self.generator: torch.Generator | None = None  # set for rank-identical sampling
         self.fixed_path: list[int] | None = None  # force a path (tests, probing)
+        searchable = [sp for sp in self.specs if sp.searchable]
+        self._stride_rows = [i for i, sp in enumerate(searchable)
+                             if sp.candidates == STRIDE_CANDIDATES]
+        self.stride_budget = stride_budget
+        self._max_cost = math.inf
+        if stride_budget is not None and len(self._stride_rows) == len(REFERENCE_STRIDES):
+            self._max_cost = stride_budget * self.stride_cost(REFERENCE_STRIDES)
 
     @property
     def choice_layers(self) -> list[ChoiceLayer]:
@@ -74,11 +95,71 @@ class SuperNet(nn.Module):
             layer.index = indices[i]
             layer.weight = None if weights is None else weights[i]
 
+    # ------------------------------------------------------------------ stride budget
+
+    def path_strides(self, indices: list[int]) -> tuple[int, ...]:
+        """Strides of the searched stride layers on the path (empty if none is searched)."""
+        return tuple(int(STRIDE_CANDIDATES[indices[r]][-1]) for r in self._stride_rows)
+
+    def stride_cost(self, strides: tuple[int, ...]) -> float:
+        """Relative activation volume of a stride pattern: sum over layers of width x voxels,
+        with every searchable layer at the widest expansion."""
+        it = iter(strides)
+        scale, cost = 1.0, 0.0
+        for spec in self.specs:
+            if spec.kind == "normal":
+                cost += spec.cout * MAX_EXPANSION * scale
+                continue
+            stride = next(it) if spec.searchable else int(spec.candidates[0][-1])
+            scale /= stride**3
+            cost += spec.cout * scale
+        return cost
+
+    def feasible(self, indices: list[int]) -> bool:
+        """Does the path keep within the stride budget?"""
+        return not self._stride_rows or self.stride_cost(self.path_strides(indices)) <= self._max_cost
+
+    def best_feasible(self, indices: list[int]) -> list[int]:
+        """``indices`` with its stride choices replaced by the most probable stride pattern
+        within the budget (unchanged when already feasible)."""
+        if self.feasible(indices):
+            return list(indices)
+        logp = [torch.log_softmax(self.alpha.logits[r].detach().float(), -1) for r in self._stride_rows]
+        best, best_lp = None, -math.inf
+        for pattern in itertools.product(range(len(STRIDE_CANDIDATES)), repeat=len(self._stride_rows)):
+            strides = tuple(int(STRIDE_CANDIDATES[i][-1]) for i in pattern)
+            lp = float(sum(lp_r[i] for lp_r, i in zip(logp, pattern, strict=True)))
+            if lp > best_lp and self.stride_cost(strides) <= self._max_cost:
+                best, best_lp = pattern, lp
+        assert best is not None  # all stride 2 is always within a budget >= 1
+        out = list(indices)
+        for r, i in zip(self._stride_rows, best, strict=True):
+            out[r] = i
+        return out
+
+    def argmax_path(self) -> list[int]:
+        """The most probable path within the stride budget (what the search exports)."""
+        return self.best_feasible(self.alpha.argmax())
+
     def sample_path(self) -> list[int]:
-        """Draw a path (with straight-through weights) and install it; returns the indices."""
-        sample = self.alpha.sample(self.generator)
-        self.set_path([i for _, i in sample], [w for w, _ in sample])
-        return [i for _, i in sample]
+        """Draw a path (with straight-through weights) and install it; returns the indices.
+
+        A path over the stride budget is redrawn (rejection sampling: the sample then comes
+        from the distribution restricted to the budget); after 50 rejections its stride
+        choices are replaced by the most probable pattern within the budget.
+        """
+        for _ in range(50):
+            sample = self.alpha.sample(self.generator)
+            indices = [i for _, i in sample]
+            if self.feasible(indices):
+                break
+        weights = [w for w, _ in sample]
+        fixed = self.best_feasible(indices)
+        for r, (i, j) in enumerate(zip(indices, fixed, strict=True)):
+            if i != j:
+                weights[r] = nn.functional.one_hot(torch.tensor(j), len(weights[r])).to(weights[r])
+        self.set_path(fixed, weights)
+        return fixed
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fixed_path is not None:
@@ -86,7 +167,7 @@ class SuperNet(nn.Module):
         elif self.training:
             self.sample_path()
         else:
-            self.set_path(self.alpha.argmax())
+            self.set_path(self.argmax_path())
         return self.net(x)
 
     def features(self, x: Tensor) -> Tensor:
@@ -94,7 +175,7 @@ class SuperNet(nn.Module):
 
     def genotype(self, indices: list[int] | None = None, input_shape: tuple[int, ...] | None = None) -> Genotype:
         """The genotype of a path (default: the argmax path)."""
-        idx = iter(indices if indices is not None else self.alpha.argmax())
+        idx = iter(indices if indices is not None else self.argmax_path())
         ops = [spec.candidates[next(idx)] if spec.searchable else spec.candidates[0]
                for spec in self.specs]
         return Genotype(self.space, ops, self.num_classes, self.in_channels, input_shape)

@@ -41,9 +41,9 @@ from volnas.training.config import TrainConfig, merge_settings
 from volnas.training.device import resolve_device
 from volnas.training.metrics import summarize_seeds
 
-METRICS = ("accuracy", "precision", "sensitivity", "f1", "auc")
+METRICS = ("accuracy", "precision", "sensitivity", "f1", "f1_weighted", "auc")
 HEADERS = {"accuracy": "ACC", "precision": "precision", "sensitivity": "sensitivity", "f1": "F1",
-           "auc": "AUC"}
+           "f1_weighted": "F1 (weighted)", "auc": "AUC"}
 # Settings that do not change a cell's result: a cell may be resumed with other values.
 RUNTIME_KEYS = ("device", "num_workers", "cache_dir")
 # CLI flag of each override, to write the command line into the report.
@@ -310,6 +310,7 @@ def _run_record(cell: Cell) -> dict[str, Any] | None:
         **{k: metrics.get(k) for k in (*METRICS, "specificity", "n_scans", "positive_class",
                                        "params", "model_size_mb", "flops_per_scan",
                                        "best_epoch")},
+        "f1_weighted": (metrics.get("weighted") or {}).get("f1"),
     }
     if cell.kind == "train":
         rec["seconds"] = metrics.get("train_seconds")
@@ -484,7 +485,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"ACC is micro accuracy over the test scans; precision, sensitivity and F1 are for the "
         f"positive class{' ' + repr(d.get('positive_class')) if d.get('positive_class') else ''} "
-        "(the other classes together as negative); AUC from softmax probabilities. Size is "
+        "(the other classes together as negative); F1 (weighted) is the support-weighted mean "
+        "of the per-class F1 (scikit-learn's average='weighted'; papers on imbalanced "
+        "MedMNIST data often report an averaged F1 without saying so); AUC from softmax "
+        "probabilities. Size is "
         "parameters x 4 bytes (MB of 2^20 bytes); std uses ddof=1. Wall time: training of one "
         "run (baselines) or the search itself (searches; total includes probes and the retrain).",
         "",
