@@ -108,6 +108,20 @@ def test_signal_exists_but_not_in_mean_density():
     assert auc_ggo > 0.65, auc_ggo
 
 
+def test_easy_difficulty_has_larger_denser_findings():
+    real, easy, dense_easy, dense_real = [], [], [], []
+    for seed in range(8):
+        anat = random_anatomy(np.random.default_rng([7, seed]))
+        for diff, fracs, dense in (("realistic", real, dense_real), ("easy", easy, dense_easy)):
+            hu, mask, lung = synth._render(np.random.default_rng(seed), "covid", SMALL, anat, diff)
+            fracs.append(mask.sum() / lung.sum())
+            dense.append(np.median(hu[mask > 0]))
+    assert np.mean(easy) > 2 * np.mean(real)
+    assert np.mean(dense_easy) > np.mean(dense_real) + 50
+    with pytest.raises(ValueError, match="difficulty"):
+        synthesize(Path("unused"), scans=2, fmt="npz", difficulty="hard")
+
+
 # --------------------------------------------------------------------------- layouts
 
 

@@ -304,7 +304,7 @@ def genotype_show(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("volnas_demo"), "--out", help="Demo folder (a new run each time)."),
-    epochs: int = typer.Option(8, "--epochs", help="Training (and retrain) epochs."),
+    epochs: int = typer.Option(10, "--epochs", help="Training (and retrain) epochs."),
     search: bool = typer.Option(True, "--search/--no-search", help="Include the architecture search."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:

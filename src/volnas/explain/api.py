@@ -20,7 +20,9 @@ Faithfulness is measured on the map that is written, i.e. for the explained clas
 
 ``explanation.json`` also records ``raw_map_max``, the map's peak before normalisation: a
 value <= 0 means the class has no positive evidence anywhere (Grad-CAM then writes an
-all-zero map, which scores exactly like a uniform map).
+all-zero map, which scores exactly like a uniform map); and ``map_resolution``, the map's
+(D, H, W) at the target layer before upsampling: a ResNet's last stage on a 16x48x48 input
+is 1x2x2, too coarse to point at a lesion (choose an earlier ``--layer`` for Grad-CAM).
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ class VolumeExplanation:
     indices: np.ndarray  # sampled source slice of each input plane
     geometry: StackGeometry
     raw_max: float = 0.0  # peak of the map before normalisation (<= 0: no positive evidence)
+    raw_shape: tuple[int, ...] = ()  # the map at the target layer, before upsampling
 
 
 def prepare_input(volume: Volume, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, StackGeometry]:
@@ -195,7 +198,8 @@ def explain_volumes(
     for i, (_, idx, geom) in enumerate(prepared):
         model_map = exp.maps[i].cpu().numpy()
         out.append(VolumeExplanation(to_source_grid(model_map, idx, geom), model_map, probs[i],
-                                     int(exp.classes[i]), idx, geom, float(exp.raw[i].max())))
+                                     int(exp.classes[i]), idx, geom, float(exp.raw[i].max()),
+                                     tuple(int(n) for n in exp.raw[i].shape)))
     return out
 
 
@@ -307,6 +311,7 @@ def _write_scan(
         "target_class": classes[ex.target],
         "target_layer": layer,
         "raw_map_max": ex.raw_max,
+        "map_resolution": list(ex.raw_shape),
         "sampled_slices": [int(i) for i in ex.indices],
         "slices": top_slices(ex.heatmap),
         "montage_slices": shown,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 from torch import Tensor, nn
 
 from volnas.models.genotype import Genotype, StackNet, build_layer
-import itertools
-import math
-
 from volnas.models.mbconv import STRIDE_CANDIDATES
 from volnas.models.profile import count_params
 from volnas.models.spaces import layer_specs
