@@ -187,3 +187,31 @@ def test_real_adrenalmnist3d_learns_above_chance(adrenal_npz: Path, tmp_path: Pa
     best = json.loads((tmp_path / "run" / "best_val_metrics.json").read_text())
     assert best["n_scans"] == 98
     assert best["auc"] > 0.65, best["auc"]
+
+
+def test_bn_recalibration_replaces_stale_running_statistics() -> None:
+    """Running averages that lag the weights are replaced by the exact batch average."""
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 1), torch.nn.BatchNorm3d(3),
+                              torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    bn = net[1]
+    bn.running_mean.fill_(50.0)  # stale: far from what the current weights produce
+    bn.running_var.fill_(0.01)
+    cfg = TrainConfig(bn_recalibration=3, channels_last=False)
+    trainer = Trainer(net, cfg, class_names=["a", "b"], positive_class="b",
+                      device=torch.device("cpu"), run_dir=Path("unused"))
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 1, 2, 4, 4) * 2 + 1, torch.zeros(4, dtype=torch.long))
+               for _ in range(5)]
+    net.eval()
+    assert trainer.recalibrate_bn(batches) == 3  # capped at cfg.bn_recalibration
+    with torch.no_grad():
+        feats = [net[0](x) for x, _ in batches[:3]]
+    mean = torch.stack([f.mean((0, 2, 3, 4)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3, 4), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    assert bn.momentum == 0.1 and not net.training  # restored
+    off = Trainer(net, TrainConfig(bn_recalibration=0), class_names=["a", "b"],
+                  positive_class="b", device=torch.device("cpu"), run_dir=Path("unused"))
+    assert off.recalibrate_bn(batches) == 0
+    torch.testing.assert_close(bn.running_mean, mean)

@@ -354,6 +354,29 @@ class SearchTrainer(Trainer):
             self.aug.zero_grad(set_to_none=True)
         return out
 
+    def bn_inputs(self, loader: Any) -> Any:
+        return (x for x, _ in loader.weight_loader)
+
+    def bn_modules(self) -> list[nn.Module]:
+        """Only the validated path's BatchNorms (the other candidates keep their statistics)."""
+        from volnas.search.supernet import ChoiceLayer
+
+        path = iter(self.supernet.fixed_path or self.supernet.argmax_path())
+        mods: list[nn.Module] = []
+        for layer in self.supernet.net.layers:
+            mods.append(layer.candidates[next(path)] if isinstance(layer, ChoiceLayer) else layer)
+        return [m for mod in mods for m in mod.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def recalibrate_bn(self, loader: Any) -> int:
+        """BatchNorm statistics of the path that validation scores (argmax or the fixed one)."""
+        saved = self.supernet.fixed_path
+        self.supernet.fixed_path = saved if saved is not None else self.supernet.argmax_path()
+        try:
+            return super().recalibrate_bn(loader)
+        finally:
+            self.supernet.fixed_path = saved
+
     def train_epoch(self, loader: Any, epoch: int, total: int | None = None) -> dict[str, float]:
         self.steps_per_epoch = total or 1
         self.step_in_epoch = 0

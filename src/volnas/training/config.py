@@ -33,6 +33,10 @@ class TrainConfig(BaseModel):
     augment: str = "auto"
     select_metric: Literal["auc", "f1", "accuracy", "loss"] = "auc"
     patience: int | None = Field(None, ge=1)  # early stopping on the validation metric
+    # Before each validation, re-estimate BatchNorm statistics on this many clean training
+    # batches (train mode, no gradient; 0: off). With few steps per epoch the running
+    # averages lag the weights and shift every prediction to one class.
+    bn_recalibration: int = Field(32, ge=0)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N

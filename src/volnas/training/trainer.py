@@ -203,6 +203,49 @@ class Trainer:
         n = max(sums["n"], 1)
         return {"train_loss": sums["loss"] / n, "train_acc": sums["correct"] / n}
 
+    def bn_modules(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        """The BatchNorm layers that validation runs."""
+        return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def bn_inputs(self, loader: Iterable) -> Iterable[torch.Tensor]:
+        """Clean training inputs for :meth:`recalibrate_bn` (one tensor per batch)."""
+        return (batch[0] for batch in loader)
+
+    @torch.no_grad()
+    def recalibrate_bn(self, loader: Iterable) -> int:
+        """Re-estimate every BatchNorm's running mean and variance as the plain average over
+        ``cfg.bn_recalibration`` training batches (no augmentation, no gradient; averaged
+        over ranks under torchrun). Returns the number of batches used (0: no BatchNorm)."""
+        bns = [m for m in self.bn_modules() if m.track_running_stats]
+        if not bns or self.cfg.bn_recalibration == 0:
+            return 0
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        was_training = self.net.training
+        self.net.train()
+        n = 0
+        try:
+            for x in self.bn_inputs(loader):
+                if n >= self.cfg.bn_recalibration:
+                    break
+                with autocast(self.device, self.amp):
+                    self.net(to_device(x, self.device, self.channels_last))
+                n += 1
+        finally:
+            for m, mom in zip(bns, momenta, strict=True):
+                m.momentum = mom
+            self.net.train(was_training)
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            for m in bns:
+                for buf in (m.running_mean, m.running_var):
+                    tdist.all_reduce(buf)
+                    buf /= self.dist.world_size
+        return n
+
     @torch.no_grad()
     def predict(self, loader: Iterable) -> tuple[np.ndarray, np.ndarray, float]:
         """Softmax probabilities, labels and mean loss over a loader (eval mode, no augmentation)."""
@@ -263,6 +306,7 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch, "lr": lr}
             row.update(self.train_epoch(train_loader, epoch, total))
             self.scheduler.step()
+            self.recalibrate_bn(train_loader)
             val = self.evaluate(val_loader)
             row.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"],
                         "val_f1": val["f1"], "val_auc": val["auc"]})
