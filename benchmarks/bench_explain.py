@@ -63,7 +63,7 @@ def main() -> None:
                 table.add_row(name, method, res[0]["target_layer"], shape, f"{s['hit_rate']:.3f}",
                               f"{s['energy_in_lesion']:.4f}", f"{s['uniform_energy']:.4f}",
                               f"{s['energy_in_lesion'] / max(s['uniform_energy'], 1e-12):.2f}x")
-    Console().print(table)
+    Console(width=150).print(table)
     accs = {n: np.nan for n in runs}
     for n, run in runs.items():
         import json
