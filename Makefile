@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_baselines.py
+	$(BIN)/python benchmarks/bench_models.py
 
 clean-venv:
 	rm -rf $(VENV)
