@@ -1,13 +1,13 @@
 """Compare augmentation-search variants from their `volnas benchmark` folders (markdown).
 
-Each folder is a finished benchmark with one search (e.g. ``--search medpipe``) run under
-a different ``--config`` (``augment_search: "off"``, the paper objective, the unrolled
+Each folder is a finished benchmark with a search (e.g. ``--search medpipe``) run under
+a different ``--config``; ``FOLDER#SPACE`` picks one search of a benchmark that ran several (``augment_search: "off"``, the paper objective, the unrolled
 one). Prints one table (test metrics mean ± std over seeds, search wall time, expected
 augmentation strength of the found policies) and every seed's policy as MedPipe Fig. 5
 triplets (type; magnitude; probability), probability 0 omitted.
 
     python benchmarks/report_augment_search.py off=runs/aug4/medpipe-off \\
-        paper=runs/aug4/search unrolled=runs/aug4/medpipe-unrolled
+        paper=runs/aug4/search#medpipe unrolled=runs/aug4/medpipe-unrolled
 """
 
 from __future__ import annotations
@@ -48,8 +48,14 @@ def main(argv: list[str]) -> None:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     policies: list[str] = []
     for name, folder in variants:
+        folder, _, space = folder.partition("#")
         report = json.loads((Path(folder) / "report.json").read_text())
-        (row,) = [r for r in report["rows"] if r["kind"] == "search"]
+        rows = [r for r in report["rows"] if r["kind"] == "search" and space in ("", r["name"])]
+        if len(rows) != 1:
+            found = [r["name"] for r in report["rows"] if r["kind"] == "search"]
+            raise SystemExit(f"{folder}: expected one search{' ' + space if space else ''}, "
+                             f"found {found or 'none'}; use FOLDER#SPACE")
+        (row,) = rows
         runs = row["runs"]
         strengths = []
         for run in runs:

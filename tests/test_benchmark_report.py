@@ -116,3 +116,35 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
     changed[changed.index("--epochs") + 1] = "2"
     res = runner.invoke(app, changed)
     assert res.exit_code == 2 and "other settings" in res.output
+
+
+def test_report_only_and_cells_held_by_another_process(npz_data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    tiny = tiny_genotype(tmp_path / "tiny.json")
+    args = ["benchmark", "--data", npz_data, "--models", f"genotype:{tiny}", "--seeds", "2",
+            "--out", out, "--epochs", "1", "--batch-size", "4", "--slices", "8",
+            "--size", "16x16", "--device", "cpu"]
+    # --report-only trains nothing and says what is missing.
+    text = _invoke(*args, "--report-only")
+    assert "0 done, 0 to resume, 2 new" in text
+    assert not (out / "runs" / "genotype-tiny" / "seed0").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert not report["complete"] and report["rows"][0]["n_done"] == 0
+    assert "Incomplete:** 0 of 2 runs" in (out / "report.md").read_text()
+
+    # Seed 0 is held by "another process": this one runs seed 1 only.
+    cells = out / "runs" / "genotype-tiny"
+    cells.mkdir(parents=True)
+    with open(cells / ".seed0.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        text = _invoke(*args)
+    assert "another process is running this cell" in text
+    assert not (cells / "seed0").exists() and (cells / "seed1" / "metrics.json").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert not report["complete"] and [r["seed"] for r in report["rows"][0]["runs"]] == [1]
+    metrics = json.loads((cells / "seed1" / "metrics.json").read_text())
+    assert report["rows"][0]["runs"][0]["accuracy"] == metrics["accuracy"]

@@ -128,6 +128,8 @@ def benchmark_cmd(
     search_slices: int = typer.Option(None, "--search-slices", help="Search slices (reduced)."),
     config: Path = typer.Option(None, "--config", help="YAML settings; flags override it."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+    report_only: bool = typer.Option(False, "--report-only",
+                                     help="Run nothing: report the cells finished so far."),
 ) -> None:
     """Train baselines and run searches with every seed; write report.md/json and a plot."""
     from volnas.training.benchmark import BenchmarkError, run_benchmark
@@ -143,7 +145,7 @@ def benchmark_cmd(
     spaces = [s.strip() for s in search.split(",") if s.strip()]
     try:
         report = run_benchmark(data, names, spaces, seeds, out, config=config,
-                               overrides=overrides, console=_console)
+                               overrides=overrides, console=_console, report_only=report_only)
     except BenchmarkError as e:
         _fail(str(e))
     if report["failed"]:

@@ -24,7 +24,8 @@ import platform
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,7 @@ def run_benchmark(
     config: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     console: Console | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Train every model and run every search with every seed; write the report.
 
@@ -206,6 +208,8 @@ def run_benchmark(
             ``retrain_epochs`` defaults to ``epochs``, so searched nets train as long as
             the baselines.
         console: where progress goes.
+        report_only: run nothing; write the report of the cells finished so far (e.g. while
+            other processes are still running cells of the same folder).
 
     Returns:
         The report (what ``report.json`` holds); ``report["failed"]`` lists cells that raised.
@@ -245,22 +249,56 @@ def run_benchmark(
                   f"{sum(states[c] == 'resume' for c in cells)} to resume, "
                   f"{sum(states[c] == 'new' for c in cells)} new")
     failed: dict[Cell, str] = {}
+    if report_only:
+        todo = []
     for i, cell in enumerate(todo, start=1):
-        console.rule(f"[bold]{i}/{len(todo)}: {escape(cell.name)} seed {cell.seed} "
-                     f"({'resume' if states[cell] == 'resume' else cell.kind})")
-        resume = states[cell] == "resume"
-        try:
-            if cell.kind == "train":
-                run_training(configs[cell], cell.dir, resume=resume, console=console)
-            else:
-                run_search(configs[cell], cell.dir, resume=resume, console=console)
-        except Exception as e:  # noqa: BLE001 - one failed cell must not lose the others
-            failed[cell] = f"{type(e).__name__}: {e}"
-            console.print(f"[red]cell {cell.dir} failed:[/] {escape(failed[cell])}")
+        with cell_lock(cell) as mine:
+            if not mine:
+                console.print(f"{i}/{len(todo)}: {escape(cell.name)} seed {cell.seed}: another "
+                              "process is running this cell; skipped")
+                continue
+            state = cell.state  # another process may have finished it meanwhile
+            if state == "done":
+                continue
+            console.rule(f"[bold]{i}/{len(todo)}: {escape(cell.name)} seed {cell.seed} "
+                         f"({'resume' if state == 'resume' else cell.kind})")
+            try:
+                if cell.kind == "train":
+                    run_training(configs[cell], cell.dir, resume=state == "resume", console=console)
+                else:
+                    run_search(configs[cell], cell.dir, resume=state == "resume", console=console)
+            except Exception as e:  # noqa: BLE001 - one failed cell must not lose the others
+                failed[cell] = f"{type(e).__name__}: {e}"
+                console.print(f"[red]cell {cell.dir} failed:[/] {escape(failed[cell])}")
         write_report(out, cells, configs, context, failed)
     report = write_report(out, cells, configs, context, failed)
     console.print(f"report: {out / 'report.md'} ({out / 'report.json'}, {out / 'f1_vs_size.png'})")
     return report
+
+
+@contextmanager
+def cell_lock(cell: Cell) -> Iterator[bool]:
+    """An exclusive lock on a cell beside its folder; yields False if another process holds it.
+
+    Several ``volnas benchmark`` processes (one per GPU or core) may so work on one folder:
+    each takes the next cell that nobody holds. Without ``fcntl`` (Windows) it always yields True.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield True
+        return
+    cell.dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(cell.dir.parent / f".{cell.dir.name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def benchmark_command(
