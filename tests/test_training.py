@@ -215,3 +215,54 @@ def test_bn_recalibration_replaces_stale_running_statistics() -> None:
                   positive_class="b", device=torch.device("cpu"), run_dir=Path("unused"))
     assert off.recalibrate_bn(batches) == 0
     torch.testing.assert_close(bn.running_mean, mean)
+
+
+def test_balanced_class_weights_and_weighted_loss(tmp_path: Path) -> None:
+    from volnas.training.trainer import balanced_class_weights
+
+    w = balanced_class_weights([30, 10], ["normal", "covid"])
+    assert w.tolist() == pytest.approx([40 / 60, 40 / 20])
+    with pytest.raises(ValueError, match="no training scan of class \\['covid'\\]"):
+        balanced_class_weights([5, 0], ["normal", "covid"])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    cfg = TrainConfig.model_validate({"class_weight": "balanced", "epochs": 1})
+    trainer = Trainer(net, cfg, class_names=["normal", "covid"], positive_class="covid",
+                      device=torch.device("cpu"), run_dir=tmp_path, class_counts=[30, 10])
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.0]])
+    y = torch.tensor([0, 1, 1])
+    nll = -torch.log_softmax(logits, 1)[torch.arange(3), y]
+    wy = w[y]
+    assert trainer.loss_fn(logits, y).item() == pytest.approx((wy * nll).sum().item() / wy.sum().item())
+    plain = Trainer(net, cfg.model_copy(update={"class_weight": "none"}), class_names=["normal", "covid"],
+                    positive_class="covid", device=torch.device("cpu"), run_dir=tmp_path)
+    assert plain.loss_fn(logits, y).item() == pytest.approx(nll.mean().item())
+    no_counts = Trainer(net, cfg, class_names=["normal", "covid"], positive_class="covid",
+                        device=torch.device("cpu"), run_dir=tmp_path)
+    with pytest.raises(ValueError, match="class counts"):
+        no_counts.loss_fn(logits, y)
+
+
+def test_class_weight_balanced_reaches_the_training_loss(tiny_data, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import volnas.training.trainer as trainer_mod
+    from volnas.data.dataset import open_source
+
+    data, model = tiny_data
+    seen: list[torch.Tensor | None] = []
+    real = trainer_mod.F.cross_entropy
+
+    def spy(logits, y, *args, weight=None, **kw):
+        seen.append(weight)
+        return real(logits, y, *args, weight=weight, **kw)
+
+    monkeypatch.setattr(trainer_mod.F, "cross_entropy", spy)
+    run_training(_cfg(data, model, tmp_path, epochs=1, class_weight="balanced"), tmp_path / "run")
+    src = open_source(str(data))
+    labels = [r.label for r in src.split("train")]
+    counts = np.array([labels.count(c) for c in src.class_names], float)
+    expected = counts.sum() / (len(counts) * counts)
+    weights = [w for w in seen if w is not None]
+    assert weights, "no weighted training loss was computed"
+    for w in weights:
+        assert w.tolist() == pytest.approx(expected.tolist())
+    assert load_config(tmp_path / "run" / "config.yaml", {}).class_weight == "balanced"

@@ -164,6 +164,8 @@ def train_cmd(
                                 "[auto: a genotype's searched policy, else flip]."),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn",
                                  help="Synchronised batch norm under torchrun (CUDA)."),
+    class_weight: str = typer.Option(None, "--class-weight",
+                                     help="none | balanced (loss weights n/(k*n_c)); default none."),
 ) -> None:
     """Train a model: validation every epoch, best checkpoint by validation, test once."""
     from volnas.training.config import load_config
@@ -173,7 +175,7 @@ def train_cmd(
         "data": data, "model": model, "epochs": epochs, "batch_size": batch_size,
         "slices": slices, "size": parse_shape(size, 2, "--size") if size else None,
         "lr": lr, "seed": seed, "device": device, "num_workers": workers,
-        "augment": augment, "sync_bn": sync_bn,
+        "augment": augment, "sync_bn": sync_bn, "class_weight": class_weight,
     }
     try:
         cfg = load_config(config, overrides)
@@ -241,6 +243,8 @@ def search_cmd(
     config: Path = typer.Option(None, "--config", help="YAML config; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search in --out."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+    class_weight: str = typer.Option(None, "--class-weight",
+                                     help="none | balanced (loss weights n/(k*n_c)); default none."),
 ) -> None:
     """Differentiable single-path search, then probe the top-k, retrain the best, test once."""
     from volnas.search.run import load_search_config, run_search
@@ -256,7 +260,7 @@ def search_cmd(
         "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
         "cost_weight": cost_weight, "seed": seed, "device": device,
         "augment_search": augment_search, "objective": objective,
-        "fixed_genotype": fixed_genotype,
+        "fixed_genotype": fixed_genotype, "class_weight": class_weight,
     }
     try:
         cfg = load_search_config(config, overrides)

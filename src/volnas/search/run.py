@@ -103,7 +103,8 @@ def run_search(
     trainer = SearchTrainer(
         supernet, scfg, cfg, cfg.preprocess.input_shape, class_names=source.class_names,
         positive_class=positive, device=resolve_device(cfg.device), run_dir=search_dir,
-        console=console)
+        console=console, class_counts=[sum(r.label == c for r in w_rows + a_rows)
+                                       for c in source.class_names])
     done = search_dir / "done.json"
     if not done.exists():
         trainer.fit(paired, val_loader, resume=resume)

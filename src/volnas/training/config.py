@@ -32,6 +32,9 @@ class TrainConfig(BaseModel):
     # flip); none; flip; or a policy JSON file (volnas.data.augment.Policy)
     augment: str = "auto"
     select_metric: Literal["auc", "f1", "accuracy", "loss"] = "auc"
+    # none: plain cross-entropy (the papers); balanced: class c weighted n / (k * n_c) by its
+    # share of the training split (scikit-learn's "balanced"), for imbalanced data
+    class_weight: Literal["none", "balanced"] = "none"
     patience: int | None = Field(None, ge=1)  # early stopping on the validation metric
     # Before each validation, re-estimate BatchNorm statistics on this many clean training
     # batches (train mode, no gradient; 0: off). With few steps per epoch the running

@@ -206,8 +206,9 @@ def run_training(
         f"input {cfg.preprocess.input_shape}, {len(ds['train'])} train / {len(ds['val'])} val "
         f"scans, device {device}"
     )
+    counts = [ds["train"].labels.count(i) for i in range(len(source.class_names))]
     trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
-                      device=device, run_dir=run_dir, console=console)
+                      device=device, run_dir=run_dir, console=console, class_counts=counts)
     trainer.fit(train_loader, val_loader, resume=resume)
     if dist_info().is_main:
         plot_history(trainer.history, run_dir / "curves.png", best_epoch=trainer.best_epoch)

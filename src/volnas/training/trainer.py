@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,18 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.o
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def balanced_class_weights(counts: Sequence[int], class_names: Sequence[str]) -> torch.Tensor:
+    """``n / (k * n_c)`` per class (scikit-learn's "balanced"); a class with no training scan
+    is an error rather than an infinite weight."""
+    if len(counts) != len(class_names):
+        raise ValueError(f"{len(counts)} class counts for {len(class_names)} classes")
+    missing = [c for c, n in zip(class_names, counts, strict=True) if n == 0]
+    if missing:
+        raise ValueError(f"class_weight: balanced: no training scan of class {missing}")
+    c = torch.tensor([float(n) for n in counts])
+    return c.sum() / (len(counts) * c)
+
+
 class Trainer:
     """Epoch loop with validation every epoch, best-checkpoint choice and atomic resume.
 
@@ -85,6 +97,8 @@ class Trainer:
         device: where to train.
         run_dir: folder for history.csv, model.safetensors and checkpoint/.
         console: where progress and per-epoch lines go.
+        class_counts: training scans per class (label order); needed by
+            ``class_weight: balanced``.
     """
 
     def __init__(
@@ -97,8 +111,11 @@ class Trainer:
         device: torch.device,
         run_dir: Path,
         console: Console | None = None,
+        class_counts: Sequence[int] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.class_weight = balanced_class_weights(class_counts, class_names) if (
+            cfg.class_weight == "balanced" and class_counts is not None) else None
         self.device = device
         self.channels_last = cfg.channels_last
         self.dist = dist_info()
@@ -154,7 +171,11 @@ class Trainer:
         return x
 
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y)
+        """The training loss: cross-entropy, class-weighted with ``class_weight: balanced``."""
+        if self.cfg.class_weight == "balanced" and self.class_weight is None:
+            raise ValueError("class_weight: balanced needs the training split's class counts")
+        w = None if self.class_weight is None else self.class_weight.to(logits.device)
+        return F.cross_entropy(logits.float(), y, weight=w)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns loss and number correct."""
