@@ -148,3 +148,19 @@ def test_report_only_and_cells_held_by_another_process(npz_data: Path, tmp_path:
     assert not report["complete"] and [r["seed"] for r in report["rows"][0]["runs"]] == [1]
     metrics = json.loads((cells / "seed1" / "metrics.json").read_text())
     assert report["rows"][0]["runs"][0]["accuracy"] == metrics["accuracy"]
+
+
+def test_same_data_across_machines(tmp_path: Path) -> None:
+    from volnas.training.benchmark import same_data
+
+    here = tmp_path / "a" / "adrenalmnist3d.npz"
+    here.parent.mkdir()
+    here.write_bytes(b"x" * 10)
+    assert same_data(str(here), str(here))
+    assert same_data("/elsewhere/shared/adrenalmnist3d.npz", str(here))  # moved folder
+    other = tmp_path / "b" / "adrenalmnist3d.npz"
+    other.parent.mkdir()
+    other.write_bytes(b"y" * 11)
+    assert not same_data(str(other), str(here))  # both here, different files
+    assert not same_data("/elsewhere/organmnist3d.npz", str(here))
+    assert not same_data(str(here), "/elsewhere/adrenalmnist3d.npz")  # nothing to read now
