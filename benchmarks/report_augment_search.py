@@ -23,8 +23,9 @@ def mean_std(values: list[float], digits: int = 3) -> str:
     v = [x for x in values if x is not None]
     if not v:
         return "n/a"
-    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    return f"{np.mean(v):.{digits}f} ± {std:.{digits}f}"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{np.mean(v):.{digits}f} ± {float(np.std(v, ddof=1)):.{digits}f}"
 
 
 def triplets(policy: list | None) -> str:

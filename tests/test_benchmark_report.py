@@ -164,3 +164,13 @@ def test_same_data_across_machines(tmp_path: Path) -> None:
     assert not same_data(str(other), str(here))  # both here, different files
     assert not same_data("/elsewhere/organmnist3d.npz", str(here))
     assert not same_data(str(here), "/elsewhere/adrenalmnist3d.npz")  # nothing to read now
+
+
+def test_one_run_has_no_spread() -> None:
+    from volnas.training.benchmark import fmt_seconds
+
+    assert fmt_mean_std({"mean": 0.82891, "std": 0.0, "n": 1}) == "0.8289"
+    assert fmt_mean_std({"mean": 0.8, "std": 0.01, "n": 2}, total=3) == "0.8000 ± 0.0100 (n=2)"
+    assert fmt_mean_std({"mean": None, "std": None, "n": 0}) == "n/a"
+    assert fmt_seconds({"mean": 600.0, "std": 0.0, "n": 1}) == "10.0 min"
+    assert fmt_seconds({"mean": 600.0, "std": 60.0, "n": 3}) == "10.0 ± 1.0 min"

@@ -463,10 +463,13 @@ def write_report(
 
 
 def fmt_mean_std(s: Mapping[str, Any], digits: int = 4, total: int | None = None) -> str:
-    """``0.8855 ± 0.0123``; ``n/a`` when no run has the value; ``(n=k)`` when some lack it."""
+    """``0.8855 ± 0.0123``; ``n/a`` when no run has the value; ``(n=k)`` when some lack it;
+    one run has no spread, so its value stands alone."""
     if s["mean"] is None:
         return "n/a"
-    text = f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    text = f"{s['mean']:.{digits}f}"
+    if s["n"] > 1:
+        text += f" ± {s['std']:.{digits}f}"
     if total is not None and s["n"] < total:
         text += f" (n={s['n']})"
     return text
@@ -478,7 +481,8 @@ def fmt_seconds(s: Mapping[str, Any]) -> str:
         return "n/a"
     mean, std = float(s["mean"]), float(s["std"] or 0.0)
     unit, div = ("s", 1.0) if mean < 120 else (("min", 60.0) if mean < 7200 else ("h", 3600.0))
-    return f"{mean / div:.1f} ± {std / div:.1f} {unit}"
+    spread = f" ± {std / div:.1f}" if s.get("n", 0) > 1 else ""
+    return f"{mean / div:.1f}{spread} {unit}"
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
