@@ -174,3 +174,34 @@ def test_one_run_has_no_spread() -> None:
     assert fmt_mean_std({"mean": None, "std": None, "n": 0}) == "n/a"
     assert fmt_seconds({"mean": 600.0, "std": 0.0, "n": 1}) == "10.0 min"
     assert fmt_seconds({"mean": 600.0, "std": 60.0, "n": 3}) == "10.0 ± 1.0 min"
+
+
+def test_publish_cells_copies_finished_cells_without_weights(tmp_path: Path) -> None:
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "benchmarks" / "publish_cells.py"
+    spec = importlib.util.spec_from_file_location("publish_cells", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = tmp_path / "bench"
+    done = src / "runs" / "resnet3d_18" / "seed0"
+    (done / "checkpoint").mkdir(parents=True)
+    (done / "metrics.json").write_text("{}")
+    (done / "history.csv").write_text("epoch\n1\n")
+    (done / "model.safetensors").write_bytes(b"w")
+    (done / "checkpoint" / "last.json").write_text("{}")
+    search = src / "runs" / "medpipe" / "seed0"
+    (search / "final").mkdir(parents=True)
+    (search / "result.json").write_text("{}")
+    (search / "final" / "metrics.json").write_text("{}")
+    (search / "final" / "model.safetensors").write_bytes(b"w")
+    unfinished = src / "runs" / "mc3_18" / "seed0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("epochs: 4\n")
+    dst = tmp_path / "published"
+    copied = mod.publish(src, dst)
+    assert sorted(p.relative_to(dst).as_posix() for p in copied) == [
+        "runs/medpipe/seed0", "runs/resnet3d_18/seed0"]
+    files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert files == ["runs/medpipe/seed0/final/metrics.json", "runs/medpipe/seed0/result.json",
+                     "runs/resnet3d_18/seed0/history.csv", "runs/resnet3d_18/seed0/metrics.json"]
