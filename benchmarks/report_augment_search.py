@@ -1,8 +1,8 @@
 """Compare augmentation-search variants from their `volnas benchmark` folders (markdown).
 
 Each folder is a finished benchmark with a search (e.g. ``--search medpipe``) run under
-a different ``--config``; ``FOLDER#SPACE`` picks one search of a benchmark that ran several (``augment_search: "off"``, the paper objective, the unrolled
-one). Prints one table (test metrics mean ± std over seeds, search wall time, expected
+a different ``--config`` (``augment_search: "off"``, the paper objective, the unrolled
+one); ``FOLDER#SPACE`` picks one search of a benchmark that ran several. Prints one table (test metrics mean ± std over seeds, search wall time, expected
 augmentation strength of the found policies) and every seed's policy as MedPipe Fig. 5
 triplets (type; magnitude; probability), probability 0 omitted.
 

@@ -114,7 +114,7 @@ class Trainer:
         class_counts: Sequence[int] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.class_weight = balanced_class_weights(class_counts, class_names) if (
+        self.class_weight = balanced_class_weights(class_counts, class_names).to(device) if (
             cfg.class_weight == "balanced" and class_counts is not None) else None
         self.device = device
         self.channels_last = cfg.channels_last
@@ -174,8 +174,7 @@ class Trainer:
         """The training loss: cross-entropy, class-weighted with ``class_weight: balanced``."""
         if self.cfg.class_weight == "balanced" and self.class_weight is None:
             raise ValueError("class_weight: balanced needs the training split's class counts")
-        w = None if self.class_weight is None else self.class_weight.to(logits.device)
-        return F.cross_entropy(logits.float(), y, weight=w)
+        return F.cross_entropy(logits.float(), y, weight=self.class_weight)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns loss and number correct."""
