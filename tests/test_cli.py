@@ -29,6 +29,12 @@ def test_help_lists_every_command() -> None:
     assert "--resume" in invoke("train", "--help")
 
 
+def test_help_shows_bracketed_defaults() -> None:
+    """Defaults written as "[adam]" are text, not markup that rich would swallow."""
+    assert "adam | sgd [adam]" in invoke("search", "--help")
+    assert "[the predicted class]" in invoke("explain", "--help")
+
+
 def test_models_lists_sizes() -> None:
     out = invoke("models", "--input", "1x8x32x32", "--classes", "3", "--filter", "resnet3d_1*",
                  "--no-flops")

@@ -19,9 +19,11 @@ app = typer.Typer(
     help="Find, train and explain 3D CNNs that classify medical volumes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show defaults as "[adam]"; no markup to parse
     add_completion=False,
 )
-data_app = typer.Typer(help="Synthesise, index and inspect scan datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Synthesise, index and inspect scan datasets.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -274,7 +276,8 @@ def search_cmd(
                   f"run folder {out}")
 
 
-genotype_app = typer.Typer(help="Inspect searched architectures.", no_args_is_help=True)
+genotype_app = typer.Typer(help="Inspect searched architectures.", no_args_is_help=True,
+                           rich_markup_mode=None)
 app.add_typer(genotype_app, name="genotype")
 
 
