@@ -372,8 +372,7 @@ def _recalibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
-@pytest.fixture(scope="module")
-def trained_lesion_model() -> tuple[nn.Module, list, list, PreprocessConfig]:
+def train_lesion_model(seed: int = 0) -> tuple[nn.Module, list, list, PreprocessConfig]:
     """A tiny CNN trained (tens of seconds) on 20 pairs of synthetic scans, normal vs covid.
 
     A pair shares the patient's anatomy and random stream (same vessels, distractors,
@@ -400,10 +399,10 @@ def trained_lesion_model() -> tuple[nn.Module, list, list, PreprocessConfig]:
             labels.append(label)
     x = torch.from_numpy(np.stack([prepare_input(v, pre)[0] for v in vols]))
     y = torch.tensor(labels)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = TinyCNN()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     correct = 0
     for step in range(1, 801):
         ids = rng.choice(len(vols), 8, replace=False)
@@ -421,15 +420,21 @@ def trained_lesion_model() -> tuple[nn.Module, list, list, PreprocessConfig]:
     assert correct >= 0.95 * len(y), (
         f"TinyCNN did not learn the synthetic lesions: {correct}/{len(y)} training scans "
         f"correct after {step} steps")
+    model.train_steps = step  # type: ignore[attr-defined]  # read by the measurement below
     pos = [i for i, lab in enumerate(labels) if lab == 1]
     return model, [vols[i] for i in pos], [masks[i] for i in pos], pre
 
 
-@pytest.mark.parametrize("method", ["cam", "gradcam"])
-def test_hit_rate_above_uniform(trained_lesion_model: tuple, method: str) -> None:
+@pytest.fixture(scope="module")
+def trained_lesion_model() -> tuple[nn.Module, list, list, PreprocessConfig]:
+    return train_lesion_model(0)
+
+
+def lesion_scores(model: nn.Module, vols: list, masks: list, pre: PreprocessConfig,
+                  method: str) -> dict:
+    """Pointing-game hit rate and energy in lesions of ``method``'s maps for class 1."""
     from volnas.explain.faithfulness import summarize
 
-    model, vols, masks, pre = trained_lesion_model
     explainer = make_explainer(model, method)
     scores = []
     for start in range(0, len(vols), 5):
@@ -438,9 +443,16 @@ def test_hit_rate_above_uniform(trained_lesion_model: tuple, method: str) -> Non
                                  strict=True):
             assert ex.heatmap.shape == vol.shape
             scores.append(faithfulness(ex.heatmap, mask))
-    s = summarize(scores)
-    # A uniform map: the lesion volume fraction (~1 %) on both measures. Measured here over
-    # three training seeds: hit rate 0.15-0.50, energy 4.9-7.3x uniform.
+    return summarize(scores)
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_hit_rate_above_uniform(trained_lesion_model: tuple, method: str) -> None:
+    s = lesion_scores(*trained_lesion_model, method)
+    # A uniform map scores the lesion volume fraction (~1 %) on both measures. Measured for
+    # training seeds 0, 1, 2 with `python tests/test_explain.py` (see the end of this file):
+    # learned in 100 / 150 / 200 steps, hit rate 0.45 / 0.33 / 0.20, energy 6.6 / 6.6 / 5.1x
+    # uniform, CAM and Grad-CAM alike.
     assert s["uniform_pointing"] < 0.02
     assert s["hit_rate"] >= 10 * s["uniform_pointing"]
     assert s["energy_in_lesion"] > 3 * s["uniform_energy"]
@@ -506,3 +518,13 @@ def test_real_dicom_series_end_to_end(tmp_path: Path, dicom_series: Path) -> Non
     assert r["source_shape"] == list(vol.shape) and r["format"] == "dicom"
     assert (out / r["name"] / "montage.png").stat().st_size > 50_000
     assert json.loads((out / "summary.json").read_text())["scans"][0]["name"] == r["name"]
+
+
+if __name__ == "__main__":  # how robust the hit-rate control is, over training seeds
+    for seed in range(3):
+        model, vols, masks, pre = train_lesion_model(seed)
+        for method in ("cam", "gradcam"):
+            r = lesion_scores(model, vols, masks, pre, method)
+            print(f"seed {seed} {method:7s} steps {model.train_steps:3d}  hit rate "
+                  f"{r['hit_rate']:.3f} (uniform {r['uniform_pointing']:.4f})  energy "
+                  f"{r['energy_in_lesion'] / r['uniform_energy']:.1f}x uniform", flush=True)
