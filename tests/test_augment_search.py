@@ -79,6 +79,11 @@ def test_every_mode_end_to_end(manifest: Path, tmp_path: Path, monkeypatch, mode
     run = tmp_path / "run"
     result = _search(manifest, run, "--augment-search", mode, "--objective", objective)
     logits = _aug_logits(run)
+    # how decided the search ended, beside the result; 2 epochs cannot decide 13 layers
+    decision = result["decision"]
+    assert set(decision) == ({"augmentation"} if mode == "only" else {"architecture"}
+                             if mode == "off" else {"architecture", "augmentation"})
+    assert all(0.9 < d["entropy_ratio"] <= 1.0 for d in decision.values()), decision
     if mode == "off":
         assert logits == {} and result["policy"] is None
         return

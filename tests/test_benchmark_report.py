@@ -93,6 +93,14 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
                        for k in (0, 1)]
             secs = [r["search_seconds"] for r in results]
             assert [r["genotype"] for r in row["runs"]] == [r["genotype"] for r in results]
+            # how decided each search ended is listed beside its architecture
+            for r in results:
+                d = r["decision"]
+                assert set(d) == ({"architecture"} if r["augment_search"] == "off"
+                                  else {"architecture", "augmentation"})
+                shares = ", ".join(f"{k} entropy {v['entropy_ratio']:.1%} of uniform"
+                                   for k, v in d.items())
+                assert f"`{r['genotype']}` ({shares})" in md
         assert row["summary"]["seconds"]["mean"] == pytest.approx(np.mean(secs))
 
     # Again: every cell is finished, so nothing is trained and no metrics file is rewritten.

@@ -74,6 +74,44 @@ def test_logits_move_to_the_better_candidate_and_indifferent_layer_stays_uniform
     assert h_same > 0.9 * math.log(3), p_same
 
 
+def test_decision_measures_distance_from_uniform_and_warns_when_undecided() -> None:
+    from volnas.search.run import UNDECIDED_RATIO, undecided_warning
+
+    alpha = ChoiceLogits([3, 5])
+    d = alpha.decision()
+    assert d["entropy_ratio"] == pytest.approx(1.0)
+    assert d["argmax_prob"] == pytest.approx(d["uniform_prob"]) == pytest.approx((1 / 3 + 1 / 5) / 2)
+    with torch.no_grad():
+        alpha.logits[0][1] = 20.0  # row 0 decided, row 1 uniform
+    d = alpha.decision()
+    assert d["entropy"] == pytest.approx(math.log(5) / 2, rel=1e-6)
+    assert d["entropy_ratio"] == pytest.approx(math.log(5) / (math.log(3) + math.log(5)), rel=1e-6)
+    assert d["argmax_prob"] == pytest.approx((1 + 1 / 5) / 2, rel=1e-6)
+    assert d["entropy_ratio"] < UNDECIDED_RATIO
+    assert undecided_warning({"architecture": d}) is None
+    msg = undecided_warning({"architecture": d,
+                             "augmentation": ChoiceLogits([3, 3]).decision()})
+    assert msg is not None and "augmentation entropy 100.0% of uniform" in msg
+    assert "architecture" not in msg and "--search-epochs" in msg
+
+
+def test_decision_of_an_older_run_from_its_search_log(tmp_path) -> None:
+    from volnas.data.augment import AUG_TYPES, candidates
+    from volnas.search.run import decision_from_log
+
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "search_log.csv").write_text(
+        "epoch,mean_entropy,aug_entropy\n1,1.0,2.0\n2,0.5,1.5\n")  # the last epoch counts
+    d = decision_from_log(tmp_path, "medpipe", "joint")
+    sizes = [len(sp.candidates) for sp in layer_specs("medpipe") if sp.searchable]
+    u_arch = sum(math.log(n) for n in sizes) / len(sizes)
+    u_aug = sum(math.log(len(candidates(t))) for t in AUG_TYPES) / len(AUG_TYPES)
+    assert d["architecture"]["entropy_ratio"] == pytest.approx(0.5 / u_arch)
+    assert d["augmentation"]["entropy_ratio"] == pytest.approx(1.5 / u_aug)
+    assert set(decision_from_log(tmp_path, "medpipe", "only")) == {"augmentation"}
+    assert decision_from_log(tmp_path / "missing", "medpipe", "joint") == {}
+
+
 def test_exactly_one_candidate_runs_per_layer() -> None:
     net = SuperNet("medpipe", 1, 2)
     calls: dict[int, int] = {}

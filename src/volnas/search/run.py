@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from volnas.data.augment import AUG_TYPES, candidates
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.models.genotype import Genotype
+from volnas.models.spaces import layer_specs
 from volnas.search.search import PairedLoader, SearchConfig, SearchTrainer, split_by_patient
 from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import atomic_write_text
@@ -37,6 +40,10 @@ from volnas.training.distributed import barrier, init_distributed
 from volnas.training.distributed import info as dist_info
 from volnas.training.metrics import select_metric
 from volnas.training.run import RunDirError, positive_of, prepare_run_dir, run_training
+
+# A search whose distributions still hold this fraction of the uniform entropy has not
+# chosen: its argmax architecture or policy is close to a random draw from the space.
+UNDECIDED_RATIO = 0.95
 
 
 def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchConfig:
@@ -114,6 +121,10 @@ def run_search(
     else:
         trainer._resume(search_dir / "checkpoint")
     search_seconds = json.loads(done.read_text())["seconds"]
+    decision = search_decision(trainer)
+    warning = undecided_warning(decision)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
 
     # ---- evaluation stage ----------------------------------------------------------------
     candidates = top_k(trainer.log, cfg.topk)
@@ -135,6 +146,7 @@ def run_search(
         "objective": cfg.objective,
         "policy": chosen.extra.get("augment_policy"),
         "search_seconds": search_seconds,
+        "decision": decision,
         "total_seconds": time.perf_counter() - t0,
         "probes": probes,
         "test": metrics,
@@ -142,6 +154,52 @@ def run_search(
     if main:
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
     return result
+
+
+def search_decision(trainer: SearchTrainer) -> dict[str, dict[str, float]]:
+    """How decided the architecture and augmentation distributions are at the end."""
+    out = {}
+    if trainer.mode != "only":
+        out["architecture"] = trainer.supernet.alpha.decision()
+    if trainer.aug is not None:
+        out["augmentation"] = trainer.aug.alpha.decision()
+    return out
+
+
+def undecided_warning(decision: dict[str, dict[str, float]]) -> str | None:
+    """A warning naming each distribution still within :data:`UNDECIDED_RATIO` of uniform."""
+    parts = [f"{name} entropy {d['entropy_ratio']:.1%} of uniform (mean argmax probability "
+             f"{d['argmax_prob']:.3f}, uniform {d['uniform_prob']:.3f})"
+             for name, d in decision.items() if d["entropy_ratio"] > UNDECIDED_RATIO]
+    if not parts:
+        return None
+    return ("the search has not decided: " + "; ".join(parts) + ". The exported choice is "
+            "close to a random draw from the space; search longer (--search-epochs) or with a "
+            "larger logit step (arch_lr).")
+
+
+def decision_from_log(run_dir: Path, space: str, aug_mode: str | None) -> dict[str, dict[str, float]]:
+    """Entropy ratios of a finished search from its search_log.csv (runs older than the
+    ``decision`` field of result.json); empty if the log is missing."""
+    log = Path(run_dir) / "search" / "search_log.csv"
+    if not log.is_file():
+        return {}
+    with log.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    last = rows[-1]
+    out = {}
+    sizes = [len(sp.candidates) for sp in layer_specs(space) if sp.searchable]
+    if aug_mode != "only" and sizes and last.get("mean_entropy"):
+        u = sum(math.log(n) for n in sizes) / len(sizes)
+        out["architecture"] = {"entropy": float(last["mean_entropy"]), "uniform_entropy": u,
+                               "entropy_ratio": float(last["mean_entropy"]) / u}
+    if last.get("aug_entropy"):
+        u = sum(math.log(len(candidates(t))) for t in AUG_TYPES) / len(AUG_TYPES)
+        out["augmentation"] = {"entropy": float(last["aug_entropy"]), "uniform_entropy": u,
+                               "entropy_ratio": float(last["aug_entropy"]) / u}
+    return out
 
 
 def top_k(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:

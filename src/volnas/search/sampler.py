@@ -91,3 +91,17 @@ class ChoiceLogits(nn.Module):
     def entropy(self) -> list[float]:
         """Entropy (nats) of each row's distribution: log(n) when uniform, 0 when decided."""
         return [float(-(p * p.clamp_min(1e-12).log()).sum()) for p in self.probs()]
+
+    def decision(self) -> dict[str, float]:
+        """How far the search has moved from the uniform start, averaged over the rows.
+
+        ``entropy_ratio`` is the mean entropy over the mean uniform entropy log(n): 1.0 at
+        the start, 0.0 when every row is decided; ``argmax_prob`` is the mean probability
+        of each row's argmax (``uniform_prob`` = mean 1/n).
+        """
+        probs = self.probs()
+        h = float(sum(self.entropy())) / len(probs)
+        u = float(sum(math.log(len(p)) for p in probs)) / len(probs)
+        return {"entropy": h, "uniform_entropy": u, "entropy_ratio": h / u if u > 0 else 0.0,
+                "argmax_prob": float(sum(float(p.max()) for p in probs)) / len(probs),
+                "uniform_prob": float(sum(1.0 / len(p) for p in probs)) / len(probs)}

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from volnas.search.run import UNDECIDED_RATIO, decision_from_log
 from volnas.search.search import SearchConfig
 from volnas.training.checkpoint import atomic_write_text
 from volnas.training.config import TrainConfig, merge_settings
@@ -374,7 +375,10 @@ def _run_record(cell: Cell) -> dict[str, Any] | None:
         rec.update({"seconds": result.get("search_seconds"),
                     "total_seconds": result.get("total_seconds"),
                     "train_seconds": metrics.get("train_seconds"),
-                    "genotype": result.get("genotype")})
+                    "genotype": result.get("genotype"),
+                    "decision": result.get("decision")
+                    or decision_from_log(cell.dir, result.get("space", ""),
+                                         result.get("augment_search"))})
     return rec
 
 
@@ -565,11 +569,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     searched = [(r["name"], run) for r in report["rows"] for run in r["runs"] if run.get("genotype")]
     if searched:
         lines += ["", "Searched architectures:", ""]
-        lines += [f"- {name} seed {run['seed']}: `{run['genotype']}`" for name, run in searched]
+        lines += [f"- {name} seed {run['seed']}: `{run['genotype']}`{_decided(run)}"
+                  for name, run in searched]
+        lines += ["", "(Entropy of the final architecture / augmentation distributions as a "
+                  f"share of the uniform start's; above {UNDECIDED_RATIO:.0%} the search has not "
+                  "decided and its argmax is close to a random draw from the space.)"]
     if report["failed"]:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{f['dir']}`: {f['error']}" for f in report["failed"]]
     return "\n".join(lines) + "\n"
+
+
+def _decided(run: Mapping[str, Any]) -> str:
+    d = run.get("decision") or {}
+    parts = [f"{name} entropy {v['entropy_ratio']:.1%} of uniform" for name, v in d.items()]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _intensity(p: Mapping[str, Any]) -> str:
