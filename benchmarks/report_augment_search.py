@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     variants = [a.split("=", 1) for a in argv]
     if not variants or any(len(v) != 2 for v in variants):
         raise SystemExit(__doc__)
-    lines = ["| variant | seeds | ACC | F1 | F1 (weighted) | AUC | mean p of applied ops | search wall time (min) | total incl. probes + retrain (min) |",
+    lines = ["| variant | seeds | ACC | F1 | F1 (weighted) | AUC | mean p over the 13 types | search wall time (min) | total incl. probes + retrain (min) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     policies: list[str] = []
     for name, folder in variants:

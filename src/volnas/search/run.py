@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from volnas.data.augment import AUG_TYPES, candidates
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
+from volnas.search.augment_search import AugmentSearch
+from volnas.search.sampler import mean_uniform_entropy
 from volnas.search.search import PairedLoader, SearchConfig, SearchTrainer, split_by_patient
 from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import atomic_write_text
@@ -189,16 +189,15 @@ def decision_from_log(run_dir: Path, space: str, aug_mode: str | None) -> dict[s
     if not rows:
         return {}
     last = rows[-1]
+    sizes = {"architecture": [len(sp.candidates) for sp in layer_specs(space) if sp.searchable],
+             "augmentation": [len(c) for c in AugmentSearch().choices]}
+    logged = {"architecture": last.get("mean_entropy") if aug_mode != "only" else None,
+              "augmentation": last.get("aug_entropy")}
     out = {}
-    sizes = [len(sp.candidates) for sp in layer_specs(space) if sp.searchable]
-    if aug_mode != "only" and sizes and last.get("mean_entropy"):
-        u = sum(math.log(n) for n in sizes) / len(sizes)
-        out["architecture"] = {"entropy": float(last["mean_entropy"]), "uniform_entropy": u,
-                               "entropy_ratio": float(last["mean_entropy"]) / u}
-    if last.get("aug_entropy"):
-        u = sum(math.log(len(candidates(t))) for t in AUG_TYPES) / len(AUG_TYPES)
-        out["augmentation"] = {"entropy": float(last["aug_entropy"]), "uniform_entropy": u,
-                               "entropy_ratio": float(last["aug_entropy"]) / u}
+    for name, h in logged.items():
+        if h and sizes[name]:
+            u = mean_uniform_entropy(sizes[name])
+            out[name] = {"entropy": float(h), "uniform_entropy": u, "entropy_ratio": float(h) / u}
     return out
 
 

@@ -57,6 +57,11 @@ class TemperatureSchedule:
         return self.start * math.exp(math.log(self.end / self.start) * p)
 
 
+def mean_uniform_entropy(sizes: list[int]) -> float:
+    """Mean entropy (nats) of uniform distributions over rows of ``sizes`` candidates."""
+    return sum(math.log(n) for n in sizes) / len(sizes)
+
+
 class ChoiceLogits(nn.Module):
     """Logits of a set of categorical choices (one row per searchable layer).
 
@@ -101,7 +106,7 @@ class ChoiceLogits(nn.Module):
         """
         probs = self.probs()
         h = float(sum(self.entropy())) / len(probs)
-        u = float(sum(math.log(len(p)) for p in probs)) / len(probs)
+        u = mean_uniform_entropy([len(p) for p in probs])
         return {"entropy": h, "uniform_entropy": u, "entropy_ratio": h / u if u > 0 else 0.0,
                 "argmax_prob": float(sum(float(p.max()) for p in probs)) / len(probs),
                 "uniform_prob": float(sum(1.0 / len(p) for p in probs)) / len(probs)}
