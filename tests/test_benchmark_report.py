@@ -14,7 +14,9 @@ from volnas.cli.main import app
 from volnas.data.synth import synthesize
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
+from volnas.search.run import search_run_seconds
 from volnas.training.benchmark import METRICS, fmt_mean_std
+from volnas.training.run import history_seconds
 
 register(app)
 runner = CliRunner()
@@ -92,6 +94,14 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
             results = [json.loads((out / "runs" / name / f"seed{k}" / "result.json").read_text())
                        for k in (0, 1)]
             secs = [r["search_seconds"] for r in results]
+            for k, r in enumerate(results):  # stage times: the histories, summed
+                d = out / "runs" / name / f"seed{k}"
+                stages = [history_seconds(d / "search"),
+                          *(history_seconds(p) for p in sorted((d / "probes").glob("rank*/"))),
+                          history_seconds(d / "final")]
+                assert r["search_seconds"] == pytest.approx(stages[0])
+                assert r["total_seconds"] == pytest.approx(sum(stages))
+                assert r["retrain_seconds"] == pytest.approx(stages[-1])
             assert [r["genotype"] for r in row["runs"]] == [r["genotype"] for r in results]
             # how decided each search ended is listed beside its architecture
             for r in results:
@@ -124,6 +134,18 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
     changed[changed.index("--epochs") + 1] = "2"
     res = runner.invoke(app, changed)
     assert res.exit_code == 2 and "other settings" in res.output
+
+    # Cells written before the histories were summed hold the last process's time only: the
+    # report takes the times from the histories, not from that JSON.
+    result_file = out / "runs" / "medpipe" / "seed0" / "result.json"
+    stale = json.loads(result_file.read_text())
+    logged = search_run_seconds(result_file.parent)
+    result_file.write_text(json.dumps(stale | {"search_seconds": 0.5, "total_seconds": 1.0}))
+    _invoke(*args, "--report-only")
+    run = next(r for row in json.loads((out / "report.json").read_text())["rows"]
+               for r in row["runs"] if r["dir"] == str(result_file.parent))
+    assert run["seconds"] == pytest.approx(logged["search_seconds"])
+    assert run["total_seconds"] == pytest.approx(logged["total_seconds"]) and logged["total_seconds"] > 1.0
 
 
 def test_report_only_and_cells_held_by_another_process(npz_data: Path, tmp_path: Path,

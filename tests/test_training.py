@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -107,6 +108,13 @@ def test_resume_after_kill_matches_an_unbroken_run(tiny_data, tmp_path: Path, mo
     hb = (tmp_path / "broken" / "history.csv").read_text().splitlines()
     strip = [lambda line: line.rsplit(",", 1)[0]]  # drop the wall-time column
     assert [strip[0](x) for x in ha] == [strip[0](x) for x in hb]
+    # The wall time counts the epochs of both processes, not only the resumed one's.
+    with (tmp_path / "broken" / "history.csv").open(newline="") as f:
+        epoch_secs = [float(r["seconds"]) for r in csv.DictReader(f)]
+    assert len(epoch_secs) == cfg.epochs
+    metrics = json.loads((tmp_path / "broken" / "metrics.json").read_text())
+    assert metrics["train_seconds"] == pytest.approx(sum(epoch_secs))
+    assert metrics["train_seconds"] > sum(epoch_secs[2:])
 
 
 def test_test_split_is_read_once_at_the_end(tiny_data, tmp_path: Path, monkeypatch) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,14 @@ from volnas.training.device import resolve_device, seed_everything
 from volnas.training.distributed import barrier, init_distributed
 from volnas.training.distributed import info as dist_info
 from volnas.training.metrics import select_metric
-from volnas.training.run import RunDirError, positive_of, prepare_run_dir, run_training
+from volnas.training.run import (
+    RunDirError,
+    epochs_seconds,
+    history_seconds,
+    positive_of,
+    prepare_run_dir,
+    run_training,
+)
 
 # A search whose distributions still hold this fraction of the uniform entropy has not
 # chosen: its argmax architecture or policy is close to a random draw from the space.
@@ -77,7 +83,6 @@ def run_search(
             atomic_write_text(run_dir / "search_config.yaml",
                               yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     seed_everything(cfg.seed)
-    t0 = time.perf_counter()
     source = open_source(cfg.data)
     positive = positive_of(cfg, source)
     k = len(source.class_names)
@@ -116,11 +121,10 @@ def run_search(
     if not done.exists():
         trainer.fit(paired, val_loader, resume=resume)
         if main:
-            atomic_write_text(done, json.dumps({"seconds": time.perf_counter() - t0}))
+            atomic_write_text(done, json.dumps({"seconds": epochs_seconds(trainer.history)}))
         barrier()
     else:
         trainer._resume(search_dir / "checkpoint")
-    search_seconds = json.loads(done.read_text())["seconds"]
     decision = search_decision(trainer)
     warning = undecided_warning(decision)
     if warning:
@@ -145,15 +149,34 @@ def run_search(
         "augment_search": cfg.aug_mode,
         "objective": cfg.objective,
         "policy": chosen.extra.get("augment_policy"),
-        "search_seconds": search_seconds,
         "decision": decision,
-        "total_seconds": time.perf_counter() - t0,
+        **search_run_seconds(run_dir),
         "probes": probes,
         "test": metrics,
     }
     if main:
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
     return result
+
+
+def search_run_seconds(run_dir: Path) -> dict[str, float | None]:
+    """Wall times of a search run's stages from the histories it wrote, summed over resumes.
+
+    ``search_seconds`` (the search epochs), ``probe_seconds`` (all probes), ``retrain_seconds``
+    and ``total_seconds`` (their sum; None until every stage has a history). Epoch times only:
+    data setup and the test pass are not counted, nor an epoch cut off by a stop.
+    """
+    run_dir = Path(run_dir)
+    search = history_seconds(run_dir / "search")
+    probe_dirs = sorted(p for p in (run_dir / "probes").glob("rank*") if p.is_dir())
+    probe_times = [history_seconds(p) for p in probe_dirs]
+    probes = (None if not probe_times or None in probe_times
+              else float(sum(t for t in probe_times if t is not None)))
+    retrain = history_seconds(run_dir / "final")
+    parts = (search, probes, retrain)
+    total = None if None in parts else float(sum(t for t in parts if t is not None))
+    return {"search_seconds": search, "probe_seconds": probes, "retrain_seconds": retrain,
+            "total_seconds": total}
 
 
 def search_decision(trainer: SearchTrainer) -> dict[str, dict[str, float]]:

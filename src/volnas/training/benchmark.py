@@ -36,12 +36,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from volnas.search.run import UNDECIDED_RATIO, decision_from_log
+from volnas.search.run import UNDECIDED_RATIO, decision_from_log, search_run_seconds
 from volnas.search.search import SearchConfig
 from volnas.training.checkpoint import atomic_write_text
 from volnas.training.config import TrainConfig, merge_settings
 from volnas.training.device import resolve_device
 from volnas.training.metrics import summarize_seeds
+from volnas.training.run import history_seconds
 
 METRICS = ("accuracy", "precision", "sensitivity", "f1", "f1_weighted", "auc")
 HEADERS = {"accuracy": "ACC", "precision": "precision", "sensitivity": "sensitivity", "f1": "F1",
@@ -354,6 +355,10 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
 def _run_record(cell: Cell) -> dict[str, Any] | None:
     """A finished cell's test metrics and wall times, from the files it wrote."""
     if cell.state != "done" or not cell.metrics_file.is_file():
@@ -368,13 +373,16 @@ def _run_record(cell: Cell) -> dict[str, Any] | None:
                                        "best_epoch")},
         "f1_weighted": (metrics.get("weighted") or {}).get("f1"),
     }
+    # Wall times from the histories (they add up the epochs of every resumed process; the
+    # JSON of runs made before that counted only the last process).
     if cell.kind == "train":
-        rec["seconds"] = metrics.get("train_seconds")
+        rec["seconds"] = _first(history_seconds(cell.dir), metrics.get("train_seconds"))
     else:
         result = json.loads(cell.done_file.read_text())
-        rec.update({"seconds": result.get("search_seconds"),
-                    "total_seconds": result.get("total_seconds"),
-                    "train_seconds": metrics.get("train_seconds"),
+        logged = search_run_seconds(cell.dir)
+        rec.update({"seconds": _first(logged["search_seconds"], result.get("search_seconds")),
+                    "total_seconds": _first(logged["total_seconds"], result.get("total_seconds")),
+                    "train_seconds": _first(logged["retrain_seconds"], metrics.get("train_seconds")),
                     "genotype": result.get("genotype"),
                     "decision": result.get("decision")
                     or decision_from_log(cell.dir, result.get("space", ""),
@@ -553,7 +561,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "MedMNIST data often report an averaged F1 without saying so); AUC from softmax "
         "probabilities. Size is "
         "parameters x 4 bytes (MB of 2^20 bytes); std uses ddof=1. Wall time: training of one "
-        "run (baselines) or the search itself (searches; total includes probes and the retrain).",
+        "run (baselines) or the search itself (searches; total includes probes and the retrain), "
+        "as the sum of the epochs' wall times in the runs' history.csv files: a run resumed "
+        "after a stop counts the epochs of every process; setup, test and an epoch cut off by "
+        "a stop are not counted.",
         "",
     ]
     if report.get("plot"):

@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +143,20 @@ def model_profile(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def epochs_seconds(history: list[dict[str, Any]]) -> float:
+    """Sum of the epochs' wall times (training, BN recalibration, validation) in a history."""
+    return float(sum(float(r["seconds"]) for r in history if r.get("seconds") not in (None, "")))
+
+
+def history_seconds(run_dir: Path) -> float | None:
+    """``epochs_seconds`` of RUN_DIR/history.csv, summed over resumes; None without one."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        return epochs_seconds(list(csv.DictReader(f)))
+
+
 def run_training(
     cfg: TrainConfig,
     run_dir: Path,
@@ -173,7 +186,6 @@ def run_training(
     cfg = broadcast_object(cfg)
     if dist_info().is_main:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    t_start = time.perf_counter()
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
     positive = positive_of(cfg, source)
@@ -212,7 +224,9 @@ def run_training(
     trainer.fit(train_loader, val_loader, resume=resume)
     if dist_info().is_main:
         plot_history(trainer.history, run_dir / "curves.png", best_epoch=trainer.best_epoch)
-    train_seconds = time.perf_counter() - t_start
+    # The epochs' own wall times: a resumed run counts the epochs of every process, not
+    # only this one's (an epoch cut off by a stop is not counted).
+    train_seconds = epochs_seconds(trainer.history)
     if not test:
         best = json.loads((run_dir / "best_val_metrics.json").read_text())
         return best | {"best_epoch": trainer.best_epoch, "train_seconds": train_seconds}
