@@ -3,6 +3,7 @@
 #   adrenal28/                 baselines + covidnet3d-s + medpipe (joint, paper objective)
 #   adrenal28-medpipe-off/     medpipe, architecture only
 #   adrenal28-medpipe-unrolled medpipe, joint, unrolled objective
+#   adrenal28-medpipe-prior/   medpipe, joint, paper objective, probability-level prior
 # Finished cells (docs/results/*/runs/*/seed*/) are read, never rerun; PROCS processes share
 # each folder (one cell each at a time, cell locks), so the work spreads over cores or GPUs.
 #
@@ -26,6 +27,7 @@ BENCHES=(
   "$R/adrenal28|$C/search.yaml|--models resnet3d_18,densenet3d_121,mc3_18 --search covidnet3d-s,medpipe"
   "$R/adrenal28-medpipe-off|$C/medpipe-off.yaml|--search medpipe"
   "$R/adrenal28-medpipe-unrolled|$C/medpipe-unrolled.yaml|--search medpipe"
+  "$R/adrenal28-medpipe-prior|$C/medpipe-prior.yaml|--search medpipe"
 )
 
 bench() {  # bench OUT CONFIG "NAMES" [extra flags]
@@ -51,4 +53,5 @@ for b in "${BENCHES[@]}"; do
   bench "$out" "$config" "$names" --report-only > /dev/null
 done
 .venv/bin/python benchmarks/report_augment_search.py off=$R/adrenal28-medpipe-off \
-  "paper=$R/adrenal28#medpipe" unrolled=$R/adrenal28-medpipe-unrolled
+  "paper=$R/adrenal28#medpipe" unrolled=$R/adrenal28-medpipe-unrolled \
+  paper-prior=$R/adrenal28-medpipe-prior

@@ -108,7 +108,7 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
                 d = r["decision"]
                 assert set(d) == ({"architecture"} if r["augment_search"] == "off"
                                   else {"architecture", "augmentation"})
-                shares = ", ".join(f"{k} entropy {v['entropy_ratio']:.1%} of uniform"
+                shares = ", ".join(f"{k} entropy {v['entropy_ratio']:.1%} of its start"
                                    for k, v in d.items())
                 assert f"`{r['genotype']}` ({shares})" in md
         assert row["summary"]["seconds"]["mean"] == pytest.approx(np.mean(secs))

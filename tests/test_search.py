@@ -80,7 +80,7 @@ def test_decision_measures_distance_from_uniform_and_warns_when_undecided() -> N
     alpha = ChoiceLogits([3, 5])
     d = alpha.decision()
     assert d["entropy_ratio"] == pytest.approx(1.0)
-    assert d["argmax_prob"] == pytest.approx(d["uniform_prob"]) == pytest.approx((1 / 3 + 1 / 5) / 2)
+    assert d["argmax_prob"] == pytest.approx(d["start_prob"]) == pytest.approx((1 / 3 + 1 / 5) / 2)
     with torch.no_grad():
         alpha.logits[0][1] = 20.0  # row 0 decided, row 1 uniform
     d = alpha.decision()
@@ -91,7 +91,7 @@ def test_decision_measures_distance_from_uniform_and_warns_when_undecided() -> N
     assert undecided_warning({"architecture": d}) is None
     msg = undecided_warning({"architecture": d,
                              "augmentation": ChoiceLogits([3, 3]).decision()})
-    assert msg is not None and "augmentation entropy 100.0% of uniform" in msg
+    assert msg is not None and "augmentation entropy 100.0% of its start" in msg
     assert "architecture" not in msg and "--search-epochs" in msg
 
 

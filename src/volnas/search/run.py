@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -33,7 +34,7 @@ from volnas.search.sampler import mean_uniform_entropy
 from volnas.search.search import PairedLoader, SearchConfig, SearchTrainer, split_by_patient
 from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import atomic_write_text
-from volnas.training.config import TrainConfig, load_config
+from volnas.training.config import TrainConfig, load_config, merge_settings
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.distributed import barrier, init_distributed
 from volnas.training.distributed import info as dist_info
@@ -57,6 +58,14 @@ def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchCo
     return load_config(path, overrides, SearchConfig)
 
 
+def load_saved_search_config(path: Path) -> SearchConfig:
+    """The search_config.yaml of a run folder (settings it predates: see SearchConfig.from_saved)."""
+    try:
+        return SearchConfig.from_saved(merge_settings(path, {}))
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid configuration:\n{e}") from e
+
+
 def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
     """The TrainConfig of a probe or of the final retrain (full resolution)."""
     base = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
@@ -76,7 +85,7 @@ def run_search(
     if resume:
         if not (run_dir / "search_config.yaml").exists():
             raise RunDirError(f"{run_dir}: nothing to resume (no search_config.yaml)")
-        cfg = load_search_config(run_dir / "search_config.yaml", {})
+        cfg = load_saved_search_config(run_dir / "search_config.yaml")
     else:
         prepare_run_dir(run_dir, resume=False)
         if main:
@@ -190,20 +199,22 @@ def search_decision(trainer: SearchTrainer) -> dict[str, dict[str, float]]:
 
 
 def undecided_warning(decision: dict[str, dict[str, float]]) -> str | None:
-    """A warning naming each distribution still within :data:`UNDECIDED_RATIO` of uniform."""
-    parts = [f"{name} entropy {d['entropy_ratio']:.1%} of uniform (mean argmax probability "
-             f"{d['argmax_prob']:.3f}, uniform {d['uniform_prob']:.3f})"
+    """A warning naming each distribution still within :data:`UNDECIDED_RATIO` of its start."""
+    parts = [f"{name} entropy {d['entropy_ratio']:.1%} of its start (mean argmax probability "
+             f"{d['argmax_prob']:.3f}, at the start {d['start_prob']:.3f})"
              for name, d in decision.items() if d["entropy_ratio"] > UNDECIDED_RATIO]
     if not parts:
         return None
     return ("the search has not decided: " + "; ".join(parts) + ". The exported choice is "
-            "close to a random draw from the space; search longer (--search-epochs) or with a "
-            "larger logit step (arch_lr).")
+            "close to the start's argmax: a random draw from a uniform start, mostly no "
+            "augmentation from aug_prior 'probability'; search "
+            "longer (--search-epochs) or with a larger logit step (arch_lr).")
 
 
 def decision_from_log(run_dir: Path, space: str, aug_mode: str | None) -> dict[str, dict[str, float]]:
     """Entropy ratios of a finished search from its search_log.csv (runs older than the
-    ``decision`` field of result.json); empty if the log is missing."""
+    ``decision`` field of result.json, which all started uniform); empty if the log is
+    missing."""
     log = Path(run_dir) / "search" / "search_log.csv"
     if not log.is_file():
         return {}
@@ -213,14 +224,14 @@ def decision_from_log(run_dir: Path, space: str, aug_mode: str | None) -> dict[s
         return {}
     last = rows[-1]
     sizes = {"architecture": [len(sp.candidates) for sp in layer_specs(space) if sp.searchable],
-             "augmentation": [len(c) for c in AugmentSearch().choices]}
+             "augmentation": [len(c) for c in AugmentSearch(prior="candidates").choices]}
     logged = {"architecture": last.get("mean_entropy") if aug_mode != "only" else None,
               "augmentation": last.get("aug_entropy")}
     out = {}
     for name, h in logged.items():
         if h and sizes[name]:
             u = mean_uniform_entropy(sizes[name])
-            out[name] = {"entropy": float(h), "uniform_entropy": u, "entropy_ratio": float(h) / u}
+            out[name] = {"entropy": float(h), "start_entropy": u, "entropy_ratio": float(h) / u}
     return out
 
 

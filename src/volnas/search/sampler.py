@@ -65,12 +65,19 @@ def mean_uniform_entropy(sizes: list[int]) -> float:
 class ChoiceLogits(nn.Module):
     """Logits of a set of categorical choices (one row per searchable layer).
 
-    Rows may have different numbers of candidates; each is its own Parameter.
+    Rows may have different numbers of candidates; each is its own Parameter. ``init``
+    gives each row's starting logits (a prior); by default every row starts uniform.
     """
 
-    def __init__(self, sizes: list[int], names: list[str] | None = None) -> None:
+    def __init__(self, sizes: list[int], names: list[str] | None = None,
+                 init: list[torch.Tensor] | None = None) -> None:
         super().__init__()
-        self.logits = nn.ParameterList([nn.Parameter(torch.zeros(n)) for n in sizes])
+        start = init if init is not None else [torch.zeros(n) for n in sizes]
+        if [len(t) for t in start] != list(sizes):
+            raise ValueError(f"init logits have sizes {[len(t) for t in start]}, expected {sizes}")
+        self.logits = nn.ParameterList([nn.Parameter(t.detach().float().clone()) for t in start])
+        # the start distribution, the reference of decision(); not state (rebuilt on resume)
+        self._start = [torch.softmax(t.detach().float(), -1) for t in start]
         self.names = names or [f"choice{i}" for i in range(len(sizes))]
         self.tau = 1.0
 
@@ -95,18 +102,23 @@ class ChoiceLogits(nn.Module):
 
     def entropy(self) -> list[float]:
         """Entropy (nats) of each row's distribution: log(n) when uniform, 0 when decided."""
-        return [float(-(p * p.clamp_min(1e-12).log()).sum()) for p in self.probs()]
+        return [_entropy(p) for p in self.probs()]
 
     def decision(self) -> dict[str, float]:
-        """How far the search has moved from the uniform start, averaged over the rows.
+        """How far the search has moved from its start, averaged over the rows.
 
-        ``entropy_ratio`` is the mean entropy over the mean uniform entropy log(n): 1.0 at
-        the start, 0.0 when every row is decided; ``argmax_prob`` is the mean probability
-        of each row's argmax (``uniform_prob`` = mean 1/n).
+        ``entropy_ratio`` is the mean entropy over the start distribution's (log(n) for a
+        uniform start): 1.0 at the start, 0.0 when every row is decided, above 1.0 where a
+        non-uniform start has moved towards uniform; ``argmax_prob`` is
+        the mean probability of each row's argmax, ``start_prob`` the same at the start.
         """
         probs = self.probs()
         h = float(sum(self.entropy())) / len(probs)
-        u = mean_uniform_entropy([len(p) for p in probs])
-        return {"entropy": h, "uniform_entropy": u, "entropy_ratio": h / u if u > 0 else 0.0,
+        h0 = sum(_entropy(p) for p in self._start) / len(probs)
+        return {"entropy": h, "start_entropy": h0, "entropy_ratio": h / h0 if h0 > 0 else 0.0,
                 "argmax_prob": float(sum(float(p.max()) for p in probs)) / len(probs),
-                "uniform_prob": float(sum(1.0 / len(p) for p in probs)) / len(probs)}
+                "start_prob": float(sum(float(p.max()) for p in self._start)) / len(probs)}
+
+
+def _entropy(p: torch.Tensor) -> float:
+    return float(-(p * p.clamp_min(1e-12).log()).sum())

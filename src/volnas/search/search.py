@@ -36,6 +36,9 @@ from volnas.training.distributed import average_gradients
 from volnas.training.plots import plot_choice_probabilities
 from volnas.training.trainer import Trainer
 
+# Settings added after search runs were first saved, with the behaviour of those runs.
+SAVED_BEFORE_FIELD: dict[str, Any] = {"aug_prior": "candidates"}
+
 
 class SearchConfig(TrainConfig):
     """A search run: TrainConfig (used for the retrain) plus the search's own settings."""
@@ -62,12 +65,22 @@ class SearchConfig(TrainConfig):
     augment_search: Literal["off", "joint", "only", "decoupled"] | None = None  # None: joint
     # for the medpipe space, off otherwise
     objective: Literal["paper", "unrolled"] = "paper"
+    # start of the augmentation logits: each probability level {0, 0.5, 0.8} equal
+    # ("probability"), or each (magnitude, probability) candidate equal ("candidates",
+    # every search before 2026-12-04); see volnas.search.augment_search
+    aug_prior: Literal["probability", "candidates"] = "probability"
     aug_lr: float | None = Field(None, gt=0)  # default: arch_lr
     unrolled_xi: float | None = Field(None, gt=0)  # virtual step size (default: weight_lr)
     fixed_genotype: str | None = None  # the network of --augment-search only (default below)
     topk: int = Field(10, ge=1)
     probe_epochs: int = Field(3, ge=1)
     retrain_epochs: int = Field(200, ge=1)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> SearchConfig:
+        """A search_config.yaml written by volnas; settings it lacks predate their field
+        and get the value every search used then (not today's default)."""
+        return cls.model_validate({**SAVED_BEFORE_FIELD, **data})
 
     @property
     def aug_mode(self) -> str:
@@ -185,7 +198,7 @@ class SearchTrainer(Trainer):
         self.mode = search.aug_mode
         model.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
         if self.mode != "off":
-            model.aug = AugmentSearch()
+            model.aug = AugmentSearch(prior=search.aug_prior)
         super().__init__(model, cfg, **kwargs)
         self.supernet: SuperNet = model
         self.aug: AugmentSearch | None = getattr(model, "aug", None)

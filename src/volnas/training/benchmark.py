@@ -183,7 +183,8 @@ def check_cell_settings(cell: Cell, cfg: TrainConfig) -> None:
         return
     try:
         saved_data = yaml.safe_load(cell.config_file.read_text()) or {}
-        saved = type(cfg).model_validate(saved_data)
+        saved = (SearchConfig.from_saved(saved_data) if isinstance(cfg, SearchConfig)
+                 else type(cfg).model_validate(saved_data))
     except (OSError, yaml.YAMLError, ValidationError) as e:
         raise BenchmarkError(f"{cell.config_file}: unreadable ({e})") from e
     a, b = _comparable(saved), _comparable(cfg)
@@ -583,8 +584,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"- {name} seed {run['seed']}: `{run['genotype']}`{_decided(run)}"
                   for name, run in searched]
         lines += ["", "(Entropy of the final architecture / augmentation distributions as a "
-                  f"share of the uniform start's; above {UNDECIDED_RATIO:.0%} the search has not "
-                  "decided and its argmax is close to a random draw from the space.)"]
+                  "share of their start's: uniform, except the augmentation under aug_prior "
+                  "'probability', which starts with each probability level equal; above "
+                  f"{UNDECIDED_RATIO:.0%} the search has not decided and its argmax is close "
+                  "to the start's: a random draw from a uniform start, mostly no augmentation "
+                  "from the probability prior.)"]
     if report["failed"]:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{f['dir']}`: {f['error']}" for f in report["failed"]]
@@ -593,7 +597,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 def _decided(run: Mapping[str, Any]) -> str:
     d = run.get("decision") or {}
-    parts = [f"{name} entropy {v['entropy_ratio']:.1%} of uniform" for name, v in d.items()]
+    parts = [f"{name} entropy {v['entropy_ratio']:.1%} of its start" for name, v in d.items()]
     return f" ({', '.join(parts)})" if parts else ""
 
 
