@@ -83,6 +83,13 @@ def test_probability_prior_gives_each_level_a_third_and_candidates_prior_is_unif
         AugmentSearch(prior="flat")  # type: ignore[arg-type]
 
 
+def test_unknown_aug_prior_is_refused_before_anything_runs(manifest: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["search", "--data", str(manifest), "--out", str(tmp_path / "r"),
+                              "--space", "medpipe", "--aug-prior", "flat"])
+    assert res.exit_code != 0 and "aug_prior" in res.output and "probability" in res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_saved_search_config_without_aug_prior_keeps_the_prior_it_ran_with(tmp_path: Path) -> None:
     from volnas.search.run import load_saved_search_config
 
@@ -126,14 +133,18 @@ def _aug_logits(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "objective"), [("joint", "paper"), ("joint", "unrolled"),
-                                                 ("only", "paper"), ("decoupled", "paper"),
-                                                 ("off", "paper")])
+@pytest.mark.parametrize(("mode", "objective", "prior"),
+                         [("joint", "paper", None), ("joint", "unrolled", "candidates"),
+                          ("only", "paper", None), ("decoupled", "paper", "probability"),
+                          ("off", "paper", None)])
 def test_every_mode_end_to_end(manifest: Path, tmp_path: Path, monkeypatch, mode: str,
-                               objective: str) -> None:
+                               objective: str, prior: str | None) -> None:
     monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    result = _search(manifest, run, "--augment-search", mode, "--objective", objective)
+    extra = ("--aug-prior", prior) if prior else ()
+    result = _search(manifest, run, "--augment-search", mode, "--objective", objective, *extra)
+    saved = yaml.safe_load((run / "search_config.yaml").read_text())
+    assert saved["aug_prior"] == (prior or "probability")
     logits = _aug_logits(run)
     # how decided the search ended, beside the result; 2 epochs cannot decide 13 layers
     decision = result["decision"]

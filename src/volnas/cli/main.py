@@ -239,6 +239,10 @@ def search_cmd(
     objective: str = typer.Option(
         None, "--objective", help="paper (augmented arch batch) | unrolled (clean, one-step "
         "unrolled gradient for the augmentation logits) [paper]."),
+    aug_prior: str = typer.Option(
+        None, "--aug-prior", help="Start of the augmentation logits: probability (each of "
+        "p 0, 0.5, 0.8 a third; an undecided layer exports no augmentation) | candidates "
+        "(every candidate equal; the identity gets 1/(2M+1)) [probability]."),
     fixed_genotype: str = typer.Option(None, "--fixed-genotype",
                                        help="Network for --augment-search only."),
     seed: int = typer.Option(None, "--seed", help="Seed [0]."),
@@ -261,7 +265,7 @@ def search_cmd(
         "arch_lr": arch_lr, "weight_optimizer": weight_optimizer, "weight_lr": weight_lr,
         "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
         "cost_weight": cost_weight, "seed": seed, "device": device,
-        "augment_search": augment_search, "objective": objective,
+        "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,
         "fixed_genotype": fixed_genotype, "class_weight": class_weight,
     }
     try:
