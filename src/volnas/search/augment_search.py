@@ -9,8 +9,9 @@ candidate (p = 0) beside 2 x M augmenting ones (M magnitudes, up to 25), so a un
 start gives the identity 1/(2M + 1) of the mass and an undecided search exports a heavy
 policy. ``prior="probability"`` (the default) starts each probability level with the same
 mass, 1/3 each for {0, 0.5, 0.8}, as the paper's grid (probability x magnitude) does when
-all its p = 0 entries are counted; the argmax of an undecided layer is then the identity,
-so a search adds an augmentation only when its logits have moved towards it.
+all its p = 0 entries are counted; the identity then starts log(M) ahead of every other
+candidate, so an undecided layer exports no augmentation (for M = 1, noise and flips,
+both priors are the same uniform start).
 """
 
 from __future__ import annotations
