@@ -196,3 +196,31 @@ def test_search_config_modes() -> None:
     assert SearchConfig(space="medpipe").aug_mode == "joint"
     assert SearchConfig(space="covidnet3d-s").aug_mode == "off"
     assert SearchConfig(space="covidnet3d-s", augment_search="only").aug_mode == "only"
+
+
+@pytest.mark.parametrize("prior", ["probability", "candidates"])
+def test_logit_weight_decay_pulls_towards_the_start_not_zero(tmp_path: Path, prior: str) -> None:
+    from volnas.search.supernet import SuperNet
+
+    search = SearchConfig(data="x.npz", space="covidnet3d-s", augment_search="joint",
+                          aug_prior=prior, arch_lr=0.05, arch_weight_decay=0.1)
+    trainer = SearchTrainer(SuperNet("covidnet3d-s"), search.search_train_config(), search,
+                            (1, 8, 16, 16), class_names=["0", "1"], positive_class="1",
+                            device=torch.device("cpu"), run_dir=tmp_path)
+    assert trainer.aug is not None
+    start = [t.clone() for t in trainer.aug.alpha.start_logits()]
+    with torch.no_grad():
+        for p in [*trainer.supernet.alpha.logits, *trainer.aug.alpha.logits]:
+            p.add_(1.0)  # move every logit off its start by the same amount
+    params = [*trainer.supernet.alpha.logits, *trainer.aug.alpha.logits]
+    for _ in range(10):  # no loss gradient: only the decay acts (Adam: ~lr a step)
+        trainer._apply_logit_grads(params, tuple(torch.zeros_like(p) for p in params))
+    for p, s in zip(trainer.aug.alpha.logits, start, strict=True):
+        off = (p.detach() - s)
+        assert torch.allclose(off, off[0].expand_as(off))  # the shape of the prior is kept
+        assert 0.0 < float(off[0]) < 1.0  # and the offset shrinks towards it
+    for p in trainer.supernet.alpha.logits:  # uniform start: towards zero, as Adam's L2
+        assert 0.0 < float(p.detach()[0]) < 1.0
+    # the distributions are still the start's: decay towards the start changes no probability
+    for probs, s in zip(trainer.aug.alpha.probs(), start, strict=True):
+        torch.testing.assert_close(probs, torch.softmax(s, -1))

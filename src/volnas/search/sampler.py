@@ -76,8 +76,10 @@ class ChoiceLogits(nn.Module):
         if [len(t) for t in start] != list(sizes):
             raise ValueError(f"init logits have sizes {[len(t) for t in start]}, expected {sizes}")
         self.logits = nn.ParameterList([nn.Parameter(t.detach().float().clone()) for t in start])
-        # the start distribution, the reference of decision(); not state (rebuilt on resume)
-        self._start = [torch.softmax(t.detach().float(), -1) for t in start]
+        # the start, reference of decision() and of the logits' weight decay; not state
+        # (rebuilt from the configuration on resume)
+        self._start_logits = [t.detach().float().clone() for t in start]
+        self._start = [torch.softmax(t, -1) for t in self._start_logits]
         self.names = names or [f"choice{i}" for i in range(len(sizes))]
         self.tau = 1.0
 
@@ -93,6 +95,10 @@ class ChoiceLogits(nn.Module):
             w, idx = st_gumbel_softmax(a, self.tau, generator)
             out.append((w, int(idx)))
         return out
+
+    def start_logits(self) -> list[torch.Tensor]:
+        """Each row's starting logits (zeros for a uniform start)."""
+        return list(self._start_logits)
 
     def argmax(self) -> list[int]:
         return [int(a.detach().argmax()) for a in self.logits]

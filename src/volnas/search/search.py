@@ -27,7 +27,7 @@ from volnas.data.index import ManifestRow
 from volnas.data.preprocess import PreprocessConfig
 from volnas.models.profile import count_flops, count_params
 from volnas.search.augment_search import AugmentSearch
-from volnas.search.sampler import TemperatureSchedule
+from volnas.search.sampler import ChoiceLogits, TemperatureSchedule
 from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import _flatten_optimizer, _unflatten_optimizer, atomic_write_text
 from volnas.training.config import TrainConfig
@@ -208,8 +208,11 @@ class SearchTrainer(Trainer):
         if self.aug is not None:
             groups.append({"params": list(self.aug.parameters()),
                            "lr": search.aug_lr or search.arch_lr})
-        self.arch_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999),
-                                               weight_decay=search.arch_weight_decay)
+        # weight decay pulls each logit towards its start (the prior), not towards 0; for
+        # a uniform start the two are the same, Adam's own L2 term, added in _apply_logit_grads
+        self.arch_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999), weight_decay=0.0)
+        self.logit_start = {id(p): t for a in self._choice_rows() for p, t in
+                            zip(a.logits, a.start_logits(), strict=True)}
         self.fixed_path = fixed_path(self.supernet, search) if self.mode in ("only", "decoupled") else None
         self.path_generator = model.generator
         self.schedule = TemperatureSchedule(search.tau_start, search.tau_end, search.tau_schedule)
@@ -267,9 +270,15 @@ class SearchTrainer(Trainer):
         aug = list(self.aug.parameters()) if (self.aug is not None and aug_moves) else []
         return arch, aug
 
+    def _choice_rows(self) -> list[ChoiceLogits]:
+        return [self.supernet.alpha] + ([self.aug.alpha] if self.aug is not None else [])
+
     def _apply_logit_grads(self, params: list[nn.Parameter], grads: tuple) -> None:
         self.arch_optimizer.zero_grad(set_to_none=True)
+        wd = self.search.arch_weight_decay
         for p, g in zip(params, grads, strict=True):
+            if g is not None and wd > 0:
+                g = g + wd * (p.detach() - self.logit_start[id(p)].to(p.device, p.dtype))
             p.grad = g
         average_gradients(params)  # every rank keeps identical logits
         self.arch_optimizer.step()
@@ -464,6 +473,8 @@ class SearchTrainer(Trainer):
         if "arch_optimizer" in extra:
             arch_t = {k[5:]: v for k, v in tensors.items() if k.startswith("arch.")}
             self.arch_optimizer.load_state_dict(_unflatten_optimizer(arch_t, extra["arch_optimizer"]))
+            for group in self.arch_optimizer.param_groups:
+                group["weight_decay"] = 0.0  # older checkpoints: the decay is ours now
         self.log = extra.get("log", [])
         self.probs_history = extra.get("probs_history", [])
 
