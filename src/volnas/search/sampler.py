@@ -76,10 +76,10 @@ class ChoiceLogits(nn.Module):
         if [len(t) for t in start] != list(sizes):
             raise ValueError(f"init logits have sizes {[len(t) for t in start]}, expected {sizes}")
         self.logits = nn.ParameterList([nn.Parameter(t.detach().float().clone()) for t in start])
-        # the start, reference of decision() and of the logits' weight decay; not state
-        # (rebuilt from the configuration on resume)
-        self._start_logits = [t.detach().float().clone() for t in start]
-        self._start = [torch.softmax(t, -1) for t in self._start_logits]
+        # the start, reference of decision() and of the logits' weight decay: buffers that
+        # follow the module's device, not state (rebuilt from the configuration on resume)
+        for i, t in enumerate(start):
+            self.register_buffer(f"start{i}", t.detach().float().clone(), persistent=False)
         self.names = names or [f"choice{i}" for i in range(len(sizes))]
         self.tau = 1.0
 
@@ -98,7 +98,7 @@ class ChoiceLogits(nn.Module):
 
     def start_logits(self) -> list[torch.Tensor]:
         """Each row's starting logits (zeros for a uniform start)."""
-        return list(self._start_logits)
+        return [getattr(self, f"start{i}") for i in range(len(self.logits))]
 
     def argmax(self) -> list[int]:
         return [int(a.detach().argmax()) for a in self.logits]
@@ -120,10 +120,11 @@ class ChoiceLogits(nn.Module):
         """
         probs = self.probs()
         h = float(sum(self.entropy())) / len(probs)
-        h0 = sum(_entropy(p) for p in self._start) / len(probs)
+        start = [torch.softmax(t.float(), -1) for t in self.start_logits()]
+        h0 = sum(_entropy(p) for p in start) / len(probs)
         return {"entropy": h, "start_entropy": h0, "entropy_ratio": h / h0 if h0 > 0 else 0.0,
                 "argmax_prob": float(sum(float(p.max()) for p in probs)) / len(probs),
-                "start_prob": float(sum(float(p.max()) for p in self._start)) / len(probs)}
+                "start_prob": float(sum(float(p.max()) for p in start)) / len(probs)}
 
 
 def _entropy(p: torch.Tensor) -> float:

@@ -27,7 +27,7 @@ from volnas.data.index import ManifestRow
 from volnas.data.preprocess import PreprocessConfig
 from volnas.models.profile import count_flops, count_params
 from volnas.search.augment_search import AugmentSearch
-from volnas.search.sampler import ChoiceLogits, TemperatureSchedule
+from volnas.search.sampler import TemperatureSchedule
 from volnas.search.supernet import SuperNet
 from volnas.training.checkpoint import _flatten_optimizer, _unflatten_optimizer, atomic_write_text
 from volnas.training.config import TrainConfig
@@ -211,8 +211,6 @@ class SearchTrainer(Trainer):
         # weight decay pulls each logit towards its start (the prior), not towards 0; for
         # a uniform start the two are the same, Adam's own L2 term, added in _apply_logit_grads
         self.arch_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999), weight_decay=0.0)
-        self.logit_start = {id(p): t for a in self._choice_rows() for p, t in
-                            zip(a.logits, a.start_logits(), strict=True)}
         self.fixed_path = fixed_path(self.supernet, search) if self.mode in ("only", "decoupled") else None
         self.path_generator = model.generator
         self.schedule = TemperatureSchedule(search.tau_start, search.tau_end, search.tau_schedule)
@@ -270,16 +268,16 @@ class SearchTrainer(Trainer):
         aug = list(self.aug.parameters()) if (self.aug is not None and aug_moves) else []
         return arch, aug
 
-    def _choice_rows(self) -> list[ChoiceLogits]:
-        return [self.supernet.alpha] + ([self.aug.alpha] if self.aug is not None else [])
-
     def _apply_logit_grads(self, params: list[nn.Parameter], grads: tuple) -> None:
         self.arch_optimizer.zero_grad(set_to_none=True)
-        wd = self.search.arch_weight_decay
         for p, g in zip(params, grads, strict=True):
-            if g is not None and wd > 0:
-                g = g + wd * (p.detach() - self.logit_start[id(p)].to(p.device, p.dtype))
             p.grad = g
+        wd = self.search.arch_weight_decay
+        rows = [self.supernet.alpha] + ([self.aug.alpha] if self.aug is not None else [])
+        for row in rows if wd > 0 else []:
+            for p, start in zip(row.logits, row.start_logits(), strict=True):
+                if p.grad is not None:  # only the logits this step moves
+                    p.grad = p.grad + wd * (p.detach() - start)
         average_gradients(params)  # every rank keeps identical logits
         self.arch_optimizer.step()
 
