@@ -15,7 +15,7 @@ from volnas.data.synth import synthesize
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
 from volnas.search.run import search_run_seconds
-from volnas.training.benchmark import METRICS, fmt_mean_std
+from volnas.benchmark.markdown import METRICS, fmt_mean_std
 from volnas.training.run import history_seconds
 
 register(app)
@@ -181,7 +181,7 @@ def test_report_only_and_cells_held_by_another_process(npz_data: Path, tmp_path:
 
 
 def test_same_data_across_machines(tmp_path: Path) -> None:
-    from volnas.training.benchmark import same_data
+    from volnas.benchmark.cells import same_data
 
     here = tmp_path / "a" / "adrenalmnist3d.npz"
     here.parent.mkdir()
@@ -197,7 +197,7 @@ def test_same_data_across_machines(tmp_path: Path) -> None:
 
 
 def test_one_run_has_no_spread() -> None:
-    from volnas.training.benchmark import fmt_seconds
+    from volnas.benchmark.markdown import fmt_seconds
 
     assert fmt_mean_std({"mean": 0.82891, "std": 0.0, "n": 1}) == "0.8289"
     assert fmt_mean_std({"mean": 0.8, "std": 0.01, "n": 2}, total=3) == "0.8000 ± 0.0100 (n=2)"

@@ -132,7 +132,7 @@ def benchmark_cmd(
                                      help="Run nothing: report the cells finished so far."),
 ) -> None:
     """Train baselines and run searches with every seed; write report.md/json and a plot."""
-    from volnas.training.benchmark import BenchmarkError, run_benchmark
+    from volnas.benchmark import BenchmarkError, run_benchmark
 
     overrides = {
         "epochs": epochs, "batch_size": batch_size, "slices": slices,
