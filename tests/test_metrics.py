@@ -7,6 +7,7 @@ import math
 import struct
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -340,6 +341,16 @@ def check_png(path: Path, size: tuple[float, float]) -> None:
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def colour_pixels(path: Path, colour: str, tol: int = 40) -> int:
+    """Pixels of the PNG within ``tol`` (per RGB channel) of a matplotlib colour."""
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+    want = np.array([round(c * 255) for c in to_rgb(colour)], dtype=np.int16)
+    return int((np.abs(img - want).max(axis=-1) <= tol).sum())
+
+
 def test_plot_history(tmp_path):
     hist = [
         {
@@ -355,6 +366,11 @@ def test_plot_history(tmp_path):
     out = plots.plot_history(hist, tmp_path / "sub" / "history.png", best_epoch=4)
     assert out == tmp_path / "sub" / "history.png"
     check_png(out, plots.HISTORY_SIZE)
+    # the curves are drawn: train and val lines of each panel in the cycle's first colours
+    for colour in ("C0", "C1"):
+        assert colour_pixels(out, colour, tol=25) > 1000, colour
+    blank = plots.plot_history([{"lr": 1e-3}], tmp_path / "blank.png")
+    assert colour_pixels(blank, "C0", tol=25) < 20  # nothing to draw: no line colour
     # losses only, no epoch column: still fine
     check_png(
         plots.plot_history([{"train_loss": 1.0}, {"train_loss": 0.5}], tmp_path / "h2.png"),
@@ -369,10 +385,15 @@ def test_plot_confusion(tmp_path):
         [[5, 1, 0], [2, 3, 1], [0, 0, 0]], THREE, tmp_path / "cm.png", title="test"
     )
     check_png(out, plots.CONFUSION_SIZE)
+    # the largest count's cell is painted in the darkest blue of the map (and the colour bar)
+    dark = matplotlib.colormaps["Blues"](1.0)
+    assert colour_pixels(out, dark, tol=20) > 10_000
     # overwrite in place works (atomic replace)
     check_png(
         plots.plot_confusion(np.zeros((2, 2)), ["a", "b"], out, "zeros"), plots.CONFUSION_SIZE
     )
+    # all zeros: no cell reaches the dark end, only the colour bar's top holds it
+    assert colour_pixels(out, dark, tol=20) < 2000
     with pytest.raises(ValueError, match="2x2"):
         plots.plot_confusion([[1, 2, 3]], ["a", "b"], tmp_path / "bad.png")
 
@@ -382,6 +403,7 @@ def test_plot_roc(tmp_path):
     y = rng.integers(0, 3, 40)
     probs = random_probs(rng, 40, 3)
     check_png(plots.plot_roc(y, probs, THREE, None, tmp_path / "roc3.png"), plots.ROC_SIZE)
+    assert colour_pixels(tmp_path / "roc3.png", "C3", tol=25) > 1000  # the positive curve
     check_png(
         plots.plot_roc(
             y % 2,
@@ -413,6 +435,9 @@ def test_plot_scatter(tmp_path):
     ]
     out = plots.plot_scatter(pts, "parameters", "F1", tmp_path / "sc.png", "F1 vs size", logx=True)
     check_png(out, plots.SCATTER_SIZE)
+    for colour in ("C0", "C1", "C2"):  # one marker colour per point
+        assert colour_pixels(out, colour, tol=25) > 60, colour
+    assert colour_pixels(out, "C3", tol=25) < 20  # no fourth point
     with pytest.raises(ValueError, match="x > 0"):
         plots.plot_scatter(
             [{"label": "z", "x": 0, "y": 1}], "x", "y", tmp_path / "z.png", logx=True

@@ -163,19 +163,42 @@ def test_genotype_rejects_bad_ops() -> None:
         Genotype("covidnet3d-s", ops[:-1])
 
 
-def test_cost_awareness_shrinks_expected_params() -> None:
+def _search_trainer(tmp_path, **settings) -> tuple:
+    """A SearchTrainer over covidnet3d-s built from settings as ``volnas search`` builds them."""
+    from volnas.search.run import load_search_config
+    from volnas.search.search import SearchTrainer
+
+    cfg = load_search_config(None, {"data": "unused.csv", "slices": 8, "size": (16, 16),
+                                    **settings})
     torch.manual_seed(0)
-    net = SuperNet("covidnet3d-s", 1, 2)
-    start = net.expected_params().item()
-    opt = torch.optim.Adam(net.arch_parameters(), lr=0.05)
-    for _ in range(20):
-        penalty = torch.log(net.expected_params() / 0.5e6) ** 2
-        opt.zero_grad()
-        penalty.backward()
-        opt.step()
-    assert net.expected_params().item() < 0.8 * start
+    net = SuperNet(cfg.space, 1, 2)
+    trainer = SearchTrainer(net, cfg.search_train_config(), cfg, cfg.preprocess.input_shape,
+                            class_names=["a", "b"], positive_class="b",
+                            device=torch.device("cpu"), run_dir=tmp_path)
+    return trainer, net
+
+
+@pytest.mark.parametrize("target", [3.5, 7.0])
+def test_target_params_steers_expected_params(tmp_path, target: float) -> None:
+    """--target-params: the trainer's own penalty moves the expected size towards the target."""
+    trainer, net = _search_trainer(tmp_path, target_params=target, arch_lr=0.05)
+    start = net.expected_params().item() / 1e6
+    assert 3.5 < start < 7.0  # the targets lie on both sides of the start
+    for _ in range(30):
+        penalty = trainer.cost_penalty()
+        params = net.arch_parameters()
+        trainer._apply_logit_grads(params, torch.autograd.grad(penalty, params))
+    end = net.expected_params().item() / 1e6
+    assert abs(math.log(end / target)) < 0.7 * abs(math.log(start / target)), (start, end)
     skip_prob = [p[-1].item() for p in net.alpha.probs()]  # "skip" is the last candidate
-    assert min(skip_prob) > 1 / 8
+    assert (min(skip_prob) > 1 / 8) == (target < start)
+
+
+def test_no_cost_settings_mean_no_penalty(tmp_path) -> None:
+    trainer, net = _search_trainer(tmp_path)
+    assert trainer.cost_penalty() is None
+    trainer, net = _search_trainer(tmp_path, cost_weight=0.1)
+    assert trainer.cost_penalty().item() == pytest.approx(0.1 * net.expected_params().item() / 1e6)
 
 
 def test_stride_budget_bounds_sampled_and_exported_paths() -> None:
