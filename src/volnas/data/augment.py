@@ -56,9 +56,9 @@ grid, and each scan draws its value uniformly in [LB, RB]. A closed range [a, b]
   ``None`` (printed "-"); the noise has the single std 0.05 (our choice, 5 % of the
   [0, 1] intensity range, about 70 HU for the default window).
 
-Paper inconsistencies: the text names 12 types, SPEC 13 (affine ratio and affine scale
+Paper inconsistencies: the text names 12 types, Table I 13 (affine ratio and affine scale
 apart). Fig. 5 prints "Erase; [(0.1,0.2), (0.3,3)]", so Table I's "ratio" row may be
-Erase's aspect ratio; we keep SPEC's affine_ratio and give erase the fixed aspect range
+Erase's aspect ratio; we keep Table I's affine_ratio and give erase the fixed aspect range
 (0.3, 3). The text says Invert has no magnitude; we follow Table I's max values. Some
 Fig. 5 values (rotation (-10, 10), erase scale RB 0.2, affine (0.8, 1)) are not on these
 grids and cannot be loaded; its p = 0.9 can (a Policy takes any p in [0, 1]).

@@ -5,7 +5,7 @@ The work is split in two so that the expensive part can be cached:
 1. ``prepare_stack`` (deterministic, cached on disk): intensity window or min-max to
    [0, 1], in-plane resize and centre-crop of every slice -> float32 (N, H, W).
 2. ``sample_slices`` (per epoch): choose T of the N slices, random for training,
-   symmetrical for evaluation, exactly as SPEC section 1.
+   symmetrical for evaluation (docs/design.md, section 2).
 
 Training and evaluation share both steps, so normalisation is identical in both.
 """
@@ -103,7 +103,7 @@ def _middle_out(n: int, count: int, stride: int) -> list[int]:
 def sample_slices(
     n: int, t: int, mode: Sampling, rng: np.random.Generator | None = None
 ) -> np.ndarray:
-    """Indices of T slices out of N, in original order (SPEC section 1, slice sampling).
+    """Indices of T slices out of N, in original order (docs/design.md, section 2).
 
     random (training): N > T keeps a uniformly random ordered subset; N < T adds randomly
     chosen repeats (with replacement). symmetrical (evaluation, deterministic): N > T takes

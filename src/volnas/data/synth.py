@@ -12,7 +12,7 @@ fissure). Every class may carry distractors (a small solid nodule, dependent ate
 denser vessels, a lower inspiration level), so neither "mean lung density" nor "any bright
 blob" separates the classes on its own.
 
-On-disk layouts (``synthesize``), SPEC section 1:
+On-disk layouts (``synthesize``), as real datasets lay them out (docs/design.md, section 1):
 
 * ``png`` / ``tiff``: ``out/<class>/<patient>/<scan>/<n>.png|.tif``, slices ``1, 2, ..., 10``
   (no zero padding; slice 1 is the most inferior), uint16 storing ``HU + 1024`` clipped to

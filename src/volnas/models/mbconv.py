@@ -27,7 +27,7 @@ class ConvBNAct(nn.Sequential):
 
 
 class MBConv3D(nn.Module):
-    """Mobile inverted bottleneck in 3D (SPEC section 2).
+    """Mobile inverted bottleneck in 3D (docs/design.md, section 4).
 
     1x1x1 conv C -> eC, BN, ReLU6; depthwise k^3 conv, BN, ReLU6; 1x1x1 conv eC -> C', BN;
     identity shortcut when input and output shapes match.

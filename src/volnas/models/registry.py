@@ -1,4 +1,5 @@
-"""One registry for every network volnas can build: baselines now, searched genotypes later."""
+"""One registry for every network volnas can build: baselines by name, searched networks as
+``genotype:FILE``."""
 
 from __future__ import annotations
 

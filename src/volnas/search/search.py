@@ -67,7 +67,7 @@ class SearchConfig(TrainConfig):
     objective: Literal["paper", "unrolled"] = "paper"
     # start of the augmentation logits: each probability level {0, 0.5, 0.8} equal
     # ("probability"), or each (magnitude, probability) candidate equal ("candidates",
-    # every search before 2026-12-04); see volnas.search.augment_search
+    # the start of search_config.yaml files without this field); see volnas.search.augment_search
     aug_prior: Literal["probability", "candidates"] = "probability"
     aug_lr: float | None = Field(None, gt=0)  # default: arch_lr
     unrolled_xi: float | None = Field(None, gt=0)  # virtual step size (default: weight_lr)

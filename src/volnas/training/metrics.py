@@ -1,4 +1,4 @@
-"""Classification metrics for scan-level predictions (SPEC section 4).
+"""Classification metrics for scan-level predictions (docs/design.md, section 3).
 
 Rules:
 
