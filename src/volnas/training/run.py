@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from volnas.data.augment import Policy
 from volnas.data.cache import StackCache
@@ -214,7 +215,7 @@ def run_training(
     else:
         console = Console(quiet=True)
     console.print(
-        f"[bold]{cfg.model}[/]: {info['params']:,} params ({info['model_size_mb']:.2f} MB), "
+        f"[bold]{escape(cfg.model)}[/]: {info['params']:,} params ({info['model_size_mb']:.2f} MB), "
         f"input {cfg.preprocess.input_shape}, {len(ds['train'])} train / {len(ds['val'])} val "
         f"scans, device {device}"
     )
