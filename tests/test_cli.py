@@ -87,7 +87,7 @@ def test_synth_index_train_evaluate_search(tmp_path: Path, monkeypatch) -> None:
            "--batch-size", "4")
     assert json.loads((train_dir / "metrics.json").read_text())["n_scans"] == metrics["n_scans"]
     out = invoke("evaluate", train_dir, "--split", "val")
-    assert "accuracy" in out and (train_dir / "metrics_val.json").exists()
+    assert "accuracy" in out and (train_dir / "evaluations" / "m-val-001" / "metrics.json").exists()
 
     # refuse to overwrite a run; a clear error for bad input
     res = runner.invoke(app, ["train", "--data", str(manifest), "--model", "mc3_18", "--out",

@@ -112,8 +112,10 @@ def test_bundle_is_self_contained_and_pickle_free(trained, tmp_path: Path) -> No
 
 def test_predict_matches_evaluate(trained, tmp_path: Path) -> None:
     run = shutil.copytree(trained["run"], tmp_path / "run")
-    invoke("evaluate", run)
-    with open(run / "predictions_test.csv", newline="") as f:
+    out = invoke("evaluate", run)
+    evaluation = run / "evaluations" / "manifest-test-001"
+    assert f"evaluation: {evaluation}" in "".join(out.split("\n"))
+    with open(evaluation / "predictions_test.csv", newline="") as f:
         expected = {r["scan_id"]: r for r in csv.DictReader(f)}
     out = tmp_path / "pred.json"
     invoke("predict", trained["bundle"], trained["manifest"], "--out", out, "--device", "cpu")

@@ -196,16 +196,23 @@ def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
     data: str = typer.Option(None, "--data", help="Manifest/npz (default: the run's data)."),
     split: str = typer.Option("test", "--split", help="train | val | test."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Evaluation folder, must not exist or be empty "
+        "[next free RUN_DIR/evaluations/<data>-<split>-NNN]."),
 ) -> None:
-    """Recompute metrics of a run's best checkpoint on a split of any dataset."""
-    from volnas.training.run import evaluate_run
+    """Metrics of a run's best checkpoint on a split of any dataset, in a folder of their own.
+
+    The run's own metrics.json and test predictions are never changed.
+    """
+    from volnas.training.run import RunDirError, evaluate_run
 
     try:
-        metrics = evaluate_run(run_dir, data, split, console=console)
-    except (DataError, ValueError, FileNotFoundError) as e:
+        metrics = evaluate_run(run_dir, data, split, console=console, out=out)
+    except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     keys = ("n_scans", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc")
-    console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1))
+    console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1), markup=False)
+    console.print(f"evaluation: {esc(metrics['evaluation_dir'])}", soft_wrap=True)
 
 
 # ---- search -------------------------------------------------------------------------------

@@ -124,8 +124,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
         genotype.input_shape = input_shape
     policy = _run_policy(cfg.augment, run_dir, genotype)
 
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    metrics = run_test_metrics(run_dir, cfg.data)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -185,6 +184,31 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def run_test_metrics(run_dir: Path, run_data: str) -> dict[str, Any] | None:
+    """The run's own test metrics (RUN_DIR/metrics.json as training wrote it), or None.
+
+    Older versions of ``volnas evaluate`` wrote their result over metrics.json; such a file
+    (it names its ``data`` and has no ``best_epoch``) is used only when it is the run's own
+    data and test split, otherwise it is left out with a warning.
+    """
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if "data" in metrics and "best_epoch" not in metrics:
+        same = str(metrics["data"]) == str(run_data)
+        if not same or metrics.get("split") != "test":
+            warnings.warn(
+                f"{path}: holds an evaluation of {metrics['data']} ({metrics.get('split')} "
+                f"split) that an older `volnas evaluate` wrote over the run's test metrics; "
+                "the bundle is written without test metrics", stacklevel=2)
+            return None
+    return metrics
 
 
 def _run_policy(augment: str, run_dir: Path, genotype: Genotype | None) -> list[Any] | None:
