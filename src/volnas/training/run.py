@@ -288,8 +288,16 @@ def write_predictions(
 
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
-    """A finished run's best model (eval mode, CPU), its config and run.json info."""
+    """A finished run's best model (eval mode, CPU), its config and run.json info.
+
+    A bundle folder (it opens as a run) is verified first, as ``load_bundle`` does: an
+    edited or swapped file is refused with a ``BundleError`` (a ``ValueError``).
+    """
     run_dir = Path(run_dir)
+    if (run_dir / "bundle.json").is_file():
+        from volnas.deploy.bundle import load_bundle
+
+        load_bundle(run_dir)
     for name in ("config.yaml", "run.json", "model.safetensors"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished run folder (no {name})")
