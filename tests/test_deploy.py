@@ -164,6 +164,51 @@ def test_unreadable_scans_are_reported_and_the_rest_predicted(trained, tmp_path:
     assert res.exit_code == 2 and "refusing to overwrite" in res.output
 
 
+def _nifti(path: Path, array: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.Nifti1Image(array.astype(np.float32), np.eye(4)).to_filename(str(path))
+    return path
+
+
+def test_scans_unlike_the_training_scans_are_flagged(trained, tmp_path: Path) -> None:
+    ref = load_bundle(trained["bundle"]).intensity_reference
+    train = [r for r in read_manifest(trained["manifest"]) if r.split == "train"]
+    assert ref["n_scans"] == len(train) > 0 and ref["hu_fraction"] == 1.0
+    assert ref["p99"]["min"] > -500  # chest CT: tissue and bone above air
+    good = [r.path for r in read_manifest(trained["manifest"]) if r.split == "test"]
+    air = _nifti(tmp_path / "air[red].nii.gz", np.full((16, 16, 10), -1000.0))
+    mri = _nifti(tmp_path / "mri.nii.gz", np.random.default_rng(0).uniform(0, 900, (16, 16, 10)))
+    out = tmp_path / "pred.csv"
+    res = runner.invoke(app, ["predict", str(trained["bundle"]), *good, str(air), str(mri),
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"warning: {air}: intensities unlike the training scans: median -1000" in text
+    assert "99th percentile -1000 (training" in text
+    assert f"warning: {mri}: intensities unlike the training scans: not in Hounsfield units" in text
+    assert text.count("warning:") == 2 and "intensity check" not in text
+    with open(out, newline="") as f:
+        lines = {r["path"]: r for r in csv.DictReader(f)}
+    assert [bool(lines[g]["warning"]) for g in good] == [False] * len(good)
+    assert "median -1000" in lines[str(air)]["warning"]
+    assert lines[str(air)]["predicted"] in ("covid", "normal")  # predicted all the same
+
+    # a bundle from before the statistics predicts unchecked, saying so once
+    old = _copy(trained["bundle"], tmp_path)
+    m = json.loads((old / "bundle.json").read_text())
+    for key in ("intensity_reference", "content_sha256"):
+        del m[key]
+    (old / "bundle.json").write_text(json.dumps(m | {"format_version": 1}))
+    out = tmp_path / "old.json"
+    res = runner.invoke(app, ["predict", str(old), str(air), str(mri), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("intensity check unavailable") == 1 and "warning:" not in res.output
+    payload = json.loads(out.read_text())
+    assert payload["intensity_check"].startswith("unavailable")
+    assert [r["warning"] for r in payload["predictions"]] == [None, None]
+
+
 def test_pickled_weights_are_refused(trained, tmp_path: Path) -> None:
     bundle = _copy(trained["bundle"], tmp_path)
     state = load_bundle(bundle).model.state_dict()

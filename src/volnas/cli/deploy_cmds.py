@@ -71,7 +71,7 @@ def predict_cmd(
 ) -> None:
     """Classify scans with a bundle; exit code 1 when some scan could not be predicted."""
     from volnas.deploy.bundle import BundleError, load_bundle
-    from volnas.deploy.predict import predict_scans, write_predictions
+    from volnas.deploy.predict import INTENSITY_CHECK_UNAVAILABLE, predict_scans, write_predictions
 
     if out is not None:
         if out.suffix.lower() not in (".csv", ".json"):
@@ -100,6 +100,11 @@ def predict_cmd(
                       esc(r["predicted"]),
                       *[f"{r['probabilities'][c]:.4f}" for c in bundle.classes])
     _console.print(table)
+    if bundle.intensity_reference is None:
+        _err.print(f"note: intensity check {esc(INTENSITY_CHECK_UNAVAILABLE)}", soft_wrap=True)
+    for r in rows:
+        if r["warning"]:
+            print_warning(_err, f"{r['path']}: {r['warning']}")
     if out is not None:
         write_predictions(out, rows, failures, bundle)
         _console.print(f"predictions: {esc(out)}")
