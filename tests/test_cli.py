@@ -87,7 +87,7 @@ def test_synth_index_train_evaluate_search(tmp_path: Path, monkeypatch) -> None:
            "--batch-size", "4")
     assert json.loads((train_dir / "metrics.json").read_text())["n_scans"] == metrics["n_scans"]
     out = invoke("evaluate", train_dir, "--split", "val")
-    assert "accuracy" in out and (train_dir / "metrics_val.json").exists()
+    assert "accuracy" in out and (train_dir / "evaluations" / "m-val-001" / "metrics.json").exists()
 
     # refuse to overwrite a run; a clear error for bad input
     res = runner.invoke(app, ["train", "--data", str(manifest), "--model", "mc3_18", "--out",
@@ -96,3 +96,38 @@ def test_synth_index_train_evaluate_search(tmp_path: Path, monkeypatch) -> None:
     res = runner.invoke(app, ["train", "--data", str(tmp_path / "nope.csv"), "--model", "mc3_18",
                               "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "nope.csv" in res.output
+
+
+def test_errors_print_file_names_and_messages_literally(tmp_path: Path) -> None:
+    """Square brackets in paths, class names and pydantic messages are text, not markup."""
+    from rich.console import Console
+
+    from volnas.data.index import ManifestRow, summary_table
+
+    def run(*args: object) -> str:
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 2, res.output
+        return " ".join(res.output.split())
+
+    manifest = tmp_path / "study[red]0003[covid].csv"
+    manifest.write_text("x")
+    out = run("data", "index", tmp_path, "--out", manifest)
+    assert f"error: {manifest}: manifest already exists" in out
+
+    config = tmp_path / "[covid]" / "cfg.yaml"
+    config.parent.mkdir()
+    config.write_text("epochs: many\n")
+    out = run("train", "--config", config, "--data", "x.csv", "--out", tmp_path / "run")
+    assert f"{config}: invalid configuration" in out
+    assert "[type=int_parsing, input_value='many', input_type=str]" in out
+
+    scan = tmp_path / "study[red]0003.nii.gz"
+    out = run("explain", tmp_path / "no[covid]run", scan, "--out", tmp_path / "x")
+    assert "study[red]0003.nii.gz" in out or "no[covid]run" in out
+    out = run("evaluate", tmp_path / "no[covid]run")
+    assert f"{tmp_path / 'no[covid]run'}: not a finished run folder" in out
+
+    rows = [ManifestRow("a", "a.nii.gz", "nifti", "[covid]", "p1", 8, "train")]
+    console = Console(record=True, width=200)
+    console.print(summary_table(rows))
+    assert "[covid]" in console.export_text()

@@ -18,7 +18,7 @@ from volnas.cli.deploy_cmds import register
 from volnas.cli.main import app
 from volnas.data.index import build_index, read_manifest, write_manifest
 from volnas.data.synth import synthesize
-from volnas.deploy.bundle import BundleError, export_bundle, load_bundle
+from volnas.deploy.bundle import BundleError, content_digest, export_bundle, load_bundle
 from volnas.deploy.predict import predict_scans
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
@@ -70,10 +70,13 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _edit_manifest(bundle: Path, **changes: object) -> None:
+def _edit_manifest(bundle: Path, restamp: bool = True, **changes: object) -> None:
+    """Edit bundle.json; ``restamp``: also fix its content_sha256 (a thorough tamperer)."""
     path = bundle / "bundle.json"
     m = json.loads(path.read_text())
     m.update(changes)
+    if restamp:
+        m["content_sha256"] = content_digest(m)
     path.write_text(json.dumps(m))
 
 
@@ -89,7 +92,7 @@ def test_bundle_is_self_contained_and_pickle_free(trained, tmp_path: Path) -> No
         head = p.read_bytes()[:2]
         assert head != b"PK" and head[:1] != b"\x80", f"{p.name} looks like a pickle"
     m = json.loads((bundle_dir / "bundle.json").read_text())
-    assert m["format"] == "volnas-bundle" and m["format_version"] == 1
+    assert m["format"] == "volnas-bundle" and m["format_version"] == 2
     assert m["input_shape"] == [1, 8, 16, 16] and m["num_classes"] == 2
     assert m["weights"]["sha256"] == sha256_file(bundle_dir / "model.safetensors")
     assert m["preprocess"]["slices"] == 8 and m["preprocess"]["sampling"] == "symmetrical"
@@ -112,8 +115,10 @@ def test_bundle_is_self_contained_and_pickle_free(trained, tmp_path: Path) -> No
 
 def test_predict_matches_evaluate(trained, tmp_path: Path) -> None:
     run = shutil.copytree(trained["run"], tmp_path / "run")
-    invoke("evaluate", run)
-    with open(run / "predictions_test.csv", newline="") as f:
+    out = invoke("evaluate", run)
+    evaluation = run / "evaluations" / "manifest-test-001"
+    assert f"evaluation: {evaluation}" in "".join(out.split("\n"))
+    with open(evaluation / "predictions_test.csv", newline="") as f:
         expected = {r["scan_id"]: r for r in csv.DictReader(f)}
     out = tmp_path / "pred.json"
     invoke("predict", trained["bundle"], trained["manifest"], "--out", out, "--device", "cpu")
@@ -159,6 +164,51 @@ def test_unreadable_scans_are_reported_and_the_rest_predicted(trained, tmp_path:
     assert res.exit_code == 2 and "refusing to overwrite" in res.output
 
 
+def _nifti(path: Path, array: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.Nifti1Image(array.astype(np.float32), np.eye(4)).to_filename(str(path))
+    return path
+
+
+def test_scans_unlike_the_training_scans_are_flagged(trained, tmp_path: Path) -> None:
+    ref = load_bundle(trained["bundle"]).intensity_reference
+    train = [r for r in read_manifest(trained["manifest"]) if r.split == "train"]
+    assert ref["n_scans"] == len(train) > 0 and ref["hu_fraction"] == 1.0
+    assert ref["p99"]["min"] > -500  # chest CT: tissue and bone above air
+    good = [r.path for r in read_manifest(trained["manifest"]) if r.split == "test"]
+    air = _nifti(tmp_path / "air[red].nii.gz", np.full((16, 16, 10), -1000.0))
+    mri = _nifti(tmp_path / "mri.nii.gz", np.random.default_rng(0).uniform(0, 900, (16, 16, 10)))
+    out = tmp_path / "pred.csv"
+    res = runner.invoke(app, ["predict", str(trained["bundle"]), *good, str(air), str(mri),
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"warning: {air}: intensities unlike the training scans: median -1000" in text
+    assert "99th percentile -1000 (training" in text
+    assert f"warning: {mri}: intensities unlike the training scans: not in Hounsfield units" in text
+    assert text.count("warning:") == 2 and "intensity check" not in text
+    with open(out, newline="") as f:
+        lines = {r["path"]: r for r in csv.DictReader(f)}
+    assert [bool(lines[g]["warning"]) for g in good] == [False] * len(good)
+    assert "median -1000" in lines[str(air)]["warning"]
+    assert lines[str(air)]["predicted"] in ("covid", "normal")  # predicted all the same
+
+    # a bundle from before the statistics predicts unchecked, saying so once
+    old = _copy(trained["bundle"], tmp_path)
+    m = json.loads((old / "bundle.json").read_text())
+    for key in ("intensity_reference", "content_sha256"):
+        del m[key]
+    (old / "bundle.json").write_text(json.dumps(m | {"format_version": 1}))
+    out = tmp_path / "old.json"
+    res = runner.invoke(app, ["predict", str(old), str(air), str(mri), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("intensity check unavailable") == 1 and "warning:" not in res.output
+    payload = json.loads(out.read_text())
+    assert payload["intensity_check"].startswith("unavailable")
+    assert [r["warning"] for r in payload["predictions"]] == [None, None]
+
+
 def test_pickled_weights_are_refused(trained, tmp_path: Path) -> None:
     bundle = _copy(trained["bundle"], tmp_path)
     state = load_bundle(bundle).model.state_dict()
@@ -195,12 +245,16 @@ def test_tampered_or_corrupt_files_give_clear_errors(trained, tmp_path: Path) ->
 
 def test_declared_input_is_checked_against_the_weights(trained, tmp_path: Path) -> None:
     bundle = _copy(trained["bundle"], tmp_path)
-    _edit_manifest(bundle, input_shape=[2, 8, 16, 16])
+    _edit_manifest(bundle, input_shape=[1, 4, 16, 16])
     with pytest.raises(BundleError, match="declared input"):
+        load_bundle(bundle)
+    # what the checksummed config.yaml and run.json say wins over an edited bundle.json
+    _edit_manifest(bundle, input_shape=[2, 8, 16, 16])
+    with pytest.raises(BundleError, match=r"input_shape is \[2, 8, 16, 16\] but config.yaml"):
         load_bundle(bundle)
     _edit_manifest(bundle, input_shape=[1, 8, 16, 16], num_classes=3,
                    classes=["covid", "normal", "cap"])
-    with pytest.raises(BundleError, match="do not fit"):
+    with pytest.raises(BundleError, match="classes is .* but run.json says"):
         load_bundle(bundle)
     _edit_manifest(bundle, num_classes=3, classes=["covid", "normal"])
     with pytest.raises(BundleError, match="num_classes 3"):
@@ -210,6 +264,58 @@ def test_declared_input_is_checked_against_the_weights(trained, tmp_path: Path) 
         load_bundle(bundle)
     with pytest.raises(BundleError, match="export it first"):
         load_bundle(trained["run"])
+
+
+def test_edited_bundle_json_is_refused_by_every_loader(trained, tmp_path: Path) -> None:
+    """Fields that change a prediction are checked against the checksummed files, and the
+    whole bundle.json against its content_sha256: predict, explain and load_run refuse."""
+    from volnas.training.run import load_run
+
+    scan = str(read_manifest(trained["manifest"])[0].path)
+    m = json.loads((trained["bundle"] / "bundle.json").read_text())
+    window = {**m["preprocess"], "window": [-600.0, 200.0]}
+    edits = {
+        "classes": (dict(classes=["normal", "covid"]), "classes is"),
+        "window": (dict(preprocess=window), "preprocess is"),
+        "positive": (dict(positive_class="normal"), "positive_class is"),
+        "amp": (dict(inference={"channels_last": True, "amp": False}), "inference is"),
+        "augmentation": (dict(augmentation={"train": "none", "policy": None}), "augmentation is"),
+        "metrics": (dict(metrics={**m["metrics"], "accuracy": 0.99}), "metrics is"),
+        "genotype": (dict(model={**m["model"], "genotype": {**m["model"]["genotype"],
+                                                            "space": "covidnet3d-s"}}),
+                     "model.genotype is"),
+        "weights": (dict(weights={**m["weights"], "file": "config.yaml"}), "weights.file is"),
+    }
+    for name, (change, message) in edits.items():
+        bundle = _copy(trained["bundle"], tmp_path / name)
+        _edit_manifest(bundle, **change)
+        with pytest.raises(BundleError, match=f"bundle.json: {message}"):
+            load_bundle(bundle)
+    # the classes edit through each loader, with the file and what differs named
+    bundle = tmp_path / "classes" / "copy"
+    with pytest.raises(BundleError, match="run.json says"):
+        load_run(bundle)
+    res = runner.invoke(app, ["predict", str(bundle), scan])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert '/bundle.json: classes is ["normal", "covid"] but run.json says ["covid", "normal"]' in text
+    res = runner.invoke(app, ["explain", str(bundle), scan, "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "run.json says" in res.output, res.output
+    # any other edit (here the intensity statistics) breaks the content digest
+    bundle = _copy(trained["bundle"], tmp_path / "stats")
+    ref = m["intensity_reference"]
+    _edit_manifest(bundle, restamp=False, intensity_reference={**ref, "hu_fraction": 0.0})
+    with pytest.raises(BundleError, match="content differs from its content_sha256"):
+        load_bundle(bundle)
+    # a swapped genotype.json, or one dropped from the file list, is refused too
+    bundle = _copy(trained["bundle"], tmp_path / "geno")
+    geno = json.loads((bundle / "genotype.json").read_text())
+    (bundle / "genotype.json").write_text(json.dumps({**geno, "num_classes": 3}))
+    with pytest.raises(BundleError, match="genotype.json: sha256 differs"):
+        load_bundle(bundle)
+    _edit_manifest(bundle, files={k: v for k, v in m["files"].items() if k != "genotype.json"})
+    with pytest.raises(BundleError, match="does not list genotype.json"):
+        load_bundle(bundle)
 
 
 def test_registry_model_bundle_from_a_search_folder(tmp_path: Path) -> None:
@@ -222,7 +328,9 @@ def test_registry_model_bundle_from_a_search_folder(tmp_path: Path) -> None:
                                       "preprocess": {"slices": 4, "size": (16, 16)}})
     (final / "config.yaml").write_text(dump_config(cfg))
     (final / "run.json").write_text(json.dumps({"classes": ["a", "b", "c"], "positive_class": "b"}))
-    bundle = load_bundle(export_bundle(tmp_path / "search", tmp_path / "bundle"))
+    with pytest.warns(UserWarning, match="unused.csv could not be read"):
+        bundle = load_bundle(export_bundle(tmp_path / "search", tmp_path / "bundle"))
+    assert bundle.intensity_reference is None
     assert bundle.model_name == "mc3_18" and bundle.metrics is None
     x = torch.rand(2, 1, 4, 16, 16)
     with torch.no_grad():

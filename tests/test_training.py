@@ -274,3 +274,55 @@ def test_class_weight_balanced_reaches_the_training_loss(tiny_data, tmp_path: Pa
     for w in weights:
         assert w.tolist() == pytest.approx(expected.tolist())
     assert load_config(tmp_path / "run" / "config.yaml", {}).class_weight == "balanced"
+
+
+def test_evaluate_never_writes_over_the_run_record(tiny_data, tmp_path: Path) -> None:
+    """evaluate (other data or the run's own) goes to its own folder; export keeps the
+    run's test metrics."""
+    from volnas.deploy.bundle import export_bundle
+
+    data, model = tiny_data
+    run = tmp_path / "run"
+    run_training(_cfg(data, model, tmp_path, epochs=1), run)
+    record = {n: (run / n).read_bytes() for n in
+              ("metrics.json", "predictions_test.csv", "confusion_test.png", "roc_test.png")}
+    own = json.loads(record["metrics.json"])
+    other = synthesize(tmp_path / "other", scans=12, fmt="npz", classes=2, shape=(12, 24, 24),
+                       seed=11)
+    other_npz = next(other.out.glob("*.npz")).rename(tmp_path / "other.npz")
+
+    first = evaluate_run(run, str(other_npz), "test")
+    again = evaluate_run(run, None, "test")  # the run's own data and split
+    assert {n: (run / n).read_bytes() for n in record} == record
+    val = evaluate_run(run, None, "val", out=tmp_path / "mine")
+    assert {n: (run / n).read_bytes() for n in record} == record
+    assert not (run / "metrics_val.json").exists() and not (run / "predictions_val.csv").exists()
+
+    d1, d2 = Path(first["evaluation_dir"]), Path(again["evaluation_dir"])
+    assert d1.parent == d2.parent == run / "evaluations" and d1 != d2
+    assert d1.name == f"{other_npz.stem}-test-001" and d2.name == f"{data.stem}-test-001"
+    info = json.loads((d1 / "evaluation.json").read_text())
+    assert info["data"] == str(other_npz) and info["split"] == "test"
+    assert info["run"] == str(run.resolve()) and info["same_data_as_run"] is False
+    assert json.loads((d2 / "evaluation.json").read_text())["same_data_as_run"] is True
+    assert json.loads((d1 / "metrics.json").read_text())["n_scans"] == first["n_scans"]
+    assert (d1 / "predictions_test.csv").is_file() and (d1 / "confusion_test.png").is_file()
+    assert again["accuracy"] == pytest.approx(own["accuracy"])
+    assert Path(val["evaluation_dir"]) == tmp_path / "mine"
+    assert json.loads((tmp_path / "mine" / "evaluation.json").read_text())["split"] == "val"
+    # a second evaluation of the same data never replaces the first
+    third = evaluate_run(run, None, "test")
+    assert Path(third["evaluation_dir"]).name == f"{data.stem}-test-002"
+    with pytest.raises(RunDirError, match="mine: already exists and is not empty"):
+        evaluate_run(run, None, "test", out=tmp_path / "mine")
+    assert not list((run / "evaluations").glob(".*tmp"))
+
+    bundle = json.loads((export_bundle(run, tmp_path / "bundle") / "bundle.json").read_text())
+    assert bundle["metrics"]["accuracy"] == own["accuracy"]
+    assert bundle["metrics"]["best_epoch"] == own["best_epoch"] == 1
+
+    # a metrics.json an older `evaluate` wrote over with other data is not exported as the run's
+    (run / "metrics.json").write_text(json.dumps(first | {"evaluation_dir": None}))
+    with pytest.warns(UserWarning, match="older `volnas evaluate`"):
+        legacy = export_bundle(run, tmp_path / "bundle2")
+    assert json.loads((legacy / "bundle.json").read_text())["metrics"] is None

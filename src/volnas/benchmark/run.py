@@ -129,10 +129,11 @@ def run_benchmark(
                     run_search(configs[cell], cell.dir, resume=state == "resume", console=console)
             except Exception as e:  # noqa: BLE001 - one failed cell must not lose the others
                 failed[cell] = f"{type(e).__name__}: {e}"
-                console.print(f"[red]cell {cell.dir} failed:[/] {escape(failed[cell])}")
+                console.print(f"[red]cell {escape(str(cell.dir))} failed:[/] {escape(failed[cell])}")
         write_report(out, cells, configs, context, failed)
     report = write_report(out, cells, configs, context, failed)
-    console.print(f"report: {out / 'report.md'} ({out / 'report.json'}, {out / 'f1_vs_size.png'})")
+    console.print(f"report: {escape(str(out / 'report.md'))} ({escape(str(out / 'report.json'))}, "
+                  f"{escape(str(out / 'f1_vs_size.png'))})")
     return report
 
 

@@ -55,7 +55,7 @@ def run_demo(out: Path, *, epochs: int = 10, search: bool = True, seed: int = 0,
     # "realistic" data is a much harder task; see volnas.data.synth)
     res = synthesize(data_dir, scans=240, fmt="dicom", classes=2, shape=(20, 48, 48), seed=seed,
                      difficulty="easy")
-    console.print(f"{len(res.scans)} scans, classes {res.class_names}, written to {data_dir}")
+    console.print(f"{len(res.scans)} scans, classes {escape(str(res.class_names))}, written to {escape(str(data_dir))}")
     console.rule(f"[bold]2/{steps} index: patient-grouped, stratified splits")
     index = build_index(data_dir, split=(0.6, 0.2, 0.2), seed=seed)
     manifest = root / "manifest.csv"
@@ -98,7 +98,7 @@ def run_demo(out: Path, *, epochs: int = 10, search: bool = True, seed: int = 0,
                       f"{m['accuracy']:.3f}", f"{m['f1']:.3f}", auc,
                       f"{e['hits']}/{e['with_mask']}")
     console.print(table)
-    console.print(f"everything is under [bold]{root}[/]: baseline/ and search/final/ are run folders "
+    console.print(f"everything is under [bold]{escape(str(root))}[/]: baseline/ and search/final/ are run folders "
                   "(metrics.json, curves.png, confusion_test.png, roc_test.png, model.safetensors); "
                   "explain/ holds montages (PNG) and heatmaps (NIfTI) to open over the scans.")
     return root

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from volnas.markup import esc, print_error, print_warning
 
 _console = Console()
 _err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    _err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    print_error(_err, message)
     raise typer.Exit(code)
 
 
@@ -44,14 +45,14 @@ def export_cmd(
     except (BundleError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for w in caught:
-        _err.print(f"[yellow]warning:[/] {escape(str(w.message))}")
+        print_warning(_err, w.message)
     m = bundle.manifest
     size = m["model"].get("model_size_mb")
     arch = (f"searched {bundle.genotype.space} network" if bundle.genotype is not None
             else bundle.model_name)
     _console.print(
-        f"bundle: {out}  ({escape(arch)}, input {'x'.join(map(str, bundle.input_shape))}, "
-        f"classes {', '.join(bundle.classes)}"
+        f"bundle: {esc(out)}  ({esc(arch)}, input {'x'.join(map(str, bundle.input_shape))}, "
+        f"classes {esc(', '.join(bundle.classes))}"
         + (f", {size:.2f} MB" if size is not None else "")
         + (", model.onnx" if (m.get("onnx") or {}).get("file") else "") + ")")
 
@@ -70,7 +71,7 @@ def predict_cmd(
 ) -> None:
     """Classify scans with a bundle; exit code 1 when some scan could not be predicted."""
     from volnas.deploy.bundle import BundleError, load_bundle
-    from volnas.deploy.predict import predict_scans, write_predictions
+    from volnas.deploy.predict import INTENSITY_CHECK_UNAVAILABLE, predict_scans, write_predictions
 
     if out is not None:
         if out.suffix.lower() not in (".csv", ".json"):
@@ -89,23 +90,28 @@ def predict_cmd(
                                        console=_console, batch_size=batch_size, device=device)
     except (BundleError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    table = Table(title=f"{len(rows)} scan(s), bundle {escape(str(model_dir))}")
+    table = Table(title=f"{len(rows)} scan(s), bundle {esc(str(model_dir))}")
     labelled = any(r["label"] for r in rows)
     for col in ("scan", *(["label"] if labelled else []), "predicted",
                 *[f"p({c})" for c in bundle.classes]):
-        table.add_column(escape(col), justify="right" if col.startswith("p(") else "left")
+        table.add_column(esc(col), justify="right" if col.startswith("p(") else "left")
     for r in rows:
-        table.add_row(escape(r["scan"]), *([escape(r["label"] or "")] if labelled else []),
-                      escape(r["predicted"]),
+        table.add_row(esc(r["scan"]), *([esc(r["label"] or "")] if labelled else []),
+                      esc(r["predicted"]),
                       *[f"{r['probabilities'][c]:.4f}" for c in bundle.classes])
     _console.print(table)
+    if bundle.intensity_reference is None:
+        _err.print(f"note: intensity check {esc(INTENSITY_CHECK_UNAVAILABLE)}", soft_wrap=True)
+    for r in rows:
+        if r["warning"]:
+            print_warning(_err, f"{r['path']}: {r['warning']}")
     if out is not None:
         write_predictions(out, rows, failures, bundle)
-        _console.print(f"predictions: {out}")
+        _console.print(f"predictions: {esc(out)}")
     if failures:
         _err.print(f"[red]{len(failures)} could not be predicted:[/]")
         for f in failures:
-            _err.print(f"  {escape(f.path)}: {escape(f.reason)}", soft_wrap=True)
+            _err.print(f"  {esc(f.path)}: {esc(f.reason)}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -149,7 +155,7 @@ def benchmark_cmd(
     except BenchmarkError as e:
         _fail(str(e))
     if report["failed"]:
-        _err.print(f"[red]{len(report['failed'])} run(s) failed[/] (listed in {out / 'report.md'})")
+        _err.print(f"[red]{len(report['failed'])} run(s) failed[/] (listed in {esc(out / 'report.md')})")
         raise typer.Exit(1)
 
 

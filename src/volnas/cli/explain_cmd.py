@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from volnas.markup import print_error
+
 _console = Console()
 _err = Console(stderr=True)
 
@@ -37,7 +39,7 @@ def explain_cmd(
         explain_scans(run_dir, list(scans), out, method=method, target_class=cls, masks=masks,
                       console=_console, target_layer=layer, batch_size=batch_size)
     except (DataError, ExplainError, OutputExistsError, FileNotFoundError, ValueError) as e:
-        _err.print(f"[red]error:[/] {e}")
+        print_error(_err, e)
         raise typer.Exit(2) from None
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from volnas.data.volume import DataError
+from volnas.markup import esc, print_error
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +41,7 @@ def parse_shape(text: str, n: int, what: str) -> tuple[int, ...]:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/] {message}")
+    print_error(err_console, message)
     raise typer.Exit(code)
 
 
@@ -70,7 +71,7 @@ def data_synth(
     res = synthesize(out, scans=scans, fmt=fmt, classes=classes,
                      shape=parse_shape(shape, 3, "--shape"), seed=seed, difficulty=difficulty)
     console.print(f"wrote {len(res.scans)} {fmt} scans of {len({s.patient_id for s in res.scans})} "
-                  f"patients ({', '.join(res.class_names)}) to {out}")
+                  f"patients ({', '.join(res.class_names)}) to {esc(out)}")
 
 
 @data_app.command("index")
@@ -111,10 +112,10 @@ def data_index(
     console.print(summary_table(res.rows))
     if res.skipped:
         console.print(f"[yellow]skipped {len(res.skipped)} bad scans[/] "
-                      f"(listed in {out.parent / 'skipped.csv'}):")
+                      f"(listed in {esc(out.parent / 'skipped.csv')}):")
         for item in res.skipped[:20]:
-            console.print(f"  {item.path}: {item.reason}")
-    console.print(f"manifest: {out}")
+            console.print(f"  {esc(item.path)}: {esc(item.reason)}", soft_wrap=True)
+    console.print(f"manifest: {esc(out)}")
 
 
 # ---- models -------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def train_cmd(
         metrics = run_training(cfg, out, resume=resume, console=console)
     except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    console.print(f"run folder: {out}  (metrics.json: acc {metrics['accuracy']:.4f}, "
+    console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "
                   f"f1 {metrics['f1']:.4f})")
 
 
@@ -195,16 +196,23 @@ def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
     data: str = typer.Option(None, "--data", help="Manifest/npz (default: the run's data)."),
     split: str = typer.Option("test", "--split", help="train | val | test."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Evaluation folder, must not exist or be empty "
+        "[next free RUN_DIR/evaluations/<data>-<split>-NNN]."),
 ) -> None:
-    """Recompute metrics of a run's best checkpoint on a split of any dataset."""
-    from volnas.training.run import evaluate_run
+    """Metrics of a run's best checkpoint on a split of any dataset, in a folder of their own.
+
+    The run's own metrics.json and test predictions are never changed.
+    """
+    from volnas.training.run import RunDirError, evaluate_run
 
     try:
-        metrics = evaluate_run(run_dir, data, split, console=console)
-    except (DataError, ValueError, FileNotFoundError) as e:
+        metrics = evaluate_run(run_dir, data, split, console=console, out=out)
+    except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     keys = ("n_scans", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc")
-    console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1))
+    console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1), markup=False)
+    console.print(f"evaluation: {esc(metrics['evaluation_dir'])}", soft_wrap=True)
 
 
 # ---- search -------------------------------------------------------------------------------
@@ -277,7 +285,7 @@ def search_cmd(
         _fail(str(e))
     t = result["test"]
     console.print(f"searched {escape(result['genotype'])}\ntest: acc {t['accuracy']:.4f}, f1 {t['f1']:.4f}; "
-                  f"run folder {out}")
+                  f"run folder {esc(out)}")
 
 
 genotype_app = typer.Typer(help="Inspect searched architectures.", no_args_is_help=True,

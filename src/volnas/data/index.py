@@ -617,6 +617,7 @@ def read_manifest(csv_path: Path | str) -> list[ManifestRow]:
 
 def summary_table(rows: Sequence[ManifestRow], title: str | None = None) -> Table:
     """A rich Table of scan counts per class x split, with totals and patient counts."""
+    from rich.markup import escape
     from rich.table import Table
 
     classes = class_names(rows)
@@ -628,7 +629,7 @@ def summary_table(rows: Sequence[ManifestRow], title: str | None = None) -> Tabl
         t.add_column(s, justify="right")
     t.add_column("total", justify="right")
     for c in classes:
-        t.add_row(c, *(str(n[c, s]) for s in SPLITS), str(sum(n[c, s] for s in SPLITS)))
+        t.add_row(escape(c), *(str(n[c, s]) for s in SPLITS), str(sum(n[c, s] for s in SPLITS)))
     tot = Counter(r.split for r in rows)
     t.add_section()
     t.add_row("total", *(str(tot[s]) for s in SPLITS), str(len(rows)))

@@ -20,6 +20,7 @@ must give one column per class.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from volnas import __version__
 from volnas.data.preprocess import PreprocessConfig
+from volnas.data.volume import DataError
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
 from volnas.training.checkpoint import atomic_write_text, load_tensors, sha256_file
@@ -42,7 +45,7 @@ from volnas.training.config import dump_config
 from volnas.training.run import GENOTYPE_PREFIX, load_run
 
 FORMAT = "volnas-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: content_sha256 of bundle.json, intensity_reference
 WEIGHTS = "model.safetensors"
 ONNX_FILE = "model.onnx"
 # Keys of ``Genotype.extra`` under which a searched augmentation policy may be stored.
@@ -81,6 +84,12 @@ class Bundle:
     @property
     def amp(self) -> bool:
         return bool(self.manifest.get("inference", {}).get("amp", True))
+
+    @property
+    def intensity_reference(self) -> dict[str, Any] | None:
+        """The training scans' raw intensity statistics; None in bundles exported before
+        volnas recorded them (predict then cannot check scans)."""
+        return self.manifest.get("intensity_reference")
 
 
 # --------------------------------------------------------------------------- export
@@ -124,8 +133,8 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
         genotype.input_shape = input_shape
     policy = _run_policy(cfg.augment, run_dir, genotype)
 
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    metrics = run_test_metrics(run_dir, cfg.data)
+    intensity = training_intensity(cfg.data, pre)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -176,7 +185,9 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
             "onnx": onnx_record,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())
                       if p.name != WEIGHTS and p.is_file()},
+            "intensity_reference": intensity,
         }
+        manifest["content_sha256"] = content_digest(manifest)
         atomic_write_text(tmp / "bundle.json", json.dumps(manifest, indent=2))
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -185,6 +196,60 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def training_intensity(data: str, pre: PreprocessConfig) -> dict[str, Any] | None:
+    """Raw intensity statistics of (up to ``MAX_SCANS`` of) the run's training scans.
+
+    None, with a warning, when the training data cannot be read any more: the bundle is
+    then written without them and ``predict`` says that it cannot check scans.
+    """
+    from volnas.data.dataset import open_source
+    from volnas.data.readers import read_scan
+    from volnas.deploy.intensity import MAX_SCANS, reference, scan_stats
+
+    try:
+        rows = open_source(data).split("train")
+        pick = sorted({round(i) for i in np.linspace(0, len(rows) - 1, min(MAX_SCANS, len(rows)))})
+        return reference([scan_stats(read_scan(rows[i].path, rows[i].format), pre)
+                          for i in pick], pre)
+    except (DataError, OSError, ValueError) as e:
+        warnings.warn(f"the training data {data} could not be read ({e}); the bundle is written "
+                      "without training intensity statistics, so predict cannot warn about "
+                      "scans unlike the training scans", stacklevel=2)
+        return None
+
+
+def content_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of bundle.json's content (canonical JSON, without ``content_sha256``)."""
+    body = {k: v for k, v in manifest.items() if k != "content_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_test_metrics(run_dir: Path, run_data: str) -> dict[str, Any] | None:
+    """The run's own test metrics (RUN_DIR/metrics.json as training wrote it), or None.
+
+    Older versions of ``volnas evaluate`` wrote their result over metrics.json; such a file
+    (it names its ``data`` and has no ``best_epoch``) is used only when it is the run's own
+    data and test split, otherwise it is left out with a warning.
+    """
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if "data" in metrics and "best_epoch" not in metrics:
+        same = str(metrics["data"]) == str(run_data)
+        if not same or metrics.get("split") != "test":
+            warnings.warn(
+                f"{path}: holds an evaluation of {metrics['data']} ({metrics.get('split')} "
+                f"split) that an older `volnas evaluate` wrote over the run's test metrics; "
+                "the bundle is written without test metrics", stacklevel=2)
+            return None
+    return metrics
 
 
 def _run_policy(augment: str, run_dir: Path, genotype: Genotype | None) -> list[Any] | None:
@@ -289,6 +354,7 @@ def load_bundle(model_dir: Path) -> Bundle:
                           f"preprocessing ({pre.slices} slices of {pre.size[0]}x{pre.size[1]})")
 
     _verify_files(model_dir, m)
+    _verify_manifest(model_dir, m, version)
     weights_path = model_dir / str(weights.get("file", WEIGHTS))
     tensors = _verified_tensors(weights_path, str(weights.get("sha256", "")))
 
@@ -338,6 +404,88 @@ def _verify_files(model_dir: Path, m: dict[str, Any]) -> None:
         if sha256_file(p) != digest:
             raise BundleError(f"{p}: sha256 differs from bundle.json; the file was modified "
                               "or replaced after export")
+
+
+def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
+    """Refuse a bundle.json whose content was edited after export.
+
+    Every field that changes a prediction (classes, positive class, preprocessing, declared
+    input, architecture, augmentation, inference settings, weights file, test metrics) must
+    equal what the checksummed files (config.yaml, run.json, genotype.json,
+    augment_policy.json, metrics.json) say; since format version 2, the whole content must
+    also match its ``content_sha256`` (so the intensity statistics cannot change either).
+    """
+    from volnas.training.config import load_config
+
+    manifest_path = model_dir / "bundle.json"
+    files = m.get("files") or {}
+
+    def listed(name: str) -> Path:
+        if name not in files:
+            raise BundleError(f"{manifest_path}: does not list {name} with its sha256; the "
+                              "bundle is incomplete or bundle.json was edited")
+        return model_dir / name
+
+    try:
+        cfg = load_config(listed("config.yaml"), {})
+        info = json.loads(listed("run.json").read_text())
+        genotype = None
+        if cfg.model.startswith(GENOTYPE_PREFIX):
+            genotype = Genotype.load(listed(cfg.model[len(GENOTYPE_PREFIX):]))
+        if cfg.augment not in ("none", "flip", "auto"):
+            listed(cfg.augment)
+        policy = _run_policy(cfg.augment, model_dir, genotype)
+        metrics = (json.loads(listed("metrics.json").read_text()) if "metrics.json" in files
+                   else None)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{model_dir}: cannot read the bundle's run files ({e})") from e
+    expected: dict[str, tuple[Any, str]] = {
+        "classes": (info.get("classes"), "run.json"),
+        "num_classes": (len(info.get("classes") or []), "run.json"),
+        "positive_class": (info.get("positive_class"), "run.json"),
+        "input_shape": (list(cfg.preprocess.input_shape), "config.yaml"),
+        "preprocess": (cfg.preprocess.model_dump(mode="json") | {"sampling": "symmetrical"},
+                       "config.yaml"),
+        "inference": ({"channels_last": cfg.channels_last, "amp": cfg.amp}, "config.yaml"),
+        "augmentation": ({"train": cfg.augment if policy is None else "policy",
+                          "policy": policy}, "config.yaml and the augmentation policy"),
+        "metrics": ({k: metrics.get(k) for k in METRIC_KEYS} if metrics else None,
+                    "metrics.json"),
+    }
+    model = m.get("model") or {}
+    got = {k: m.get(k) for k in expected} | {
+        "model.genotype": model.get("genotype"), "model.registry_name": model.get("registry_name"),
+        "weights.file": (m.get("weights") or {}).get("file")}
+    if genotype is not None:
+        expected["model.genotype"] = (genotype.to_dict(), "genotype.json")
+        expected["model.registry_name"] = (None, "config.yaml")
+    else:
+        expected["model.genotype"] = (None, "config.yaml")
+        expected["model.registry_name"] = (cfg.model, "config.yaml")
+    expected["weights.file"] = (WEIGHTS, "the bundle layout")
+    for key, (want, source) in expected.items():
+        if _canonical(got[key]) != _canonical(want):
+            raise BundleError(
+                f"{manifest_path}: {key} is {_short(got[key])} but {source} says "
+                f"{_short(want)}; bundle.json was edited after export")
+    if version >= 2:
+        recorded = m.get("content_sha256")
+        if recorded != content_digest(m):
+            what = ("has no content_sha256" if recorded is None
+                    else "content differs from its content_sha256")
+            raise BundleError(f"{manifest_path}: {what}; bundle.json was edited after export "
+                              "(re-export the run instead of editing a bundle)")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _verified_tensors(path: Path, expected: str) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 A SCAN is a DICOM series folder, a NIfTI file, a slice folder, ``file.npz#split/i``, a
 manifest CSV (all its scans; labels are shown), ``MANIFEST.csv#scan_id`` (one row) or a
 MedMNIST ``.npz`` (all its scans). Scans that cannot be read are collected with the file
-and the reason; the others are still predicted.
+and the reason; the others are still predicted. A scan whose raw intensities are far from
+the training scans' (see :mod:`volnas.deploy.intensity`) is predicted with a ``warning``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from volnas.data.cache import StackCache
 from volnas.data.dataset import open_source
-from volnas.data.preprocess import take_slices
+from volnas.data.preprocess import prepare_stack, take_slices
+from volnas.data.readers import read_scan
 from volnas.data.volume import DataError
 from volnas.deploy.bundle import Bundle
+from volnas.deploy.intensity import check, describe, scan_stats
 from volnas.training.checkpoint import atomic_write_text
 from volnas.training.device import autocast, prepare_model, resolve_device, to_device
+
+INTENSITY_CHECK_UNAVAILABLE = (
+    "unavailable: the bundle has no training intensity statistics (exported before volnas "
+    "recorded them, or without its training data); scans are not checked")
 
 
 @dataclass
@@ -89,13 +95,13 @@ def predict_scans(
     *,
     batch_size: int = 4,
     device: str = "auto",
-    cache_dir: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
     """Class probabilities of every scan; unreadable scans are returned, not raised.
 
-    Each scan goes through the evaluation path: :class:`StackCache` (``read_scan`` then
-    ``prepare_stack``, stored as training stores it) and symmetrical ``take_slices``, so a
-    scan gets the probabilities ``volnas evaluate`` gives it.
+    Each scan goes through the evaluation path: ``read_scan``, ``prepare_stack`` rounded
+    as the training cache stores it, and symmetrical ``take_slices``, so a scan gets the
+    probabilities ``volnas evaluate`` gives it. Its raw intensity statistics are compared
+    with the bundle's training statistics (when it has them).
 
     Args:
         bundle: from :func:`volnas.deploy.bundle.load_bundle`.
@@ -105,21 +111,21 @@ def predict_scans(
         console: where the progress bar goes (None: a default console).
         batch_size: scans per forward pass.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        cache_dir: prepared-stack cache (default: ``$VOLNAS_CACHE_DIR`` or ``~/.cache/volnas``).
 
     Returns:
         ``(rows, failures)``: one row per predicted scan, in input order, with ``scan``,
-        ``path``, ``label``, ``predicted``, ``probability`` and ``probabilities`` per class.
+        ``path``, ``label``, ``predicted``, ``probability``, ``probabilities`` per class and
+        ``warning`` (None, or why the scan looks unlike the training scans).
     """
     console = console or Console()
     items, failures = expand_scans(scans)
     dev = resolve_device(device)
     model = prepare_model(bundle.model, dev, bundle.channels_last).eval()
     amp = bundle.amp and dev.type == "cuda"
-    cache = StackCache(bundle.preprocess, cache_dir, memory_limit_mb=0)
+    reference = bundle.intensity_reference
     rows: list[dict[str, Any]] = []
     done: list[ScanItem] = []
-    pending: list[tuple[ScanItem, np.ndarray]] = []
+    pending: list[tuple[ScanItem, np.ndarray, str | None]] = []
 
     def flush() -> None:
         x = to_device(torch.from_numpy(np.stack([p[1] for p in pending])), dev,
@@ -127,12 +133,13 @@ def predict_scans(
         with torch.no_grad(), autocast(dev, amp):
             logits = model(x)
         probs = torch.softmax(logits.float(), 1).cpu().numpy()
-        for (item, _), p in zip(pending, probs, strict=True):
+        for (item, _, warning), p in zip(pending, probs, strict=True):
             k = int(p.argmax())
             rows.append({
                 "scan": item.name, "path": item.path, "label": item.label,
                 "predicted": bundle.classes[k], "probability": float(p[k]),
                 "probabilities": {c: float(v) for c, v in zip(bundle.classes, p, strict=True)},
+                "warning": warning,
             })
             done.append(item)
         pending.clear()
@@ -144,9 +151,16 @@ def predict_scans(
         for item in items:
             progress.update(task, description=item.name[-40:])
             try:
-                stack, _ = cache.get(item.path, item.fmt)
+                volume = read_scan(item.path, item.fmt)
+                stack, _ = prepare_stack(volume, bundle.preprocess)
+                # float16, as the training cache stores stacks: predict equals evaluate
+                stack = stack.astype(np.float16).astype(np.float32)
                 x, _ = take_slices(stack, bundle.preprocess, "symmetrical", None)
-                pending.append((item, x))
+                warning = None
+                if reference is not None:
+                    problems = check(scan_stats(volume, bundle.preprocess), reference)
+                    warning = describe(problems) if problems else None
+                pending.append((item, x, warning))
             except Exception as e:  # noqa: BLE001 - any unreadable scan is reported, not raised
                 failures.append(_failure(item.name, item.path, e))
             if len(pending) >= batch_size:
@@ -191,6 +205,8 @@ def write_predictions(
             "model": bundle.model_name,
             "classes": bundle.classes,
             "positive_class": bundle.positive_class,
+            "intensity_check": INTENSITY_CHECK_UNAVAILABLE if bundle.intensity_reference is None
+            else "on",
             "predictions": list(rows),
             "failures": [asdict(f) for f in failures],
         }
@@ -201,12 +217,13 @@ def write_predictions(
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["scan", "path", "label", "predicted", "probability",
-                *[f"p_{c}" for c in bundle.classes], "error"])
+                *[f"p_{c}" for c in bundle.classes], "warning", "error"])
     for r in rows:
         w.writerow([r["scan"], r["path"], r["label"] or "", r["predicted"],
                     f"{r['probability']:.6f}",
-                    *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes], ""])
+                    *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes],
+                    r.get("warning") or "", ""])
     for f in failures:
-        w.writerow([f.scan, f.path, "", "", "", *[""] * len(bundle.classes), f.reason])
+        w.writerow([f.scan, f.path, "", "", "", *[""] * len(bundle.classes), "", f.reason])
     atomic_write_text(path, buf.getvalue())
     return path

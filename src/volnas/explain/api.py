@@ -47,6 +47,7 @@ from volnas.explain.cam import make_explainer
 from volnas.explain.faithfulness import faithfulness, summarize
 from volnas.explain.geometry import to_source_grid
 from volnas.explain.render import render_montage, top_slices, write_heatmap_nifti, write_json
+from volnas.markup import esc
 from volnas.training.checkpoint import atomic_write_text
 
 METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
@@ -358,13 +359,13 @@ def _write_summary(
 def _print(console: Console, results: list[dict[str, Any]], summary: dict[str, Any],
            out: Path) -> None:
     table = Table(title=f"{METHOD_NAMES.get(summary['method'], summary['method'])} "
-                        f"({summary['model']}, layer {summary['target_layer']})")
+                        f"({esc(summary['model'])}, layer {esc(summary['target_layer'])})")
     for col in ("scan", "label", "predicted", "p", "map for", "top slices", "hit", "energy"):
         table.add_column(col, justify="right" if col in ("p", "hit", "energy") else "left")
     for r in results:
         f = r["faithfulness"]
-        table.add_row(r["name"], r["label"] or "", r["predicted"], f"{r['probability']:.3f}",
-                      r["target_class"],
+        table.add_row(esc(r["name"]), esc(r["label"] or ""), esc(r["predicted"]),
+                      f"{r['probability']:.3f}", esc(r["target_class"]),
                       ", ".join(str(t["slice"]) for t in r["slices"]["top"][:3]),
                       f"{f['pointing_hit']:.2f}" if f else "",
                       f"{f['energy_in_lesion']:.3f}" if f else "")
@@ -376,7 +377,7 @@ def _print(console: Console, results: list[dict[str, Any]], summary: dict[str, A
             f"[bold]{fs['hit_rate']:.3f}[/] (uniform map {fs['uniform_pointing']:.3f}), energy in "
             f"lesions [bold]{fs['energy_in_lesion']:.3f}[/] (uniform map {fs['uniform_energy']:.3f})"
         )
-    console.print(f"explanations: {out}")
+    console.print(f"explanations: {esc(out)}")
 
 
 def explain_test_scans(

@@ -11,6 +11,7 @@ RUN_DIR layout::
     metrics.json           test metrics of the best checkpoint (written once, at the end)
     predictions_test.csv   per-scan probabilities on the test split
     *.png                  curves, confusion matrix, ROC
+    evaluations/NAME-NNN/  one folder per later ``volnas evaluate`` (never over the above)
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from volnas.data.augment import Policy
 from volnas.data.cache import StackCache
@@ -32,7 +36,7 @@ from volnas.data.dataset import DataSource, ScanDataset, make_loader, open_sourc
 from volnas.models.genotype import Genotype
 from volnas.models.profile import count_flops, count_params, size_mb
 from volnas.models.registry import create_model
-from volnas.training.checkpoint import atomic_write_text, load_model_state
+from volnas.training.checkpoint import atomic_write_text, load_model_state, sha256_file
 from volnas.training.config import TrainConfig, dump_config, load_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.distributed import broadcast_object, init_distributed
@@ -214,7 +218,7 @@ def run_training(
     else:
         console = Console(quiet=True)
     console.print(
-        f"[bold]{cfg.model}[/]: {info['params']:,} params ({info['model_size_mb']:.2f} MB), "
+        f"[bold]{escape(cfg.model)}[/]: {info['params']:,} params ({info['model_size_mb']:.2f} MB), "
         f"input {cfg.preprocess.input_shape}, {len(ds['train'])} train / {len(ds['val'])} val "
         f"scans, device {device}"
     )
@@ -284,8 +288,16 @@ def write_predictions(
 
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
-    """A finished run's best model (eval mode, CPU), its config and run.json info."""
+    """A finished run's best model (eval mode, CPU), its config and run.json info.
+
+    A bundle folder (it opens as a run) is verified first, as ``load_bundle`` does: an
+    edited or swapped file is refused with a ``BundleError`` (a ``ValueError``).
+    """
     run_dir = Path(run_dir)
+    if (run_dir / "bundle.json").is_file():
+        from volnas.deploy.bundle import load_bundle
+
+        load_bundle(run_dir)
     for name in ("config.yaml", "run.json", "model.safetensors"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished run folder (no {name})")
@@ -296,13 +308,37 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any
     return model.eval(), cfg, info
 
 
+EVALUATIONS = "evaluations"
+
+
 def evaluate_run(
-    run_dir: Path, data: str | None, split: str = "test", console: Console | None = None
+    run_dir: Path,
+    data: str | None,
+    split: str = "test",
+    console: Console | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Recompute metrics of a finished run's best checkpoint on ``split`` of any data."""
+    """Metrics of a finished run's best checkpoint on ``split`` of any compatible data.
+
+    The run's own record (metrics.json, predictions_test.csv, plots) is never touched: the
+    results go to ``out`` (which must not exist or be empty), by default to the next free
+    ``RUN_DIR/evaluations/<data>-<split>-NNN``. The folder is written under a temporary
+    name and renamed when complete; its ``evaluation.json`` names the run, data and split.
+    The returned metrics carry ``evaluation_dir``.
+    """
+    import tempfile
+    import time
+
+    from volnas import __version__
+
     console = console or Console()
     run_dir = Path(run_dir)
+    if out is not None:
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise RunDirError(f"{out}: already exists and is not empty; choose another --out")
     model, cfg, run_info = load_run(run_dir)
+    run_data = cfg.data
     if data:
         cfg = cfg.model_copy(update={"data": str(data)})
     source = open_source(cfg.data)
@@ -310,17 +346,76 @@ def evaluate_run(
         raise ValueError(
             f"{cfg.data}: classes {source.class_names} differ from the run's {run_info['classes']}"
         )
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train, val or test")
     trainer = Trainer(model, cfg, class_names=source.class_names,
                       positive_class=run_info.get("positive_class"),
                       device=resolve_device(cfg.device), run_dir=run_dir, console=console)
     ds = build_datasets(cfg, source, (split,))[split]
+    if len(ds) == 0:
+        raise ValueError(f"{cfg.data}: no scans in the {split} split")
     ds.train = False
     loader = make_loader(ds, cfg.batch_size, train=False, num_workers=cfg.num_workers)
-    metrics = evaluate_and_write(trainer, ds, loader, run_dir, split)
-    metrics["data"] = str(cfg.data)
-    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
-    atomic_write_text(run_dir / name, json.dumps(metrics, indent=2))
+
+    parent = out.parent if out is not None else run_dir / EVALUATIONS
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".evaluation.", suffix=".tmp"))
+    try:
+        metrics = evaluate_and_write(trainer, ds, loader, tmp, split)
+        metrics["data"] = str(cfg.data)
+        record = {
+            "run": str(run_dir.resolve()),
+            "data": str(cfg.data),
+            "run_data": str(run_data),
+            "same_data_as_run": _same_data(cfg.data, run_data, run_dir),
+            "split": split,
+            "n_scans": metrics["n_scans"],
+            "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "volnas_version": __version__,
+        }
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2))
+        atomic_write_text(tmp / "evaluation.json", json.dumps(record, indent=2))
+        final = _place(tmp, out, parent, f"{_slug(Path(str(cfg.data)).stem)}-{split}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    metrics["evaluation_dir"] = str(final)
     return metrics
+
+
+def _same_data(data: str, run_data: str, run_dir: Path) -> bool:
+    def norm(d: str) -> Path:
+        p = Path(d)
+        return (p if p.is_absolute() or p.exists() or not (run_dir / p).exists()
+                else run_dir / p).resolve()
+    return norm(str(data)) == norm(str(run_data))
+
+
+def _slug(name: str) -> str:
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return slug[:60] or "data"
+
+
+def _place(tmp: Path, out: Path | None, parent: Path, stem: str) -> Path:
+    """Rename the finished ``tmp`` folder to ``out``, or to the next free ``parent/stem-NNN``
+    (never over an existing folder, even one created meanwhile by another process)."""
+    if out is not None:
+        if out.exists():
+            out.rmdir()  # empty, checked before; a folder filled meanwhile raises here
+        os.rename(tmp, out)
+        return out
+    i = 1
+    while True:
+        final = parent / f"{stem}-{i:03d}"
+        if not final.exists():
+            try:
+                os.rename(tmp, final)  # fails if final appeared and is not empty
+                return final
+            except OSError:
+                if not final.exists():
+                    raise
+        i += 1
 
 
 def _fmt(v: Any) -> str:
