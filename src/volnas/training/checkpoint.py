@@ -79,9 +79,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, s
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        follow_umask(tmp)
         clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(clean, tmp, metadata=meta)
+        follow_umask(tmp)  # after: save_file replaces the file mkstemp made
         crash_point(f"tensors:{path.name}")
         digest = sha256_file(Path(tmp))
         os.replace(tmp, path)
