@@ -308,7 +308,10 @@ def test_failed_start_leaves_nothing_and_the_retry_runs(tiny, tmp_path: Path, mo
 def test_an_earlier_runs_files_are_never_removed(finished: Path) -> None:
     before = sorted(p.name for p in finished.iterdir())
     code, text = _invoke("train", "--data", "/nonexistent.npz", "--out", finished)
-    assert code == 2 and "no such file" in text
+    assert code == 2 and "already holds a run" in text
+    assert sorted(p.name for p in finished.iterdir()) == before
+    code, text = _invoke("train", "--model", "resnet3d_9000", "--out", finished, "--resume")
+    assert code == 2 and "model (saved 'genotype:genotype.json', given 'resnet3d_9000')" in text
     assert sorted(p.name for p in finished.iterdir()) == before
 
 
