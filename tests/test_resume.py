@@ -19,21 +19,17 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+import volnas
 from volnas.cli.main import app
 from volnas.data.synth import synthesize
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
 from volnas.search.search import SearchConfig
-from volnas.training.checkpoint import (
-    atomic_write_text,
-    load_tensors,
-    remove_stale_temporaries,
-    save_tensors,
-)
+from volnas.training.checkpoint import atomic_write_text, load_tensors, save_tensors
 from volnas.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
+SRC = Path(volnas.__file__).resolve().parents[1]  # the sources under test, for subprocesses
 runner = CliRunner()
 
 
@@ -319,6 +315,8 @@ def test_an_earlier_runs_files_are_never_removed(finished: Path) -> None:
 
 
 def test_stale_temporaries_of_the_run_are_removed(tmp_path: Path) -> None:
+    from volnas.training.checkpoint import remove_stale_temporaries
+
     (tmp_path / "checkpoint").mkdir()
     stale = [tmp_path / ".model.safetensors.k2j_9xq1.tmp",
              tmp_path / "checkpoint" / ".epoch_0002.safetensors.abcdefgh.tmp",
