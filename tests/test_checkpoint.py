@@ -96,3 +96,18 @@ def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path: Path) 
             break
     assert path.read_bytes()[0] == 0x80
     assert torch.equal(next(iter(load_tensors(path).values())), torch.ones(1))
+
+
+def test_truncated_record_names_the_file_and_says_damaged(tmp_path: Path) -> None:
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_training_state(tmp_path, 1, model, opt, None, {})
+    record = tmp_path / "last.json"
+    text = record.read_text()
+    record.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"last\.json: checkpoint record is damaged") as e:
+        load_training_state(tmp_path, model, opt, None)
+    assert str(tmp_path) in str(e.value)
+    record.write_text('{"epoch": 1}')
+    with pytest.raises(ValueError, match=r"last\.json: checkpoint record is damaged .*file"):
+        load_training_state(tmp_path, model, opt, None)

@@ -170,8 +170,11 @@ def train_cmd(
     class_weight: str = typer.Option(None, "--class-weight",
                                      help="none | balanced (loss weights n/(k*n_c)); default none."),
 ) -> None:
-    """Train a model: validation every epoch, best checkpoint by validation, test once."""
-    from volnas.training.config import load_config
+    """Train a model: validation every epoch, best checkpoint by validation, test once.
+
+    --resume continues the run in --out with its saved configuration; only --device,
+    --workers (and cache_dir) may be given with it, or --epochs to extend a finished run."""
+    from volnas.training.config import load_config, merge_settings
     from volnas.training.run import RunDirError, run_training
 
     overrides = {
@@ -184,7 +187,9 @@ def train_cmd(
         cfg = load_config(config, overrides)
         if not cfg.data and not resume:
             raise typer.BadParameter("--data is required (or set `data:` in --config)")
-        metrics = run_training(cfg, out, resume=resume, console=console)
+        # what the user set (no defaults): a resume refuses those that change the run
+        given = merge_settings(config, overrides) if resume else None
+        metrics = run_training(cfg, out, resume=resume, given=given, console=console)
     except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "
@@ -260,8 +265,12 @@ def search_cmd(
     class_weight: str = typer.Option(None, "--class-weight",
                                      help="none | balanced (loss weights n/(k*n_c)); default none."),
 ) -> None:
-    """Differentiable single-path search, then probe the top-k, retrain the best, test once."""
+    """Differentiable single-path search, then probe the top-k, retrain the best, test once.
+
+    --resume continues the search in --out with its saved configuration; only --device
+    (and cache_dir, num_workers in --config) may be given with it."""
     from volnas.search.run import load_search_config, run_search
+    from volnas.training.config import merge_settings
     from volnas.training.run import RunDirError
 
     overrides = {
@@ -280,7 +289,8 @@ def search_cmd(
         cfg = load_search_config(config, overrides)
         if not cfg.data and not resume:
             raise typer.BadParameter("--data is required (or set `data:` in --config)")
-        result = run_search(cfg, out, resume=resume, console=console)
+        given = merge_settings(config, overrides) if resume else None
+        result = run_search(cfg, out, resume=resume, given=given, console=console)
     except (DataError, RunDirError, ValueError, FileNotFoundError, KeyError) as e:
         _fail(str(e))
     t = result["test"]

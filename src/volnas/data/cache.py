@@ -18,6 +18,7 @@ import numpy as np
 
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, prepare_stack
 from volnas.data.readers import read_scan
+from volnas.training.checkpoint import follow_umask
 
 
 def default_cache_dir() -> Path:
@@ -114,6 +115,7 @@ class StackCache:
         ):
             fd, tmp = tempfile.mkstemp(dir=npy.parent, suffix=".tmp")
             try:
+                follow_umask(tmp)
                 with os.fdopen(fd, "wb") as f:
                     write(f)
                 os.replace(tmp, target)

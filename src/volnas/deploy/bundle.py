@@ -40,7 +40,12 @@ from volnas.data.preprocess import PreprocessConfig
 from volnas.data.volume import DataError
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
-from volnas.training.checkpoint import atomic_write_text, load_tensors, sha256_file
+from volnas.training.checkpoint import (
+    atomic_write_text,
+    follow_umask,
+    load_tensors,
+    sha256_file,
+)
 from volnas.training.config import dump_config
 from volnas.training.run import GENOTYPE_PREFIX, load_run
 
@@ -139,6 +144,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        follow_umask(tmp, folder=True)
         shutil.copyfile(run_dir / WEIGHTS, tmp / WEIGHTS)
         updates: dict[str, Any] = {}
         if genotype is not None:

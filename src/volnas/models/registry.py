@@ -65,6 +65,21 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
+def check_model_name(name: str) -> None:
+    """Raise ValueError listing the known names unless ``name`` is one volnas can build
+    (a registered name or ``PREFIX:ARG`` of a resolver; the argument is not checked here)."""
+    _ensure_loaded()
+    prefix, sep, arg = name.partition(":")
+    if sep and prefix in _RESOLVERS:
+        if not arg:
+            raise ValueError(f"model {name!r} names no {prefix} (write {prefix}:...)")
+        return
+    if name not in _REGISTRY:
+        forms = ", ".join(f"{p}:..." for p in sorted(_RESOLVERS))
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}"
+                         + (f" (or {forms})" if forms else ""))
+
+
 def create_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> nn.Module:
     """Build a registered model (or a ``prefix:arg`` name such as ``genotype:FILE``)."""
     _ensure_loaded()

@@ -33,18 +33,20 @@ from volnas.search.augment_search import AugmentSearch
 from volnas.search.sampler import mean_uniform_entropy
 from volnas.search.search import PairedLoader, SearchConfig, SearchTrainer, split_by_patient
 from volnas.search.supernet import SuperNet
-from volnas.training.checkpoint import atomic_write_text
-from volnas.training.config import TrainConfig, load_config, merge_settings
+from volnas.training.checkpoint import atomic_write_text, remove_stale_temporaries
+from volnas.training.config import TrainConfig, load_config, merge_settings, resume_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.distributed import barrier, init_distributed
 from volnas.training.distributed import info as dist_info
 from volnas.training.metrics import select_metric
 from volnas.training.run import (
     RunDirError,
+    check_augment,
     epochs_seconds,
     history_seconds,
     positive_of,
     prepare_run_dir,
+    remove_failed_start,
     run_training,
 )
 
@@ -73,24 +75,64 @@ def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
     return TrainConfig.model_validate(base)
 
 
+def check_search_start(cfg: SearchConfig) -> None:
+    """Everything about a new search that can be checked before its folder is made."""
+    if not cfg.data:
+        raise ValueError("no data: pass --data (or set `data:` in --config)")
+    try:
+        layer_specs(cfg.space)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if cfg.fixed_genotype:
+        Genotype.load(cfg.fixed_genotype)  # its errors name the file
+    check_augment(cfg.augment)
+
+
 def run_search(
-    cfg: SearchConfig, run_dir: Path, *, resume: bool = False, console: Console | None = None
+    cfg: SearchConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    given: dict[str, Any] | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
-    """Search, probe the top-k, retrain the best from scratch, test once."""
+    """Search, probe the top-k, retrain the best from scratch, test once.
+
+    With ``resume`` the search continues its saved configuration (``cfg`` is not used);
+    ``given`` holds the settings set at resume, and those that would change the result are
+    refused before anything is written. A new search that fails before its first checkpoint
+    removes what it made, so the same ``run_dir`` can be retried.
+    """
     console = console or Console()
     run_dir = Path(run_dir)
     main = init_distributed(cfg.device).is_main
     if not main:
         console = Console(quiet=True)
+    existed = run_dir.exists()
     if resume:
-        if not (run_dir / "search_config.yaml").exists():
+        path = run_dir / "search_config.yaml"
+        if not path.exists():
             raise RunDirError(f"{run_dir}: nothing to resume (no search_config.yaml)")
-        cfg = load_saved_search_config(run_dir / "search_config.yaml")
-    else:
-        prepare_run_dir(run_dir, resume=False)
+        cfg = resume_config(load_saved_search_config(path), given or {}, path)
+        if main:
+            remove_stale_temporaries(run_dir)
+        return _run_search(cfg, run_dir, resume=True, console=console, main=main)
+    check_search_start(cfg)
+    prepare_run_dir(run_dir, resume=False)
+    try:
         if main:
             atomic_write_text(run_dir / "search_config.yaml",
                               yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return _run_search(cfg, run_dir, resume=False, console=console, main=main)
+    except Exception:
+        if main and not (run_dir / "search" / "checkpoint" / "last.json").exists():
+            remove_failed_start(run_dir, existed)
+        raise
+
+
+def _run_search(
+    cfg: SearchConfig, run_dir: Path, *, resume: bool, console: Console, main: bool
+) -> dict[str, Any]:
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
     positive = positive_of(cfg, source)

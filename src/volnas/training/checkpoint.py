@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,50 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from volnas.faults import crash_point
+
+# The temporaries of the atomic writers here and in volnas.training.plots:
+# ``.<name>.<8 random chars>.tmp`` (plots: ``.<stem>.<random>.png.tmp``).
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.png)?\.tmp$")
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | Path, folder: bool = False) -> None:
+    """Give a ``mkstemp``/``mkdtemp`` result (0600/0700) the mode a plain ``open``/``mkdir``
+    would: 0666 (0777 for a folder) less the umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what a killed atomic write left in ``run_dir`` (its files named like the
+    writers' temporaries, in any subfolder); returns the removed paths."""
+    removed = []
+    for path in sorted(Path(run_dir).rglob(".*.tmp")):
+        if path.is_file() and not path.is_symlink() and _TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        follow_umask(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -42,6 +81,8 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, s
     try:
         clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(clean, tmp, metadata=meta)
+        follow_umask(tmp)  # after: save_file replaces the file mkstemp made
+        crash_point(f"tensors:{path.name}")
         digest = sha256_file(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
@@ -139,6 +180,7 @@ def save_training_state(
         tensors[f"extra.{k}"] = v
     weights = folder / f"epoch_{epoch:04d}.safetensors"
     digest = save_tensors(weights, tensors)
+    crash_point("checkpoint.record")
     record = {
         "epoch": epoch,
         "file": weights.name,
@@ -161,8 +203,10 @@ def load_training_state(
     record_path = folder / "last.json"
     if not record_path.exists():
         raise FileNotFoundError(f"{record_path}: no checkpoint to resume from")
-    record = json.loads(record_path.read_text())
+    record = read_checkpoint_record(folder)
     weights = folder / record["file"]
+    if not weights.is_file():
+        raise ValueError(f"{weights}: weights file named by {record_path} is missing")
     if sha256_file(weights) != record["sha256"]:
         raise ValueError(f"{weights}: checksum does not match {record_path}")
     tensors = load_tensors(weights)
@@ -173,3 +217,29 @@ def load_training_state(
         scheduler.load_state_dict(record["scheduler"])
     extra_t = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return int(record["epoch"]), record["extra"], extra_t
+
+
+_RECORD_KEYS = {"epoch": int, "file": str, "sha256": str, "optimizer": dict, "extra": dict}
+
+
+def read_checkpoint_record(folder: Path) -> dict[str, Any]:
+    """``folder/last.json``, checked: a truncated or edited record is a clear error naming it."""
+    path = Path(folder) / "last.json"
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: checkpoint record is damaged (not valid JSON: {e}); "
+                         "delete the checkpoint folder to restart the run from scratch") from e
+    wrong = [k for k, t in _RECORD_KEYS.items()
+             if not isinstance(record, dict) or not isinstance(record.get(k), t)]
+    if wrong:
+        raise ValueError(f"{path}: checkpoint record is damaged (missing or invalid: "
+                         f"{', '.join(wrong)})")
+    return record
+
+
+def checkpoint_epoch(folder: Path) -> int:
+    """The last epoch whose full state ``folder`` holds (0 without a checkpoint)."""
+    if not (Path(folder) / "last.json").exists():
+        return 0
+    return int(read_checkpoint_record(folder)["epoch"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -89,3 +90,70 @@ def load_config(path: Path | None, overrides: dict[str, Any], cls: type[C] | Non
 def dump_config(cfg: TrainConfig) -> str:
     """YAML text of the resolved configuration."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# Settings that decide where and how fast a run computes, never what it computes: the only
+# ones a resume may take from the command line.
+RESUME_SAFE = frozenset({"device", "num_workers", "cache_dir"})
+
+
+class ResumeConflict(ValueError):
+    """Settings given at resume would change the run being resumed."""
+
+
+def resume_config(
+    saved: C,
+    given: Mapping[str, Any],
+    path: Path,
+    *,
+    finished_epochs: int | None = None,
+) -> C:
+    """The configuration a resumed run continues with: ``saved`` (read from ``path``), plus
+    the settings in ``given`` (what the user set at resume: YAML and flags, no defaults) that
+    cannot change its result (:data:`RESUME_SAFE`). A given value equal to the saved one is
+    accepted; any other difference raises :class:`ResumeConflict` naming each setting.
+
+    ``epochs`` may grow when ``finished_epochs`` (training runs: the epochs its checkpoint
+    holds; None for runs that cannot be extended) says every saved epoch has finished: the
+    run is then extended, its learning-rate schedule re-annealed over the new length from
+    where it stands, so it differs from a run started with that many epochs.
+    """
+    raw = merge_settings(None, dict(given))
+    base = saved.model_dump(mode="json")
+    update = {k: v for k, v in raw.items() if k != "preprocess"}
+    unknown = sorted(set(update) - set(base))
+    if unknown:
+        raise ResumeConflict(f"{path}: unknown settings given at resume: {', '.join(unknown)}")
+    merged = {**base, **update, "preprocess": {**base["preprocess"], **raw["preprocess"]}}
+    try:
+        wanted = type(saved).model_validate(merged)
+    except ValidationError as e:
+        raise ValueError(f"invalid settings given at resume:\n{e}") from e
+    changed: dict[str, tuple[Any, Any]] = {}
+    for key in type(saved).model_fields:
+        old, new = getattr(saved, key), getattr(wanted, key)
+        if key == "preprocess":
+            for sub in type(old).model_fields:
+                if getattr(old, sub) != getattr(new, sub):
+                    changed[sub] = (getattr(old, sub), getattr(new, sub))
+        elif old != new and key not in RESUME_SAFE:
+            changed[key] = (old, new)
+    extend = changed.pop("epochs", None) if finished_epochs is not None else None
+    note = ""
+    if extend is not None and (extend[1] < extend[0] or finished_epochs != extend[0]):
+        changed["epochs"] = extend
+        why = ("fewer epochs than saved cannot" if extend[1] < extend[0] else
+               f"only {finished_epochs} of its {extend[0]} epochs have finished")
+        note = f" (--epochs may only extend a run whose saved epochs all finished: {why})"
+        extend = None
+    if changed:
+        items = ", ".join(f"{k} (saved {old!r}, given {new!r})" for k, (old, new) in changed.items())
+        raise ResumeConflict(
+            f"{path}: a resume continues the saved configuration; these settings would change "
+            f"the run: {items}{note}. Resume without them (only "
+            f"{', '.join(sorted(RESUME_SAFE))} may be given), or start a new run with another --out"
+        )
+    safe = {k: getattr(wanted, k) for k in RESUME_SAFE}
+    if extend is not None:
+        safe["epochs"] = extend[1]
+    return saved.model_copy(update=safe)

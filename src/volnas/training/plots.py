@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve
 
+from volnas.training.checkpoint import follow_umask
 from volnas.training.metrics import resolve_positive_class, validate_inputs
 
 DPI = 120
@@ -45,6 +46,7 @@ def _save(fig: Figure, out: Path | str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png.tmp", dir=out.parent)
     try:
+        follow_umask(tmp)
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=DPI)
         os.replace(tmp, out)

@@ -35,9 +35,15 @@ from volnas.data.cache import StackCache
 from volnas.data.dataset import DataSource, ScanDataset, make_loader, open_source
 from volnas.models.genotype import Genotype
 from volnas.models.profile import count_flops, count_params, size_mb
-from volnas.models.registry import create_model
-from volnas.training.checkpoint import atomic_write_text, load_model_state, sha256_file
-from volnas.training.config import TrainConfig, dump_config, load_config
+from volnas.models.registry import check_model_name, create_model
+from volnas.training.checkpoint import (
+    atomic_write_text,
+    checkpoint_epoch,
+    load_model_state,
+    remove_stale_temporaries,
+    sha256_file,
+)
+from volnas.training.config import TrainConfig, dump_config, load_config, resume_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.distributed import broadcast_object, init_distributed
 from volnas.training.distributed import info as dist_info
@@ -161,35 +167,114 @@ def history_seconds(run_dir: Path) -> float | None:
         return epochs_seconds(list(csv.DictReader(f)))
 
 
+def check_model(name: str) -> None:
+    """Refuse an unknown model name, or a ``genotype:FILE`` that is missing or does not
+    parse, before any data is loaded or folder made; the error lists the valid names."""
+    if name.startswith(GENOTYPE_PREFIX):
+        Genotype.load(Path(name[len(GENOTYPE_PREFIX):]))  # its errors name the file
+        return
+    check_model_name(name)
+
+
+def check_augment(augment: str) -> None:
+    """Refuse an ``--augment`` that is neither a mode nor a readable policy file."""
+    if augment in ("auto", "none", "flip"):
+        return
+    path = Path(augment)
+    if not path.is_file():
+        raise ValueError(f"{path}: augmentation policy file not found "
+                         "(--augment takes auto, none, flip or a policy JSON file)")
+    Policy.load(path)
+
+
+def check_start(cfg: TrainConfig, *, model_given: bool = False) -> None:
+    """Everything about a new run that can be checked before its folder is made."""
+    if not cfg.data:
+        raise ValueError("no data: pass --data (or set `data:` in --config)")
+    if not model_given:
+        check_model(cfg.model)
+    check_augment(cfg.augment)
+
+
+def resumed_config(run_dir: Path, given: dict[str, Any] | None) -> TrainConfig:
+    """The saved configuration of ``run_dir``, with what ``given`` may change at resume
+    (see :func:`volnas.training.config.resume_config`); writes nothing."""
+    path = Path(run_dir) / "config.yaml"
+    saved = load_config(path, {})
+    finished = checkpoint_epoch(Path(run_dir) / "checkpoint")
+    return resume_config(saved, given or {}, path, finished_epochs=finished)
+
+
+def remove_failed_start(run_dir: Path, existed: bool) -> None:
+    """Delete what a new run made before it failed: the folder if this start created it,
+    else its contents (a new run starts only in an empty folder, so all of it is this run's)."""
+    if not existed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def run_training(
     cfg: TrainConfig,
     run_dir: Path,
     *,
     resume: bool = False,
+    given: dict[str, Any] | None = None,
     console: Console | None = None,
     test: bool = True,
     model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train, pick the best validation checkpoint, test it once; returns the test metrics.
 
+    With ``resume`` the run continues its saved configuration and ``cfg`` is not used:
+    ``given`` holds the settings set at resume (YAML and flags, no defaults); those that
+    would change the result are refused before anything is written. A new run that fails
+    before its first checkpoint removes what it made, so the same ``run_dir`` can be retried.
     With ``test=False`` (architecture probes) the test split is not touched and the best
     validation metrics are returned instead. ``model`` overrides building ``cfg.model``.
     """
     console = console or Console()
     run_dir = Path(run_dir)
     init_distributed(cfg.device)
-    prepare_run_dir(run_dir, resume)
+    existed = run_dir.exists()
     if resume:
-        saved = load_config(run_dir / "config.yaml", {})
-        # Only the epoch budget may change on resume (to extend a finished run).
-        cfg = saved.model_copy(update={"epochs": max(cfg.epochs, saved.epochs)})
-    if dist_info().is_main:
-        if model is None:
-            cfg = pin_genotype(cfg, run_dir)
-        cfg = pin_augment(cfg, run_dir)
-    cfg = broadcast_object(cfg)
-    if dist_info().is_main:
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        prepare_run_dir(run_dir, resume)
+        saved_epochs = load_config(run_dir / "config.yaml", {}).epochs
+        cfg = resumed_config(run_dir, given)
+        if dist_info().is_main:
+            remove_stale_temporaries(run_dir)
+        return _train(cfg, run_dir, resume=True, console=console, test=test, model=model,
+                      saved_epochs=saved_epochs)
+    check_start(cfg, model_given=model is not None)
+    prepare_run_dir(run_dir, resume)
+    try:
+        return _train(cfg, run_dir, resume=False, console=console, test=test, model=model)
+    except Exception:
+        if dist_info().is_main and not (run_dir / "checkpoint" / "last.json").exists():
+            remove_failed_start(run_dir, existed)
+        raise
+
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    console: Console,
+    test: bool,
+    model: torch.nn.Module | None,
+    saved_epochs: int | None = None,
+) -> dict[str, Any]:
+    if not resume:  # a resumed run's files are pinned already
+        if dist_info().is_main:
+            if model is None:
+                cfg = pin_genotype(cfg, run_dir)
+            cfg = pin_augment(cfg, run_dir)
+        cfg = broadcast_object(cfg)
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
     positive = positive_of(cfg, source)
@@ -200,6 +285,9 @@ def run_training(
     if model is None:
         model = build_model(cfg.model, len(source.class_names), run_dir)
     device = resolve_device(cfg.device)
+    extended = _extensions(run_dir) if resume else []
+    if saved_epochs is not None and cfg.epochs != saved_epochs:
+        extended.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs})
     info = {
         "classes": source.class_names,
         "positive_class": positive,
@@ -212,8 +300,13 @@ def run_training(
         "python": platform.python_version(),
         "machine": platform.machine(),
         **model_profile(model, cfg),
+        **({"extended": extended} if extended else {}),
     }
     if dist_info().is_main:
+        text = dump_config(cfg)
+        path = run_dir / "config.yaml"
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
         atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
     else:
         console = Console(quiet=True)
@@ -240,6 +333,15 @@ def run_training(
     if dist_info().is_main:
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def _extensions(run_dir: Path) -> list[dict[str, int]]:
+    """The epoch extensions recorded in an earlier run.json of ``run_dir``."""
+    path = run_dir / "run.json"
+    try:
+        return list(json.loads(path.read_text()).get("extended", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def test_once(
