@@ -152,6 +152,18 @@ def truncated_jpeg_scan(folder: Path) -> Path:
     return folder / "2.jpg"
 
 
+def truncated_tiff_scan(folder: Path) -> Path:
+    import tifffile
+
+    folder.mkdir(parents=True)
+    a = np.random.default_rng(0).integers(0, 4000, (64, 64), dtype=np.uint16)
+    for i in (1, 2, 3):
+        tifffile.imwrite(folder / f"t{i}.tif", a)
+    raw = (folder / "t3.tif").read_bytes()
+    (folder / "t3.tif").write_bytes(raw[: len(raw) * 6 // 10])
+    return folder / "t3.tif"
+
+
 def bad_idat_png_scan(folder: Path) -> Path:
     """A PNG whose compressed pixel data is damaged but whose chunk CRCs are right."""
     png_scan(folder)
@@ -203,6 +215,7 @@ def test_index_decodes_what_it_accepts(tmp_path):
     bad = {
         "2.jpg": truncated_jpeg_scan(root / "covid" / "pj" / "s"),
         "3.png": bad_idat_png_scan(root / "covid" / "pp" / "s"),
+        "t3.tif": truncated_tiff_scan(root / "normal" / "pt" / "s"),
         "1.dcm": undecodable_rle_series(root / "normal" / "pd" / "s"),
         "lie.nii.gz": lying_nifti_gz(root / "normal" / "lie.nii.gz"),
         "cut.nii.gz": truncated_nifti_gz(root / "covid" / "cut.nii.gz"),
@@ -264,9 +277,13 @@ def test_voxel_budget_applies_to_every_reader(tmp_path, monkeypatch):
                 fn(scan)
     with pytest.raises(DataError, match=r"n\.nii\.gz: .*budget"):  # training and predict
         StackCache(PreprocessConfig(), tmp_path / "cache").get(str(scans["nifti"][0]), "nifti")
-    monkeypatch.setenv("VOLNAS_MAX_VOXELS", "240")
+    monkeypatch.setenv("VOLNAS_MAX_VOXELS", "2.4e2")
     for fmt, (scan, _) in scans.items():
         assert read_scan(scan).meta["format"] == fmt
+    assert volume.max_voxels() == 240
+    monkeypatch.setenv("VOLNAS_MAX_VOXELS", "lots")
+    with pytest.raises(ValueError, match="VOLNAS_MAX_VOXELS='lots' is not a positive number"):
+        read_scan(scans["nifti"][0])
 
 
 # --------------------------------------------------------------------------- item 8: DICOM
