@@ -297,10 +297,11 @@ def test_bad_scans_raise_or_are_skipped_and_listed(tmp_path):
             build_index(one)
         assert name in str(err.value)
     out = write_manifest(res, tmp_path / "out" / "manifest.csv")
-    with open(out.parent / "skipped.csv", newline="") as fh:
+    with open(out.parent / "manifest.skipped.csv", newline="") as fh:
         skipped = list(csv.DictReader(fh))
     assert len(skipped) == len(bad) and set(skipped[0]) == {"path", "reason"}
-    assert len(json.loads((out.parent / "manifest.json").read_text())["skipped"]) == len(bad)
+    info = json.loads((out.parent / "manifest.manifest.json").read_text())
+    assert len(info["skipped"]) == len(bad)
 
 
 def test_full_check_decodes_everything(tmp_path):

@@ -22,7 +22,7 @@ from volnas.data.readers import (
     natural_key,
     read_scan,
 )
-from volnas.data.volume import DataError, Volume
+from volnas.data.volume import DataError, DataWarning, Volume
 
 # --------------------------------------------------------------------------- writers
 
@@ -261,7 +261,8 @@ def test_dicom_fallbacks_slice_location_then_instance_number(tmp_path):
             slice_location=loc,
             instance=None,
         )
-    v = read_scan(f1)
+    with pytest.warns(DataWarning, match=r"loc: ImagePositionPatient missing in all 3 files"):
+        v = read_scan(f1)
     assert v.array[:, 0, 0].tolist() == [10, 20, 30]
     assert v.meta["ordered_by"] == "SliceLocation"
     f2 = tmp_path / "inst"
@@ -271,7 +272,8 @@ def test_dicom_fallbacks_slice_location_then_instance_number(tmp_path):
             f2 / f"1.2.840.99.{k}", np.full((3, 3), 1024 + inst, np.uint16), ipp=None, instance=inst
         )
     (f2 / "README").write_text("Série exportée\n")
-    v = read_scan(f2)  # UID-style names without a real extension are DICOM candidates
+    with pytest.warns(DataWarning, match="ordered by InstanceNumber"):
+        v = read_scan(f2)  # UID-style names without a real extension are DICOM candidates
     assert v.array[:, 0, 0].tolist() == [1, 2, 3]
     assert v.meta["ordered_by"] == "InstanceNumber"
 

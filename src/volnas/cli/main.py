@@ -86,7 +86,7 @@ def data_index(
     positive: str = typer.Option(None, "--positive", help="Positive class for binary metrics."),
 ) -> None:
     """Find every scan under SOURCE, split by patient (stratified), write a manifest."""
-    from volnas.data.index import build_index, summary_table, write_manifest
+    from volnas.data.index import build_index, sidecar_paths, summary_table, write_manifest
 
     try:
         fractions = tuple(float(f) for f in split.split(","))
@@ -107,15 +107,20 @@ def data_index(
         res = build_index(source, split=fractions, seed=seed, skip_bad=skip_bad,
                           class_map=cmap, positive_class=positive)
     except DataError as e:
-        _fail(str(e) + "\n(pass --skip-bad to skip bad scans and list them)")
+        hint = "\n(pass --skip-bad to skip bad scans and list them)" if (
+            e.bad_scan and not skip_bad) else ""
+        _fail(str(e) + hint)
+    except ValueError as e:  # e.g. $VOLNAS_MAX_VOXELS is not a number
+        _fail(str(e))
     write_manifest(res, out)
     console.print(summary_table(res.rows))
+    info_file, skipped_file = sidecar_paths(out)
     if res.skipped:
         console.print(f"[yellow]skipped {len(res.skipped)} bad scans[/] "
-                      f"(listed in {esc(out.parent / 'skipped.csv')}):")
+                      f"(listed in {esc(skipped_file)}):")
         for item in res.skipped[:20]:
             console.print(f"  {esc(item.path)}: {esc(item.reason)}", soft_wrap=True)
-    console.print(f"manifest: {esc(out)}")
+    console.print(f"manifest: {esc(out)} (classes and splits: {esc(info_file.name)})")
 
 
 # ---- models -------------------------------------------------------------------------------

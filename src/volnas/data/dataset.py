@@ -47,7 +47,7 @@ def open_source(path: str | Path) -> DataSource:
         res = build_index(p)
         return DataSource(res.rows, res.classes, res.positive_class, p)
     rows = read_manifest(p)
-    meta = read_manifest_info(p)
+    meta = read_manifest_info(p, rows)
     classes = list(meta.get("classes") or sorted({r.label for r in rows}))
     positive = meta.get("positive_class")
     unknown = {r.label for r in rows} - set(classes)

@@ -29,11 +29,19 @@ non-scan files), or whose name is missing from an explicit ``class_map``, is a D
 that are not scans (``.txt``, ``.md``, ``.csv``, ``.json``, hidden files) are ignored; any
 other stray file is a DataError.
 
+Every scan is verified while indexing: decoded slice by slice (a .nii.gz decompressed to
+its end), within the voxel budget (``$VOLNAS_MAX_VOXELS``), so a scan the index accepts can
+be read by training and prediction.
+
 Manifest CSV columns: scan_id, path, format, label, patient_id, n_slices, split. Paths are
 written relative to the manifest's folder (portable with the data) and resolved to absolute
-paths by :func:`read_manifest`. ``manifest.json`` beside it holds classes (in class-index
-order), positive class, source, seed, split fractions and the skipped list; ``skipped.csv``
-lists skipped scans (path, reason).
+paths by :func:`read_manifest`. Two sidecars are named after the CSV (``NAME.csv`` ->
+``NAME.manifest.json``, ``NAME.skipped.csv``), so several manifests can share a folder.
+``NAME.manifest.json`` holds classes (in class-index order), positive class, source, seed,
+split fractions, the skipped list and the CSV's name and sha256, checked when it is read (a
+CSV changed after indexing is an error). ``NAME.skipped.csv`` lists skipped scans (path,
+reason). A plain ``manifest.json`` from older versions is used only when its classes are
+exactly the CSV's labels and its positive class is among them.
 
 Class order (= model output index) is natural sort of the class names (``"2" < "10"``,
 case-insensitive). Positive class: ``positive_class`` when given; else the first class whose
@@ -45,6 +53,8 @@ rule as ``volnas.training.metrics``); else, for two classes where one is ``norma
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import os
 import re
@@ -289,7 +299,7 @@ def _discover_class(
 
     def fail(path: Path, reason: str) -> None:
         if strict:
-            raise DataError(path, reason)
+            raise DataError(path, reason, bad_scan=True)
         bad.append((str(path), reason))
 
     def rel(p: Path) -> str:
@@ -389,8 +399,9 @@ def build_index(
 ) -> IndexResult:
     """Index a data set (see module docstring for layouts and rules).
 
-    Every scan is validated while indexing (headers, sizes; ``full_check=True`` decodes it
-    completely). A bad scan raises its DataError, or with ``skip_bad`` is listed in
+    Every scan is verified while indexing (:func:`volnas.data.readers.check_scan`: decoded
+    slice by slice; ``full_check=True`` reads each whole volume instead). A bad scan raises
+    its DataError (with ``bad_scan`` set), or with ``skip_bad`` is listed in
     ``IndexResult.skipped``.
     """
     source = Path(source)
@@ -440,7 +451,7 @@ def _index_folder(
         if e.is_file() and not e.name.lower().endswith(_IGNORABLE):
             reason = "unexpected file at class level (expected root/<class>/...)"
             if not skip_bad:
-                raise DataError(e.path, reason)
+                raise DataError(e.path, reason, bad_scan=True)
             bad.append((e.path, reason))
     if not folders:
         raise DataError(root, "no class folders (expected root/<class>/...)")
@@ -453,14 +464,14 @@ def _index_folder(
         if cmap is not None and f.name not in cmap:
             reason = f"unknown class folder {f.name!r}: not in the class map {sorted(cmap)}"
             if not skip_bad:
-                raise DataError(cls, reason)
+                raise DataError(cls, reason, bad_scan=True)
             bad.append((str(cls), reason))
             continue
         found = _discover_class(root, cls, bad, strict=not skip_bad)
         if not found and not any(b[0].startswith(str(cls) + os.sep) for b in bad):
             reason = f"unknown class folder {f.name!r}: it holds no scans"
             if not skip_bad:
-                raise DataError(cls, reason)
+                raise DataError(cls, reason, bad_scan=True)
             bad.append((str(cls), reason))
         candidates.extend(found)
 
@@ -471,6 +482,7 @@ def _index_folder(
             info = check_scan(c.path, c.fmt, full=full_check)
         except DataError as err:
             if not skip_bad:
+                err.bad_scan = True
                 raise
             bad.append((str(c.path), str(err)))
             continue
@@ -511,25 +523,46 @@ def _rel(path: str, base: Path) -> str:
     )
 
 
+def sidecar_paths(csv_path: Path | str) -> tuple[Path, Path]:
+    """``NAME.csv`` -> (``NAME.manifest.json``, ``NAME.skipped.csv``) beside it."""
+    p = Path(csv_path)
+    stem = p.stem if p.suffix.lower() == ".csv" else p.name
+    return p.with_name(f"{stem}.manifest.json"), p.with_name(f"{stem}.skipped.csv")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def write_manifest(result: IndexResult, out_csv: Path | str) -> Path:
-    """Write the CSV, ``manifest.json`` and ``skipped.csv`` beside it; returns the CSV path."""
+    """Write the CSV and its sidecars (``NAME.manifest.json``, ``NAME.skipped.csv``).
+
+    The sidecars are written first and the CSV last, each atomically, so an interrupted
+    write never leaves a CSV with another CSV's sidecar. Returns the CSV path.
+    """
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     base = out_csv.parent
-    with open(out_csv, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        for r in result.rows:
-            d = asdict(r)
-            d["path"] = _rel(r.path, base)
-            w.writerow([d[c] for c in COLUMNS])
-    with open(base / "skipped.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(("path", "reason"))
-        for s in result.skipped:
-            w.writerow((s.path, s.reason))
+    info_path, skipped_path = sidecar_paths(out_csv)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for r in result.rows:
+        d = asdict(r)
+        d["path"] = _rel(r.path, base)
+        w.writerow([d[c] for c in COLUMNS])
+    data = buf.getvalue().encode()
+    sk = io.StringIO(newline="")
+    w = csv.writer(sk)
+    w.writerow(("path", "reason"))
+    for s in result.skipped:
+        w.writerow((s.path, s.reason))
     sidecar = {
         "manifest": out_csv.name,
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
+        "skipped_csv": skipped_path.name,
         "classes": result.classes,
         "positive_class": result.positive_class,
         "source": result.source,
@@ -541,19 +574,83 @@ def write_manifest(result: IndexResult, out_csv: Path | str) -> Path:
         "skipped": [asdict(s) for s in result.skipped],
         "notes": result.notes,
     }
-    (base / "manifest.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    _atomic_write(skipped_path, sk.getvalue().encode())
+    _atomic_write(info_path, (json.dumps(sidecar, indent=2) + "\n").encode())
+    _atomic_write(out_csv, data)
     return out_csv
 
 
-def read_manifest_info(csv_path: Path | str) -> dict:
-    """The ``manifest.json`` sidecar beside a manifest CSV ({} when absent)."""
-    f = Path(csv_path).parent / "manifest.json"
-    if not f.is_file():
-        return {}
+def _load_json(f: Path) -> dict:
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f, f"invalid JSON ({e})") from e
+        info = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f, f"unreadable manifest sidecar ({type(e).__name__}: {e})") from e
+    if not isinstance(info, dict):
+        raise DataError(f, "manifest sidecar is not a JSON object")
+    return info
+
+
+def read_manifest_info(
+    csv_path: Path | str, rows: Sequence[ManifestRow] | None = None
+) -> dict:
+    """The sidecar of a manifest CSV, checked against the CSV ({} when there is none).
+
+    ``NAME.manifest.json`` must record the CSV's sha256 (a CSV edited or replaced after
+    indexing is a DataError naming both files). Without it, a legacy ``manifest.json`` in
+    the folder is used only when its classes are exactly the CSV's labels and its positive
+    class is one of them; otherwise a DataError asks to re-index. ``rows``: the CSV's rows
+    when already read (else read here for the legacy check).
+    """
+    p = Path(csv_path)
+    side, _ = sidecar_paths(p)
+    if side.is_file():
+        info = _load_json(side)
+        recorded = info.get("manifest_sha256")
+        if recorded is not None:
+            try:
+                actual = hashlib.sha256(p.read_bytes()).hexdigest()
+            except OSError as e:
+                raise DataError(p, f"cannot read manifest ({e})") from e
+            if actual != recorded:
+                raise DataError(
+                    p,
+                    f"does not match its sidecar {side} (written for "
+                    f"{info.get('manifest', '?')!r} with sha256 {str(recorded)[:12]}..., this "
+                    f"CSV has {actual[:12]}...): it was edited or replaced after indexing. "
+                    f"Re-index with `volnas data index`, or delete {side.name} to use the "
+                    "CSV's own labels as the classes",
+                )
+            return info
+        return _check_legacy(p, side, info, rows)
+    legacy = p.parent / "manifest.json"
+    if legacy.is_file():
+        return _check_legacy(p, legacy, _load_json(legacy), rows)
+    return {}
+
+
+def _check_legacy(
+    csv_path: Path, side: Path, info: dict, rows: Sequence[ManifestRow] | None
+) -> dict:
+    """A sidecar without the CSV's hash: use it only if it agrees with the CSV's labels."""
+    labels = {r.label for r in (rows if rows is not None else read_manifest(csv_path))}
+    classes = info.get("classes")
+    positive = info.get("positive_class")
+    problem = None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        problem = "has no class list"
+    elif set(classes) != labels:
+        problem = f"lists classes {classes}, the CSV's labels are {sorted(labels)}"
+    elif positive is not None and positive not in labels:
+        problem = f"names positive class {positive!r}, which is not among the CSV's labels"
+    if problem is None:
+        return info
+    new_side, _ = sidecar_paths(csv_path)
+    raise DataError(
+        csv_path,
+        f"its sidecar {side} {problem}: it belongs to another manifest or to an edited "
+        f"one. Re-index with `volnas data index` (which writes {new_side.name} beside the "
+        "CSV)",
+    )
 
 
 def read_manifest(csv_path: Path | str) -> list[ManifestRow]:

@@ -26,14 +26,26 @@ Formats (``fmt``) and their rules:
 Every failure is a :class:`DataError` naming the offending *file* (not just its folder):
 empty folder, zero-byte or undecodable file, mixed slice sizes, a single slice, NaN/inf,
 mixed DICOM series, duplicate slice positions.
+
+Voxel budget: before any pixel data is allocated, the shape a header claims (NIfTI dims,
+DICOM Rows x Columns x number of files, slice size x number of slices, npz array shapes)
+must hold at most :func:`volnas.data.volume.max_voxels` voxels (``$VOLNAS_MAX_VOXELS``,
+default 2**30), else a DataError names the file, the claimed shape and the budget.
+
+:func:`check_scan` verifies a scan the way :func:`read_scan` reads it (every slice and
+every DICOM frame decoded, a .nii.gz decompressed to its end), one slice at a time, so
+what the indexer accepts can be read later.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import os
 import re
+import warnings
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from volnas.data.volume import DataError, Volume
+from volnas.data.volume import DataError, DataWarning, Volume, check_voxel_budget, max_voxels
 
 SLICE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_EXTS = (".dcm", ".dicom", ".ima")
@@ -211,9 +223,40 @@ def _to_grey(a: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image array shape {a.shape}")
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """One slice as a 2D array of its stored values (any dtype)."""
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) as the file's header claims it, without decoding pixels."""
     _check_nonempty(path)
+    try:
+        if path.name.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                page = tf.pages[0]
+                shape, axes = page.shape, page.axes
+            return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        from PIL import Image
+
+        with Image.open(path) as im:
+            w, h = im.size
+        return int(h), int(w)
+    except Exception as e:
+        raise DataError(path, f"unreadable image ({type(e).__name__}: {e})") from e
+
+
+def _read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """One slice as a 2D array of its stored values (any dtype).
+
+    ``max_pixels``: refuse (from the header, before decoding) a slice claiming more pixels.
+    """
+    _check_nonempty(path)
+    if max_pixels is not None:
+        h, w = _image_size(path)
+        if h * w > max_pixels:
+            raise DataError(
+                path,
+                f"claimed slice size {h} x {w} is beyond the voxel budget ({max_pixels:,} "
+                "pixels per slice for this folder; set $VOLNAS_MAX_VOXELS to raise it)",
+            )
     try:
         if path.name.lower().endswith((".tif", ".tiff")):
             import tifffile
@@ -235,7 +278,7 @@ def _read_image(path: Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, zlib.error...
-        raise DataError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+        raise DataError(path, f"unreadable image, cannot decode it ({type(e).__name__}: {e})") from e
 
 
 def _image_header(path: Path) -> tuple[int, int]:
@@ -267,17 +310,27 @@ def _image_header(path: Path) -> tuple[int, int]:
         raise DataError(path, f"unreadable image ({type(e).__name__}: {e})") from e
 
 
+def _slice_budget(folder: Path, files: list[Path]) -> int:
+    """Pixels allowed per slice; refuses the folder when its first header is over budget."""
+    h, w = _image_size(files[0])
+    check_voxel_budget(
+        files[0], (len(files), h, w), f"shape ({len(files)} slices in {folder.name}/ x H x W)"
+    )
+    return max_voxels() // len(files)
+
+
 def read_slices(path: str | Path) -> Volume:
     """A folder of 2D slices (PNG / JPEG / TIFF) as one volume."""
     folder = Path(path)
     files, ignored = _slice_files(folder)
     _check_slices(len(files), files[0] if len(files) == 1 else folder)
-    first = _read_image(files[0])
+    per_slice = _slice_budget(folder, files)
+    first = _read_image(files[0], per_slice)
     out = np.empty((len(files), *first.shape), dtype=np.float32)
     dtypes = {str(first.dtype)}
     out[0] = first
     for i, f in enumerate(files[1:], start=1):
-        a = _read_image(f)
+        a = _read_image(f, per_slice)
         if a.shape != first.shape:
             _odd_one_out([_image_header(g) for g in files], files, "slice sizes")
             raise DataError(
@@ -302,12 +355,20 @@ def read_slices(path: str | Path) -> Volume:
 
 
 def check_slices(path: str | Path) -> int:
-    """Cheap validation of a slice folder (headers, sizes); returns the slice count."""
+    """Verify a slice folder: sizes from the headers, then every slice decoded (one at a
+    time) and checked for its size and NaN/inf; returns the slice count."""
     folder = Path(path)
     files, _ = _slice_files(folder)
     _check_slices(len(files), files[0] if len(files) == 1 else folder)
-    shapes = [_image_header(f) for f in files]
+    per_slice = _slice_budget(folder, files)
+    shapes = [_image_size(f) for f in files]
     _odd_one_out(shapes, files, "slice sizes")
+    for f, shape in zip(files, shapes, strict=True):
+        a = _read_image(f, per_slice)
+        if a.shape != shape:
+            raise DataError(f, f"decoded slice is {a.shape}, its header says {shape}")
+        if a.dtype.kind == "f":
+            _finite_or_raise(a[None], [f], folder)
     return len(files)
 
 
@@ -451,6 +512,7 @@ def _plan_series(
             raise DataError(s.path, f"colour DICOM (SamplesPerPixel={spp}) is not supported")
     shapes = [(int(s.ds.Rows), int(s.ds.Columns)) for s in images]
     _odd_one_out(shapes, [s.path for s in images], "slice sizes (rows, columns)")
+    check_voxel_budget(folder, (len(images), *shapes[0]), "shape (files x Rows x Columns)")
 
     iop = _floats(images[0].ds, "ImageOrientationPatient")
     notes = []
@@ -465,11 +527,13 @@ def _plan_series(
             raise DataError(s.path, f"ImageOrientationPatient {other} differs from {iop}")
 
     ipps = [_floats(s.ds, "ImagePositionPatient") for s in images]
-    if all(p is not None and len(p) == 3 for p in ipps):
+    no_ipp = [s.path.name for s, p in zip(images, ipps, strict=True) if p is None or len(p) != 3]
+    if not no_ipp:
         pos = np.array(ipps, dtype=np.float64)
         keys = pos @ normal
         order_by = "ImagePositionPatient"
     else:
+        # Never mix: without a position for every file, the whole series falls back.
         pos = None
         locs = [_floats(s.ds, "SliceLocation") for s in images]
         if all(v is not None for v in locs):
@@ -513,7 +577,17 @@ def _plan_series(
             gaps = np.full(len(ordered) - 1, sp)
         step = normal * sp
         origin = np.zeros(3)
-        notes.append(f"ImagePositionPatient missing: ordered by {order_by}")
+        if len(no_ipp) == len(images):
+            which = f"in all {len(images)} files"
+        else:
+            shown = ", ".join(no_ipp[:5]) + (f", ... ({len(no_ipp)} files)" if len(no_ipp) > 5 else "")
+            which = f"in {len(no_ipp)} of {len(images)} files ({shown})"
+        msg = (
+            f"ImagePositionPatient missing {which}: the whole series is ordered by "
+            f"{order_by} and its origin set to 0"
+        )
+        notes.append(msg)
+        warnings.warn(f"{folder}: {msg}", DataWarning, stacklevel=3)
     lps = np.eye(4)
     lps[:3, 0] = row_cos * ps[1]  # W: along a row, column spacing
     lps[:3, 1] = col_cos * ps[0]  # H: down a column, row spacing
@@ -584,13 +658,23 @@ def read_dicom(path: str | Path) -> Volume:
 
 
 def check_dicom(path: str | Path) -> tuple[int, str]:
-    """Headers-only validation of a series folder; returns (n_slices, PatientID or "")."""
+    """Verify a series folder: headers, then every slice's pixel data decoded (one at a
+    time) and checked against its header; returns (n_slices, PatientID or "")."""
     folder = Path(path)
     files, ignored = _dicom_files(folder)
     slices = [_dcmread(f, header_only=True) for f in files]
     ordered, _, _, meta = _plan_series(folder, slices, ignored)
     for s in ordered:
         _check_pixel_bytes(s)
+    h, w = int(ordered[0].ds.Rows), int(ordered[0].ds.Columns)
+    for s in ordered:
+        full = _dcmread(s.path, header_only=False)
+        a = _decode_dicom(full)
+        if a.shape != (h, w):
+            raise DataError(s.path, f"pixel data is {a.shape}, header says {(h, w)}")
+        scale = [float(full.ds.get(k, d) or d) for k, d in (("RescaleSlope", 1), ("RescaleIntercept", 0))]
+        if not np.isfinite(scale).all() or (a.dtype.kind == "f" and not np.isfinite(a).all()):
+            raise DataError(s.path, "NaN/inf in the pixel data or its rescale slope/intercept")
     return len(ordered), meta["patient_id"]
 
 
@@ -618,7 +702,15 @@ def _nifti_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     _check_slices(s[2], path)
     if min(s) < 1:
         raise DataError(path, f"empty image, shape {shape}")
+    check_voxel_budget(path, s, "shape (x, y, z from the header)")
     return s  # type: ignore[return-value]
+
+
+def _nifti_dtype(path: Path, img) -> np.dtype:
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise DataError(path, f"unsupported NIfTI data type {dtype} (RGB or complex)")
+    return dtype
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -626,9 +718,7 @@ def read_nifti(path: str | Path) -> Volume:
     p = Path(path)
     img = _nifti_load(p)
     shape = _nifti_shape(p, img.shape)
-    dtype = img.get_data_dtype()
-    if dtype.kind not in "biuf" or dtype.fields is not None:
-        raise DataError(p, f"unsupported NIfTI data type {dtype} (RGB or complex)")
+    _nifti_dtype(p, img)
     try:
         data = img.get_fdata(dtype=np.float32, caching="unchanged")
     except Exception as e:  # truncated gzip, short file, ...
@@ -653,22 +743,39 @@ def read_nifti(path: str | Path) -> Volume:
     )
 
 
-def check_nifti(path: str | Path) -> int:
-    """Header validation (and data size for .nii); returns the slice count.
+def _gunzipped_size(path: Path) -> int:
+    """Bytes a .gz file decompresses to, reading it to its end (CRC and length checked)."""
+    n = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                n += len(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(path, f"corrupt or truncated gzip data ({type(e).__name__}: {e})") from e
+    return n
 
-    Float data (which may hold NaN/inf) is read in full and checked; integer data is not.
+
+def check_nifti(path: str | Path) -> int:
+    """Verify a NIfTI file; returns the slice count.
+
+    Header, data type and voxel budget; then the data must be all there (a .nii.gz is
+    decompressed to its end, in chunks). Float or scaled data (which may hold NaN/inf) is
+    read in full and checked.
     """
     p = Path(path)
     img = _nifti_load(p)
     shape = _nifti_shape(p, img.shape)
+    dtype = _nifti_dtype(p, img)
     hdr = img.header
-    if not str(p).lower().endswith(".gz"):
-        need = (
-            int(getattr(img.dataobj, "offset", 0))
-            + int(np.prod(img.shape)) * hdr.get_data_dtype().itemsize
-        )
-        if p.stat().st_size < need:
-            raise DataError(p, f"truncated NIfTI: {p.stat().st_size} bytes, {need} needed")
+    need = int(getattr(img.dataobj, "offset", 0)) + int(np.prod(img.shape)) * dtype.itemsize
+    if str(p).lower().endswith(".gz"):
+        have = _gunzipped_size(p)
+        if have < need:
+            raise DataError(
+                p, f"truncated NIfTI: decompresses to {have} bytes, its header needs {need}"
+            )
+    elif p.stat().st_size < need:
+        raise DataError(p, f"truncated NIfTI: {p.stat().st_size} bytes, {need} needed")
     slope, inter = hdr.get_slope_inter()
     scaling_bad = any(v is not None and not np.isfinite(v) for v in (slope, inter))
     if hdr.get_data_dtype().kind == "f" or scaling_bad:
@@ -679,9 +786,34 @@ def check_nifti(path: str | Path) -> int:
 # --------------------------------------------------------------------------- MedMNIST npz
 
 
+def _npz_check_shapes(path: str) -> None:
+    """Every array's shape from its .npy header within the voxel budget, before loading."""
+    from numpy.lib import format as npy
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = npy.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, _ = npy.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, _ = npy.read_array_header_2_0(f)
+                    else:
+                        continue  # np.load reports an unknown version
+                check_voxel_budget(path, shape, f"shape of {info.filename[:-4]!r}")
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(path, f"unreadable npz file ({type(e).__name__}: {e})") from e
+
+
 @functools.lru_cache(maxsize=4)
 def _npz_cached(resolved: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
     """All arrays of one npz, loaded once per (path, mtime, size); read-only."""
+    _npz_check_shapes(resolved)
     try:
         with np.load(resolved, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
@@ -805,10 +937,11 @@ class ScanCheck:
 
 
 def check_scan(path: str | Path, fmt: str | None = None, *, full: bool = False) -> ScanCheck:
-    """Validate a scan cheaply (headers, sizes, structure); ``full=True`` decodes it all.
+    """Verify a scan: what passes here, :func:`read_scan` reads.
 
-    Raises DataError naming the bad file. Cheap checks cannot see every corruption (e.g. a
-    damaged JPEG stream inside a DICOM file or a truncated .nii.gz); ``read_scan`` raises then.
+    Every slice / DICOM frame is decoded and a .nii.gz decompressed to its end, one slice
+    at a time (integer NIfTI data is size-checked, not converted); ``full=True`` reads the
+    whole volume with :func:`read_scan` instead. Raises DataError naming the bad file.
     """
     fmt = fmt or detect_format(path)
     if full:
