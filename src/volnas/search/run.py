@@ -27,6 +27,7 @@ from rich.table import Table
 
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
+from volnas.faults import crash_point
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
 from volnas.search.augment_search import AugmentSearch
@@ -138,6 +139,7 @@ def run_search(
     warning = undecided_warning(decision)
     if warning:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    crash_point("search.done")  # the search is over, no probe has started
 
     # ---- evaluation stage ----------------------------------------------------------------
     candidates = top_k(trainer.log, cfg.topk)
@@ -289,6 +291,7 @@ def probe_candidates(
         if dist_info().is_main:
             atomic_write_text(result_file, json.dumps(rec, indent=2))
         probes.append(rec)
+        crash_point("search.probe")  # between probes
     if dist_info().is_main:
         write_probe_table(run_dir / "probes.csv", probes)
     return probes

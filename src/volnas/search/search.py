@@ -25,6 +25,7 @@ from torch import nn
 
 from volnas.data.index import ManifestRow
 from volnas.data.preprocess import PreprocessConfig
+from volnas.faults import crash_point
 from volnas.models.profile import count_flops, count_params
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.sampler import TemperatureSchedule
@@ -372,6 +373,7 @@ class SearchTrainer(Trainer):
         self.supernet.alpha.zero_grad(set_to_none=True)  # the weight step must not move logits
         if self.aug is not None:
             self.aug.zero_grad(set_to_none=True)
+        crash_point("search.step")
         return out
 
     def bn_inputs(self, loader: Any) -> Any:

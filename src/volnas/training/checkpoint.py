@@ -14,6 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from volnas.faults import crash_point
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
@@ -139,6 +141,7 @@ def save_training_state(
         tensors[f"extra.{k}"] = v
     weights = folder / f"epoch_{epoch:04d}.safetensors"
     digest = save_tensors(weights, tensors)
+    crash_point("checkpoint.record")
     record = {
         "epoch": epoch,
         "file": weights.name,

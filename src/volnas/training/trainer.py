@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from volnas.data.augment import Policy
+from volnas.faults import crash_point
 from volnas.training.checkpoint import (
     atomic_write_text,
     load_training_state,
@@ -217,6 +218,7 @@ class Trainer:
             task = progress.add_task(f"epoch {epoch}", total=total, info="")
             for batch in loader:
                 out = self.train_batch(batch)
+                crash_point("train.step")
                 for k in sums:
                     sums[k] += out[k]
                 progress.update(task, advance=1, info=f"loss {sums['loss'] / max(sums['n'], 1):.4f}")
