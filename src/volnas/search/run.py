@@ -113,6 +113,7 @@ def run_search(
         make_loader(ds(w_rows, True), bs, train=True, num_workers=cfg.num_workers, seed=cfg.seed),
         make_loader(ds(a_rows, True), bs, train=True, num_workers=cfg.num_workers,
                     seed=cfg.seed + 1),
+        seed=cfg.seed + 1,
     )
     val_loader = make_loader(ds(source.split("val"), False), bs, train=False,
                              num_workers=cfg.num_workers)
@@ -291,7 +292,6 @@ def probe_candidates(
         if dist_info().is_main:
             atomic_write_text(result_file, json.dumps(rec, indent=2))
         probes.append(rec)
-        crash_point("search.probe")  # between probes
     if dist_info().is_main:
         write_probe_table(run_dir / "probes.csv", probes)
     return probes
