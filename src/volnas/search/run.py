@@ -27,6 +27,7 @@ from rich.table import Table
 
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
+from volnas.faults import crash_point
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
 from volnas.search.augment_search import AugmentSearch
@@ -154,6 +155,7 @@ def _run_search(
         make_loader(ds(w_rows, True), bs, train=True, num_workers=cfg.num_workers, seed=cfg.seed),
         make_loader(ds(a_rows, True), bs, train=True, num_workers=cfg.num_workers,
                     seed=cfg.seed + 1),
+        seed=cfg.seed + 1,
     )
     val_loader = make_loader(ds(source.split("val"), False), bs, train=False,
                              num_workers=cfg.num_workers)
@@ -180,6 +182,7 @@ def _run_search(
     warning = undecided_warning(decision)
     if warning:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    crash_point("search.done")  # the search is over, no probe has started
 
     # ---- evaluation stage ----------------------------------------------------------------
     candidates = top_k(trainer.log, cfg.topk)

@@ -25,6 +25,7 @@ from torch import nn
 
 from volnas.data.index import ManifestRow
 from volnas.data.preprocess import PreprocessConfig
+from volnas.faults import crash_point
 from volnas.models.profile import count_flops, count_params
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.sampler import TemperatureSchedule
@@ -35,6 +36,16 @@ from volnas.training.device import autocast, to_device
 from volnas.training.distributed import average_gradients
 from volnas.training.plots import plot_choice_probabilities
 from volnas.training.trainer import Trainer
+
+# The random streams of a search epoch, each seeded from (seed, epoch, stream).
+PATH_STREAM, AUGMENT_STREAM, ARCH_BATCH_STREAM = 1, 2, 3
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of one random stream in one epoch: the same on every rank and in a resumed
+    run, so no generator state needs saving."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
 
 # Settings added after search runs were first saved, with the behaviour of those runs.
 SAVED_BEFORE_FIELD: dict[str, Any] = {"aug_prior": "candidates"}
@@ -151,11 +162,16 @@ def split_by_patient(rows: list[ManifestRow], seed: int) -> tuple[list[ManifestR
 
 
 class PairedLoader:
-    """Zip a weight loader with an architecture loader; the shorter one is cycled."""
+    """Zip a weight loader with an architecture loader; the shorter one is cycled.
 
-    def __init__(self, weight_loader: Any, arch_loader: Any) -> None:
+    The weight loader is seeded per epoch by the trainer; the architecture loader's order
+    is seeded here from ``seed`` and the weight dataset's epoch.
+    """
+
+    def __init__(self, weight_loader: Any, arch_loader: Any, seed: int = 0) -> None:
         self.weight_loader = weight_loader
         self.arch_loader = arch_loader
+        self.seed = seed
         self.dataset = weight_loader.dataset
         self.batch_sampler = weight_loader.batch_sampler
 
@@ -163,11 +179,12 @@ class PairedLoader:
         return max(len(self.weight_loader), len(self.arch_loader))
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        epoch = getattr(self.dataset, "epoch", 0)
         if hasattr(self.arch_loader.dataset, "set_epoch"):
-            self.arch_loader.dataset.set_epoch(self.dataset.epoch)
+            self.arch_loader.dataset.set_epoch(epoch)
         gen = getattr(self.arch_loader.batch_sampler, "generator", None)
         if gen is not None:
-            gen.manual_seed(int(torch.randint(0, 2**31, (1,)).item()))
+            gen.manual_seed(epoch_seed(self.seed, epoch, ARCH_BATCH_STREAM))
         w_it, a_it = iter(self.weight_loader), iter(self.arch_loader)
         for _ in range(len(self)):
             try:
@@ -186,8 +203,10 @@ class PairedLoader:
 class SearchTrainer(Trainer):
     """Trainer whose step is the bi-level architecture + weight step on a SuperNet.
 
-    Paths are drawn from a generator seeded identically on every rank, so under torchrun
-    all ranks run the same path each step (a consistent DDP graph).
+    Paths and augmentations are drawn from generators reseeded from (seed, epoch) at the
+    start of every epoch: under torchrun all ranks run the same path each step (a
+    consistent DDP graph), and a run resumed from an epoch's checkpoint draws what an
+    unbroken run draws.
     """
 
     find_unused_parameters = True
@@ -196,14 +215,14 @@ class SearchTrainer(Trainer):
                  retrain_shape: tuple[int, ...], **kwargs: Any) -> None:
         self.search = search
         self.mode = search.aug_mode
-        model.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
+        model.generator = torch.Generator()
         if self.mode != "off":
             model.aug = AugmentSearch(prior=search.aug_prior)
         super().__init__(model, cfg, **kwargs)
         self.supernet: SuperNet = model
         self.aug: AugmentSearch | None = getattr(model, "aug", None)
         # augmentation draws come from their own generator, identical on every rank
-        self.aug_generator = torch.Generator().manual_seed(cfg.seed * 7919 + 23)
+        self.aug_generator = torch.Generator()
         groups = [{"params": self.supernet.arch_parameters(), "lr": search.arch_lr}]
         if self.aug is not None:
             groups.append({"params": list(self.aug.parameters()),
@@ -213,6 +232,7 @@ class SearchTrainer(Trainer):
         self.arch_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999), weight_decay=0.0)
         self.fixed_path = fixed_path(self.supernet, search) if self.mode in ("only", "decoupled") else None
         self.path_generator = model.generator
+        self._seed_streams(0)
         self.schedule = TemperatureSchedule(search.tau_start, search.tau_end, search.tau_schedule)
         self.retrain_shape = retrain_shape
         self.steps_per_epoch = 1
@@ -222,6 +242,16 @@ class SearchTrainer(Trainer):
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return self.supernet_of().weight_parameters()
+
+    def _seed_streams(self, epoch: int) -> None:
+        seed = self.cfg.seed
+        self.path_generator.manual_seed(epoch_seed(seed, epoch, PATH_STREAM))
+        self.aug_generator.manual_seed(epoch_seed(seed, epoch, AUGMENT_STREAM))
+        self.supernet.generator = self.path_generator
+
+    def _seed_epoch(self, epoch: int) -> None:
+        super()._seed_epoch(epoch)
+        self._seed_streams(epoch)
 
     def supernet_of(self) -> SuperNet:
         return self.net  # type: ignore[return-value]
@@ -372,6 +402,7 @@ class SearchTrainer(Trainer):
         self.supernet.alpha.zero_grad(set_to_none=True)  # the weight step must not move logits
         if self.aug is not None:
             self.aug.zero_grad(set_to_none=True)
+        crash_point("search.step")
         return out
 
     def bn_inputs(self, loader: Any) -> Any:
