@@ -15,7 +15,8 @@ from volnas.cli.main import app
 from volnas.data.augment import Policy
 from volnas.data.synth import synthesize
 from volnas.search.augment_search import AugmentSearch
-from volnas.search.search import SearchConfig, SearchTrainer
+from volnas.search.config import SearchConfig
+from volnas.search.search import SearchTrainer
 
 runner = CliRunner()
 
@@ -125,7 +126,7 @@ def _search(manifest: Path, out: Path, *extra: str) -> dict:
 
 
 def _aug_logits(run: Path) -> dict[str, torch.Tensor]:
-    from volnas.training.checkpoint import load_tensors
+    from volnas.core.files import load_tensors
 
     ckpt = json.loads((run / "search" / "checkpoint" / "last.json").read_text())
     t = load_tensors(run / "search" / "checkpoint" / ckpt["file"])

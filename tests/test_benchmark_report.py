@@ -10,15 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from volnas.benchmark.markdown import METRICS, fmt_mean_std
-from volnas.cli.deploy_cmds import register
 from volnas.cli.main import app
 from volnas.data.synth import synthesize
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
 from volnas.search.run import search_run_seconds
-from volnas.training.run import history_seconds
+from volnas.training.rundir import history_seconds
 
-register(app)
 runner = CliRunner()
 
 

@@ -6,13 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from volnas.training.checkpoint import (
-    load_model_state,
-    load_tensors,
-    load_training_state,
-    save_tensors,
-    save_training_state,
-)
+from volnas.core.files import load_tensors, save_tensors
+from volnas.training.checkpoint import load_model_state, load_training_state, save_training_state
 
 
 def test_training_state_round_trip(tmp_path: Path) -> None:

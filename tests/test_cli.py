@@ -31,14 +31,98 @@ def test_help_lists_every_command() -> None:
 
 def test_help_shows_bracketed_defaults() -> None:
     """Defaults written as "[adam]" are text, not markup that rich would swallow."""
-    assert "adam | sgd [adam]" in invoke("search", "--help")
+    assert "<adam|sgd>" in invoke("search", "--help")
     assert "[the predicted class]" in invoke("explain", "--help")
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize(("cmd", "flag", "field"), [
+    ("train", "--epochs", "epochs"), ("train", "--batch-size", "batch_size"),
+    ("train", "--size", "size"), ("train", "--lr", "lr"), ("search", "--epochs", "search_epochs"),
+    ("search", "--retrain-epochs", "retrain_epochs"), ("search", "--weight-lr", "weight_lr"),
+    ("search", "--tau-start", "tau_start"), ("search", "--aug-prior", "aug_prior"),
+])
+def test_help_defaults_are_the_configs(cmd: str, flag: str, field: str, monkeypatch) -> None:
+    """Help texts read their defaults from the config classes: change one, the help follows."""
+    import importlib
+
+    import volnas.cli.main
+    from volnas.search.config import SearchConfig
+
+    value = SearchConfig.model_fields[field].default if field in SearchConfig.model_fields \
+        else getattr(SearchConfig().preprocess, field)
+    shown = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    help_text = _flat(invoke(cmd, "--help"))
+    after_flag = help_text.split("Options:", 1)[1].split(flag + " <", 1)[1][:260]
+    assert f"[{shown}]" in after_flag, (flag, after_flag)
+    # a changed default shows in a freshly built CLI
+    target = SearchConfig.model_fields[field] if field in SearchConfig.model_fields else None
+    if target is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        from volnas.training.config import TrainConfig
+
+        owners = [c for c in (TrainConfig, SearchConfig) if field in c.model_fields]
+        for owner in owners:
+            monkeypatch.setattr(owner.model_fields[field], "default", value * 3)
+        for mod in ("volnas.cli.train_cmds", "volnas.cli.search_cmds", "volnas.cli.main"):
+            importlib.reload(importlib.import_module(mod))
+        try:
+            fresh = CliRunner().invoke(volnas.cli.main.app, [cmd, "--help"]).output
+            assert f"[{value * 3}]" in _flat(fresh).split("Options:", 1)[1].split(flag + " <", 1)[1][:260]
+        finally:
+            monkeypatch.undo()
+            for mod in ("volnas.cli.train_cmds", "volnas.cli.search_cmds", "volnas.cli.main"):
+                importlib.reload(importlib.import_module(mod))
+
+
+def test_choices_are_validated_and_listed() -> None:
+    for args, bad, choices in [
+        (("search", "--data", "x.csv", "--out", "o"), ("--augment-search", "jiont"),
+         ("off", "joint", "only", "decoupled")),
+        (("data", "synth", "o"), ("--format", "jpeg"), ("png", "tiff", "nifti", "dicom", "npz")),
+        (("train", "--data", "x.csv", "--out", "o"), ("--class-weight", "auto"),
+         ("none", "balanced")),
+        (("evaluate", "run"), ("--split", "validation"), ("train", "val", "test")),
+    ]:
+        result = runner.invoke(app, [*args, *bad])
+        assert result.exit_code == 2, result.output
+        text = _flat(result.output)
+        assert bad[1] in text and all(repr(c) in text for c in choices), text
 
 
 def test_models_lists_sizes() -> None:
     out = invoke("models", "--input", "1x8x32x32", "--classes", "3", "--filter", "resnet3d_1*",
                  "--no-flops")
     assert "resnet3d_18" in out and "resnet3d_101" in out
+
+
+def test_output_to_a_pipe_is_never_cut_at_80_columns(tmp_path: Path) -> None:
+    """In a log or pipe (not a terminal) tables and lines keep their full width."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run([sys.executable, "-m", "volnas", "models", "--input", "1x8x32x32",
+                           "--filter", "resnet3d_101", "--no-flops"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "resnet3d_101" in line)
+    from volnas.models.registry import get_spec
+
+    assert get_spec("resnet3d_101").description in row  # the whole row on one line
+    from volnas.core.markup import make_console
+
+    line = "epoch   1/200  lr 1.00e-03  train loss 0.6931 " * 4
+    with open(tmp_path / "log.txt", "w") as f:
+        console = make_console()
+        console.file = f
+        console.print(line)
+        console.rule("stage")
+    printed = (tmp_path / "log.txt").read_text().splitlines()
+    assert printed[0].rstrip() == line.rstrip() and len(printed[1]) == 80
 
 
 @pytest.mark.slow

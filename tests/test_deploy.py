@@ -14,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from volnas.cli.deploy_cmds import register
 from volnas.cli.main import app
+from volnas.core.files import save_tensors, sha256_file
 from volnas.data.index import build_index, read_manifest, write_manifest
 from volnas.data.synth import synthesize
 from volnas.deploy.bundle import BundleError, content_digest, export_bundle, load_bundle
@@ -23,11 +23,9 @@ from volnas.deploy.predict import predict_scans
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
 from volnas.models.spaces import layer_specs
-from volnas.training.checkpoint import save_tensors, sha256_file
 from volnas.training.config import TrainConfig, dump_config
 from volnas.training.run import run_training
 
-register(app)
 runner = CliRunner()
 
 
@@ -269,7 +267,7 @@ def test_declared_input_is_checked_against_the_weights(trained, tmp_path: Path) 
 def test_edited_bundle_json_is_refused_by_every_loader(trained, tmp_path: Path) -> None:
     """Fields that change a prediction are checked against the checksummed files, and the
     whole bundle.json against its content_sha256: predict, explain and load_run refuse."""
-    from volnas.training.run import load_run
+    from volnas.training.rundir import load_run
 
     scan = str(read_manifest(trained["manifest"])[0].path)
     m = json.loads((trained["bundle"] / "bundle.json").read_text())

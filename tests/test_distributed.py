@@ -97,7 +97,7 @@ def test_two_ranks_equal_one_process_with_double_batch(tiny_npz: Path, tmp_path:
     one = json.loads((single / "report.json").read_text())["metrics"]
     for k in ("accuracy", "auc", "loss"):
         assert r0["metrics"][k] == pytest.approx(one[k], abs=1e-4), k
-    from volnas.training.checkpoint import load_tensors
+    from volnas.core.files import load_tensors
 
     a = load_tensors(single / "run" / "model.safetensors")
     b = load_tensors(ddp / "run" / "model.safetensors")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from volnas.core.files import save_tensors
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, normalize_intensity
 from volnas.data.readers import read_scan
 from volnas.explain.api import (
@@ -35,7 +36,7 @@ from volnas.explain.cam import (
 from volnas.explain.faithfulness import energy_fraction, faithfulness, pointing_game
 from volnas.explain.geometry import to_source_grid, unsample
 from volnas.models.genotype import Genotype
-from volnas.training.checkpoint import model_state, save_tensors
+from volnas.training.checkpoint import model_state
 from volnas.training.config import TrainConfig, dump_config
 
 # A shallow medpipe genotype: stem, stride-2 calibrations, one MBConv; mostly skips.
@@ -475,11 +476,8 @@ def test_untrained_model_does_not_point_at_lesions(trained_lesion_model: tuple) 
 def _cli():
     from typer.testing import CliRunner
 
-    from volnas.cli.explain_cmd import register
     from volnas.cli.main import app
 
-    register(app)
-    register(app)  # a second registration is harmless
     assert sum(c.name == "explain" for c in app.registered_commands) == 1
     return CliRunner(), app
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 SCRIPT = (
-    "from volnas.faults import crash_point\n"
+    "from volnas.core.faults import crash_point\n"
     "for i in range(1, 6):\n"
     "    print(i, flush=True)\n"
     "    crash_point('loop')\n"

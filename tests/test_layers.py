@@ -8,7 +8,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "volnas"
 
 # Each package may import itself and the packages before it, never one after it.
-LAYERS = ("core", "data", "models", "training", "search", "explain", "deploy", "benchmark",
+LAYERS = ("core", "data", "models", "training", "search", "deploy", "explain", "benchmark",
           "cli")
 TOP = {"__init__": -1, "__main__": len(LAYERS), "api": len(LAYERS)}
 

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 import volnas
 from volnas.cli.main import app
+from volnas.core.files import atomic_write_text, load_tensors, save_tensors
 from volnas.data.synth import synthesize
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
-from volnas.search.search import SearchConfig
-from volnas.training.checkpoint import atomic_write_text, load_tensors, save_tensors
+from volnas.search.config import SearchConfig
 from volnas.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_kill9_anywhere_then_readme_resume_equals_an_unbroken_run(tiny, tmp_path
 
     # 1. killed while the last best epoch k writes model.safetensors
     done = _volnas(["train", *_start_args(tiny, RUN)], tmp_path,
-                   f"tensors:model.safetensors#{len(best)}")
+                   f"write:model.safetensors#{len(best)}")
     assert done.returncode == -9, done.stderr
     assert [p.name.split(".")[1] for p in _temporaries(run)] == ["model"]
     assert checkpoint_epoch() == k - 1 and not (run / "metrics.json").exists()
@@ -315,7 +315,7 @@ def test_an_earlier_runs_files_are_never_removed(finished: Path) -> None:
 
 
 def test_stale_temporaries_of_the_run_are_removed(tmp_path: Path) -> None:
-    from volnas.training.checkpoint import remove_stale_temporaries
+    from volnas.core.files import remove_stale_temporaries
 
     (tmp_path / "checkpoint").mkdir()
     stale = [tmp_path / ".model.safetensors.k2j_9xq1.tmp",

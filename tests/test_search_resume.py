@@ -157,7 +157,8 @@ def test_killed_and_resumed_search_equals_unbroken_run(tiny_npz: Path, tmp_path:
 
 
 def _trainer(tmp_path: Path) -> Any:
-    from volnas.search.search import SearchConfig, SearchTrainer
+    from volnas.search.config import SearchConfig
+    from volnas.search.search import SearchTrainer
     from volnas.search.supernet import SuperNet
 
     search = SearchConfig(data="x.npz", space="tiny-strides", augment_search="joint", seed=4)
@@ -200,7 +201,7 @@ class _EpochData(torch.utils.data.TensorDataset):
 
 
 def _loader(n: int, seed: int) -> torch.utils.data.DataLoader:
-    from volnas.training.distributed import ShardedBatchSampler
+    from volnas.core.distributed import ShardedBatchSampler
 
     data = _EpochData(torch.arange(n), torch.zeros(n, dtype=torch.long))
     return torch.utils.data.DataLoader(data, batch_sampler=ShardedBatchSampler(

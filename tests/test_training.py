@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from volnas.core.files import load_tensors
 from volnas.data.dataset import ScanDataset
 from volnas.data.synth import synthesize
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
-from volnas.training.checkpoint import load_tensors
 from volnas.training.config import TrainConfig, load_config
-from volnas.training.run import RunDirError, evaluate_run, run_training
+from volnas.training.evaluate import evaluate_run
+from volnas.training.run import run_training
+from volnas.training.rundir import RunDirError
 from volnas.training.trainer import Trainer
 
 METRIC_KEYS = {

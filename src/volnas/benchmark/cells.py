@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from volnas.search.search import SearchConfig
+from volnas.search.config import SearchConfig
 from volnas.training.config import TrainConfig, merge_settings
 
 # Settings that do not change a cell's result: a cell may be resumed with other values.

@@ -14,12 +14,12 @@ import torch
 
 from volnas.benchmark.cells import Cell, cell_name
 from volnas.benchmark.markdown import METRICS, render_markdown
+from volnas.core.files import atomic_write_text
 from volnas.search.run import decision_from_log, search_run_seconds
-from volnas.training.checkpoint import atomic_write_text
 from volnas.training.config import TrainConfig
 from volnas.training.device import resolve_device
 from volnas.training.metrics import summarize_seeds
-from volnas.training.run import history_seconds
+from volnas.training.rundir import history_seconds
 
 
 def machine_info(device: str) -> dict[str, Any]:

@@ -38,8 +38,9 @@ from volnas.benchmark.cells import (
     validate_settings,
 )
 from volnas.benchmark.report import data_summary, machine_info, write_report
+from volnas.core.markup import make_console
+from volnas.search.config import SearchConfig
 from volnas.search.run import run_search
-from volnas.search.search import SearchConfig
 from volnas.training.run import run_training
 
 
@@ -77,7 +78,7 @@ def run_benchmark(
         The report (what ``report.json`` holds); ``report["failed"]`` lists cells that raised.
     """
 
-    console = console or Console()
+    console = console or make_console()
     if not models and not searches:
         raise BenchmarkError("nothing to benchmark: give --models and/or --search")
     if seeds < 1:

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from volnas.core.markup import make_console
 from volnas.data.index import build_index, summary_table, write_manifest
 from volnas.data.synth import synthesize
 from volnas.search.run import load_search_config, run_search
@@ -45,7 +47,7 @@ def _explain(run_dir: Path, manifest: Path, out: Path, masks: Path, console: Con
 def run_demo(out: Path, *, epochs: int = 10, search: bool = True, seed: int = 0,
              console: Console | None = None) -> Path:
     """Run the demo into a fresh folder under ``out``; returns that folder."""
-    console = console or Console()
+    console = console or make_console()
     t0 = time.perf_counter()
     root = next_free(out, "demo")
     data_dir = root / "data"
@@ -102,3 +104,15 @@ def run_demo(out: Path, *, epochs: int = 10, search: bool = True, seed: int = 0,
                   "(metrics.json, curves.png, confusion_test.png, roc_test.png, model.safetensors); "
                   "explain/ holds montages (PNG) and heatmaps (NIfTI) to open over the scans.")
     return root
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("volnas_demo"), "--out", help="Demo folder (a new run each time)."),
+    epochs: int = typer.Option(10, "--epochs", help="Training (and retrain) epochs."),
+    search: bool = typer.Option(True, "--search/--no-search", help="Include the architecture search."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Synthesise chest CT, train a baseline, search a compact net, explain both, compare."""
+    from volnas.cli.common import console
+
+    run_demo(out, epochs=epochs, search=search, seed=seed, console=console)

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from volnas.markup import esc, print_error, print_warning
+from volnas.cli.common import console, err_console, fail, optional_shape
+from volnas.core.markup import esc, print_warning
 
-_console = Console()
-_err = Console(stderr=True)
+if TYPE_CHECKING:
+    from volnas.deploy.bundle import Bundle
+    from volnas.deploy.predict import Failure
 
-
-def _fail(message: str, code: int = 2) -> None:
-    print_error(_err, message)
-    raise typer.Exit(code)
-
-
-def _shape(text: str | None, n: int, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    from volnas.cli.main import parse_shape
-
-    return parse_shape(text, n, what)
 
 
 def export_cmd(
@@ -43,14 +34,14 @@ def export_cmd(
             export_bundle(run_dir, out, onnx=onnx)
         bundle = load_bundle(out)  # what was written loads and verifies
     except (BundleError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        fail(e)
     for w in caught:
-        print_warning(_err, w.message)
+        print_warning(err_console, w.message)
     m = bundle.manifest
     size = m["model"].get("model_size_mb")
     arch = (f"searched {bundle.genotype.space} network" if bundle.genotype is not None
             else bundle.model_name)
-    _console.print(
+    console.print(
         f"bundle: {esc(out)}  ({esc(arch)}, input {'x'.join(map(str, bundle.input_shape))}, "
         f"classes {esc(', '.join(bundle.classes))}"
         + (f", {size:.2f} MB" if size is not None else "")
@@ -77,7 +68,7 @@ def predict_cmd(
         if out.suffix.lower() not in (".csv", ".json"):
             raise typer.BadParameter("must end in .csv or .json", param_hint="--out")
         if out.exists():
-            _fail(f"{out}: already exists; refusing to overwrite")
+            fail(f"{out}: already exists; refusing to overwrite")
     if explain_dir is not None and not explain:
         raise typer.BadParameter("needs --explain", param_hint="--explain-dir")
     if explain and explain_dir is None:
@@ -86,10 +77,12 @@ def predict_cmd(
         explain_dir = next_free(Path.cwd(), "explain")
     try:
         bundle = load_bundle(model_dir)
-        rows, failures = predict_scans(bundle, scans, explain_dir if explain else None,
-                                       console=_console, batch_size=batch_size, device=device)
+        rows, failures = predict_scans(bundle, scans, console=console,
+                                       batch_size=batch_size, device=device)
+        if explain and rows:
+            failures += explain_predicted(bundle, [r["arg"] for r in rows], explain_dir, console)
     except (BundleError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(e)
     table = Table(title=f"{len(rows)} scan(s), bundle {esc(str(model_dir))}")
     labelled = any(r["label"] for r in rows)
     for col in ("scan", *(["label"] if labelled else []), "predicted",
@@ -99,19 +92,19 @@ def predict_cmd(
         table.add_row(esc(r["scan"]), *([esc(r["label"] or "")] if labelled else []),
                       esc(r["predicted"]),
                       *[f"{r['probabilities'][c]:.4f}" for c in bundle.classes])
-    _console.print(table)
+    console.print(table)
     if bundle.intensity_reference is None:
-        _err.print(f"note: intensity check {esc(INTENSITY_CHECK_UNAVAILABLE)}", soft_wrap=True)
+        err_console.print(f"note: intensity check {esc(INTENSITY_CHECK_UNAVAILABLE)}", soft_wrap=True)
     for r in rows:
         if r["warning"]:
-            print_warning(_err, f"{r['path']}: {r['warning']}")
+            print_warning(err_console, f"{r['path']}: {r['warning']}")
     if out is not None:
         write_predictions(out, rows, failures, bundle)
-        _console.print(f"predictions: {esc(out)}")
+        console.print(f"predictions: {esc(out)}")
     if failures:
-        _err.print(f"[red]{len(failures)} could not be predicted:[/]")
+        err_console.print(f"[red]{len(failures)} could not be predicted:[/]")
         for f in failures:
-            _err.print(f"  {esc(f.path)}: {esc(f.reason)}", soft_wrap=True)
+            err_console.print(f"  {esc(f.path)}: {esc(f.reason)}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -142,27 +135,33 @@ def benchmark_cmd(
 
     overrides = {
         "epochs": epochs, "batch_size": batch_size, "slices": slices,
-        "size": _shape(size, 2, "--size"), "search_epochs": search_epochs,
+        "size": optional_shape(size, 2, "--size"), "search_epochs": search_epochs,
         "probe_epochs": probe_epochs, "retrain_epochs": retrain_epochs, "topk": topk,
-        "search_size": _shape(search_size, 2, "--search-size"), "search_slices": search_slices,
+        "search_size": optional_shape(search_size, 2, "--search-size"), "search_slices": search_slices,
         "device": device,
     }
     names = [m.strip() for m in models.split(",") if m.strip()]
     spaces = [s.strip() for s in search.split(",") if s.strip()]
     try:
         report = run_benchmark(data, names, spaces, seeds, out, config=config,
-                               overrides=overrides, console=_console, report_only=report_only)
+                               overrides=overrides, console=console, report_only=report_only)
     except BenchmarkError as e:
-        _fail(str(e))
+        fail(e)
     if report["failed"]:
-        _err.print(f"[red]{len(report['failed'])} run(s) failed[/] (listed in {esc(out / 'report.md')})")
+        err_console.print(f"[red]{len(report['failed'])} run(s) failed[/] (listed in {esc(out / 'report.md')})")
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``export``, ``predict`` and ``benchmark`` to ``app`` (a second call does nothing)."""
-    have = {c.name for c in app.registered_commands}
-    for name, fn in (("export", export_cmd), ("predict", predict_cmd),
-                     ("benchmark", benchmark_cmd)):
-        if name not in have:
-            app.command(name)(fn)
+def explain_predicted(
+    bundle: Bundle, scans: list[str], out: Path, console: Console
+) -> list[Failure]:
+    """Explanations (montage, heatmap NIfTI, JSON) of the predicted ``scans`` in ``out``;
+    returns the failure, if any, instead of raising: the predictions stand."""
+    from volnas.deploy.predict import failure_from
+    from volnas.explain.api import explain_scans
+
+    try:
+        explain_scans(bundle.path, scans, out, console=console)
+    except Exception as e:  # noqa: BLE001 - predictions stand; the explain step is reported
+        return [failure_from("--explain", str(out), e)]
+    return []

@@ -5,12 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from volnas.markup import print_error
-
-_console = Console()
-_err = Console(stderr=True)
+from volnas.cli.common import console, fail
 
 
 def explain_cmd(
@@ -37,14 +33,6 @@ def explain_cmd(
                                  param_hint="--method")
     try:
         explain_scans(run_dir, list(scans), out, method=method, target_class=cls, masks=masks,
-                      console=_console, target_layer=layer, batch_size=batch_size)
+                      console=console, target_layer=layer, batch_size=batch_size)
     except (DataError, ExplainError, OutputExistsError, FileNotFoundError, ValueError) as e:
-        print_error(_err, e)
-        raise typer.Exit(2) from None
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``explain`` command to ``app`` (a second call does nothing)."""
-    if any(c.name == "explain" for c in app.registered_commands):
-        return
-    app.command("explain")(explain_cmd)
+        fail(e)

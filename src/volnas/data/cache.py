@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from volnas.core.files import atomic_path
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, prepare_stack
 from volnas.data.readers import read_scan
-from volnas.training.checkpoint import follow_umask
 
 
 def default_cache_dir() -> Path:
@@ -113,12 +112,5 @@ class StackCache:
                 ),
             ),
         ):
-            fd, tmp = tempfile.mkstemp(dir=npy.parent, suffix=".tmp")
-            try:
-                follow_umask(tmp)
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(target) as tmp, open(tmp, "wb") as f:
+                write(f)

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from volnas.core.distributed import ShardedBatchSampler
+from volnas.core.distributed import info as dist_info
 from volnas.data.cache import StackCache
 from volnas.data.index import ManifestRow, build_index, read_manifest, read_manifest_info
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, take_slices
 from volnas.data.volume import DataError
-from volnas.training.distributed import ShardedBatchSampler
-from volnas.training.distributed import info as dist_info
 
 SPLITS = ("train", "val", "test")
 

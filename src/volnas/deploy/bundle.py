@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,18 +34,13 @@ import torch
 from torch import nn
 
 from volnas import __version__
+from volnas.core.files import atomic_path, atomic_write_text, load_tensors, sha256_file
 from volnas.data.preprocess import PreprocessConfig
 from volnas.data.volume import DataError
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
-from volnas.training.checkpoint import (
-    atomic_write_text,
-    follow_umask,
-    load_tensors,
-    sha256_file,
-)
-from volnas.training.config import dump_config
-from volnas.training.run import GENOTYPE_PREFIX, load_run
+from volnas.training.config import TrainConfig, dump_config
+from volnas.training.rundir import GENOTYPE_PREFIX, load_run
 
 FORMAT = "volnas-bundle"
 FORMAT_VERSION = 2  # 2: content_sha256 of bundle.json, intensity_reference
@@ -142,9 +135,8 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
     intensity = training_intensity(cfg.data, pre)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        follow_umask(tmp, folder=True)
+    # the folder appears complete or not at all (rename replaces an empty ``out``)
+    with atomic_path(out, folder=True) as tmp:
         shutil.copyfile(run_dir / WEIGHTS, tmp / WEIGHTS)
         updates: dict[str, Any] = {}
         if genotype is not None:
@@ -195,12 +187,6 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
         }
         manifest["content_sha256"] = content_digest(manifest)
         atomic_write_text(tmp / "bundle.json", json.dumps(manifest, indent=2))
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -525,4 +511,13 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
 
 
 __all__ = ["Bundle", "BundleError", "bundle_summary", "export_bundle", "export_onnx",
-           "load_bundle", "resolve_run_dir"]
+           "load_bundle", "load_run_or_bundle", "resolve_run_dir"]
+
+
+def load_run_or_bundle(folder: Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """A run folder's or a verified bundle's model, config and run.json info (a bundle
+    holds the same files as a run, and is refused if any was edited or swapped)."""
+    folder = Path(folder)
+    if (folder / "bundle.json").is_file():
+        load_bundle(folder)
+    return load_run(folder)

@@ -22,13 +22,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from volnas.core.files import atomic_write_text
+from volnas.core.markup import make_console
 from volnas.data.dataset import open_source
 from volnas.data.preprocess import prepare_stack, take_slices
 from volnas.data.readers import read_scan
 from volnas.data.volume import DataError
 from volnas.deploy.bundle import Bundle
 from volnas.deploy.intensity import check, describe, scan_stats
-from volnas.training.checkpoint import atomic_write_text
 from volnas.training.device import autocast, prepare_model, resolve_device, to_device
 
 INTENSITY_CHECK_UNAVAILABLE = (
@@ -77,11 +78,12 @@ def expand_scans(args: Sequence[str | Path]) -> tuple[list[ScanItem], list[Failu
             else:
                 items.append(ScanItem(arg, arg, None, None, arg))
         except (DataError, OSError, ValueError) as e:
-            failures.append(_failure(arg, arg, e))
+            failures.append(failure_from(arg, arg, e))
     return items, failures
 
 
-def _failure(name: str, path: str, e: BaseException) -> Failure:
+def failure_from(name: str, path: str, e: BaseException) -> Failure:
+    """A scan that could not be handled, with the reason (a DataError names its own file)."""
     if isinstance(e, DataError):
         return Failure(name, e.path, e.problem)
     return Failure(name, path, f"{type(e).__name__}: {e}")
@@ -90,7 +92,6 @@ def _failure(name: str, path: str, e: BaseException) -> Failure:
 def predict_scans(
     bundle: Bundle,
     scans: Sequence[str | Path],
-    explain_dir: Path | None = None,
     console: Console | None = None,
     *,
     batch_size: int = 4,
@@ -106,8 +107,6 @@ def predict_scans(
     Args:
         bundle: from :func:`volnas.deploy.bundle.load_bundle`.
         scans: SCAN arguments (module docstring).
-        explain_dir: also write explanations (montage, heatmap NIfTI, JSON per scan) of the
-            predicted scans here (must not exist or be empty).
         console: where the progress bar goes (None: a default console).
         batch_size: scans per forward pass.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
@@ -117,14 +116,13 @@ def predict_scans(
         ``path``, ``label``, ``predicted``, ``probability``, ``probabilities`` per class and
         ``warning`` (None, or why the scan looks unlike the training scans).
     """
-    console = console or Console()
+    console = console or make_console()
     items, failures = expand_scans(scans)
     dev = resolve_device(device)
     model = prepare_model(bundle.model, dev, bundle.channels_last).eval()
     amp = bundle.amp and dev.type == "cuda"
     reference = bundle.intensity_reference
     rows: list[dict[str, Any]] = []
-    done: list[ScanItem] = []
     pending: list[tuple[ScanItem, np.ndarray, str | None]] = []
 
     def flush() -> None:
@@ -136,12 +134,11 @@ def predict_scans(
         for (item, _, warning), p in zip(pending, probs, strict=True):
             k = int(p.argmax())
             rows.append({
-                "scan": item.name, "path": item.path, "label": item.label,
+                "scan": item.name, "arg": item.arg, "path": item.path, "label": item.label,
                 "predicted": bundle.classes[k], "probability": float(p[k]),
                 "probabilities": {c: float(v) for c, v in zip(bundle.classes, p, strict=True)},
                 "warning": warning,
             })
-            done.append(item)
         pending.clear()
 
     with Progress(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -162,35 +159,16 @@ def predict_scans(
                     warning = describe(problems) if problems else None
                 pending.append((item, x, warning))
             except Exception as e:  # noqa: BLE001 - any unreadable scan is reported, not raised
-                failures.append(_failure(item.name, item.path, e))
+                failures.append(failure_from(item.name, item.path, e))
             if len(pending) >= batch_size:
                 flush()
             progress.advance(task)
         if pending:
             flush()
 
-    if explain_dir is not None and done:
-        failures.extend(explain_predicted(bundle, done, Path(explain_dir), console))
     return rows, failures
 
 
-def explain_predicted(
-    bundle: Bundle, items: Sequence[ScanItem], out: Path, console: Console
-) -> list[Failure]:
-    """Explanations of ``items`` through :func:`volnas.explain.api.explain_scans`.
-
-    The bundle folder holds ``config.yaml``, ``run.json`` and the weights, so it opens as a
-    run there. Returns the failure, if any, instead of raising.
-    """
-    try:
-        from volnas.explain.api import explain_scans
-    except ImportError as e:
-        return [Failure("--explain", str(out), f"explanations are not available: {e}")]
-    try:
-        explain_scans(bundle.path, [it.arg for it in items], out, console=console)
-    except Exception as e:  # noqa: BLE001 - predictions stand; the explain step is reported
-        return [_failure("--explain", str(out), e)]
-    return []
 
 
 def write_predictions(

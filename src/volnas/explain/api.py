@@ -40,15 +40,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from volnas.core.files import atomic_write_text
+from volnas.core.markup import esc, make_console
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, prepare_stack, take_slices
 from volnas.data.readers import NIFTI_EXTS, read_nifti, read_scan, split_npz_path
 from volnas.data.volume import DataError, Volume
+from volnas.deploy.bundle import load_run_or_bundle
 from volnas.explain.cam import make_explainer
 from volnas.explain.faithfulness import faithfulness, summarize
 from volnas.explain.geometry import to_source_grid
 from volnas.explain.render import render_montage, top_slices, write_heatmap_nifti, write_json
-from volnas.markup import esc
-from volnas.training.checkpoint import atomic_write_text
 
 METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
 
@@ -235,9 +236,7 @@ def explain_scans(
     Returns:
         One dict per scan (what ``explanation.json`` holds).
     """
-    from volnas.training.run import load_run
-
-    console = console or Console()
+    console = console or make_console()
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputExistsError(f"{out}: already exists and is not empty; choose another --out")
@@ -247,7 +246,7 @@ def explain_scans(
     names = safe_names(refs)
     mask_table = load_mask_table(masks) if masks is not None else None
 
-    model, cfg, info = load_run(Path(run_dir))
+    model, cfg, info = load_run_or_bundle(Path(run_dir))
     classes: list[str] = list(info["classes"])
     target = None
     if target_class is not None:

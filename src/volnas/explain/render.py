@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from volnas.core.files import atomic_write_bytes, atomic_write_text
 from volnas.data.volume import Volume
-from volnas.training.checkpoint import atomic_write_bytes, atomic_write_text
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU: level -600, width 1500
 

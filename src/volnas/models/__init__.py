@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# the model modules fill the registry as they are imported
+from volnas.models import baselines, genotype  # noqa: F401
 from volnas.models.profile import count_flops, count_params, profile_model, size_mb
 from volnas.models.registry import (
     ModelSpec,

@@ -120,7 +120,7 @@ class Genotype:
                    int(d.get("in_channels", 1)), d.get("input_shape"), dict(d.get("extra") or {}))
 
     def save(self, path: Path) -> None:
-        from volnas.training.checkpoint import atomic_write_text
+        from volnas.core.files import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 

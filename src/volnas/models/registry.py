@@ -47,19 +47,12 @@ def register_resolver(prefix: str, builder: Callable[[str, int, int], nn.Module]
     _RESOLVERS[prefix] = builder
 
 
-def _ensure_loaded() -> None:
-    # Importing the model modules fills the registry.
-    from volnas.models import baselines, genotype  # noqa: F401
-
-
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a glob pattern, sorted."""
-    _ensure_loaded()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def get_spec(name: str) -> ModelSpec:
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     return _REGISTRY[name]
@@ -68,7 +61,6 @@ def get_spec(name: str) -> ModelSpec:
 def check_model_name(name: str) -> None:
     """Raise ValueError listing the known names unless ``name`` is one volnas can build
     (a registered name or ``PREFIX:ARG`` of a resolver; the argument is not checked here)."""
-    _ensure_loaded()
     prefix, sep, arg = name.partition(":")
     if sep and prefix in _RESOLVERS:
         if not arg:
@@ -82,7 +74,6 @@ def check_model_name(name: str) -> None:
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> nn.Module:
     """Build a registered model (or a ``prefix:arg`` name such as ``genotype:FILE``)."""
-    _ensure_loaded()
     prefix, sep, arg = name.partition(":")
     if sep and prefix in _RESOLVERS:
         return _RESOLVERS[prefix](arg, in_channels, num_classes)

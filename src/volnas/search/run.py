@@ -25,22 +25,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from volnas.core.distributed import barrier, init_distributed
+from volnas.core.distributed import info as dist_info
+from volnas.core.faults import crash_point
+from volnas.core.files import atomic_write_text, remove_stale_temporaries
+from volnas.core.markup import make_console
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
-from volnas.faults import crash_point
 from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
 from volnas.search.augment_search import AugmentSearch
+from volnas.search.config import SearchConfig
 from volnas.search.sampler import mean_uniform_entropy
-from volnas.search.search import PairedLoader, SearchConfig, SearchTrainer, split_by_patient
+from volnas.search.search import PairedLoader, SearchTrainer, split_by_patient
 from volnas.search.supernet import SuperNet
-from volnas.training.checkpoint import atomic_write_text, remove_stale_temporaries
 from volnas.training.config import TrainConfig, load_config, merge_settings, resume_config
 from volnas.training.device import resolve_device, seed_everything
-from volnas.training.distributed import barrier, init_distributed
-from volnas.training.distributed import info as dist_info
 from volnas.training.metrics import select_metric
-from volnas.training.run import (
+from volnas.training.run import run_training
+from volnas.training.rundir import (
     RunDirError,
     check_augment,
     epochs_seconds,
@@ -48,7 +51,6 @@ from volnas.training.run import (
     positive_of,
     prepare_run_dir,
     remove_failed_start,
-    run_training,
 )
 
 # A search whose distributions still hold this fraction of the uniform entropy has not
@@ -104,11 +106,11 @@ def run_search(
     refused before anything is written. A new search that fails before its first checkpoint
     removes what it made, so the same ``run_dir`` can be retried.
     """
-    console = console or Console()
+    console = console or make_console()
     run_dir = Path(run_dir)
     main = init_distributed(cfg.device).is_main
     if not main:
-        console = Console(quiet=True)
+        console = make_console(quiet=True)
     existed = run_dir.exists()
     if resume:
         path = run_dir / "search_config.yaml"

@@ -14,26 +14,25 @@ import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
-from rich.console import Console
 from rich.markup import escape
 from torch import nn
 
+from volnas.core.distributed import average_gradients
+from volnas.core.faults import crash_point
+from volnas.core.files import atomic_write_text
 from volnas.data.index import ManifestRow
-from volnas.data.preprocess import PreprocessConfig
-from volnas.faults import crash_point
 from volnas.models.profile import count_flops, count_params
 from volnas.search.augment_search import AugmentSearch
+from volnas.search.config import SearchConfig
 from volnas.search.sampler import TemperatureSchedule
 from volnas.search.supernet import SuperNet
-from volnas.training.checkpoint import _flatten_optimizer, _unflatten_optimizer, atomic_write_text
+from volnas.training.checkpoint import flatten_optimizer, unflatten_optimizer
 from volnas.training.config import TrainConfig
 from volnas.training.device import autocast, to_device
-from volnas.training.distributed import average_gradients
 from volnas.training.plots import plot_choice_probabilities
 from volnas.training.trainer import Trainer
 
@@ -47,78 +46,8 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
-# Settings added after search runs were first saved, with the behaviour of those runs.
-SAVED_BEFORE_FIELD: dict[str, Any] = {"aug_prior": "candidates"}
 
 
-class SearchConfig(TrainConfig):
-    """A search run: TrainConfig (used for the retrain) plus the search's own settings."""
-
-    model: str = "supernet"
-    space: str = "covidnet3d-s"
-    search_epochs: int = Field(30, ge=1)
-    search_batch_size: int | None = None  # default: batch_size
-    search_slices: int | None = None  # reduced resolution for the search (default: retrain's)
-    search_size: tuple[int, int] | None = None
-    weight_optimizer: Literal["adam", "sgd"] = "adam"
-    weight_lr: float = Field(3e-4, gt=0)  # MedPipe: Adam 3e-4 for the supernet weights
-    arch_lr: float = Field(1e-3, gt=0)  # both papers: Adam 1e-3 for the logits
-    arch_weight_decay: float = 1e-3
-    warmup_epochs: int = Field(0, ge=0)  # weight-only epochs before logits start to move
-    tau_start: float = Field(5.0, gt=0)
-    tau_end: float = Field(0.5, gt=0)
-    tau_schedule: Literal["exp", "linear", "constant"] = "exp"
-    # medpipe: a path may use at most this multiple of the activation memory of the paper's
-    # strides [1,2,2,2,2,2,1]; paths over it are redrawn (None: no limit)
-    stride_budget: float | None = Field(2.0, ge=1)
-    target_params: float | None = Field(None, gt=0)  # millions of parameters
-    cost_weight: float = Field(0.0, ge=0)
-    augment_search: Literal["off", "joint", "only", "decoupled"] | None = None  # None: joint
-    # for the medpipe space, off otherwise
-    objective: Literal["paper", "unrolled"] = "paper"
-    # start of the augmentation logits: each probability level {0, 0.5, 0.8} equal
-    # ("probability"), or each (magnitude, probability) candidate equal ("candidates",
-    # the start of search_config.yaml files without this field); see volnas.search.augment_search
-    aug_prior: Literal["probability", "candidates"] = "probability"
-    aug_lr: float | None = Field(None, gt=0)  # default: arch_lr
-    unrolled_xi: float | None = Field(None, gt=0)  # virtual step size (default: weight_lr)
-    fixed_genotype: str | None = None  # the network of --augment-search only (default below)
-    topk: int = Field(10, ge=1)
-    probe_epochs: int = Field(3, ge=1)
-    retrain_epochs: int = Field(200, ge=1)
-
-    @classmethod
-    def from_saved(cls, data: dict[str, Any]) -> SearchConfig:
-        """A search_config.yaml written by volnas; settings it lacks predate their field
-        and get the value every search used then (not today's default)."""
-        return cls.model_validate({**SAVED_BEFORE_FIELD, **data})
-
-    @property
-    def aug_mode(self) -> str:
-        if self.augment_search is not None:
-            return self.augment_search
-        return "joint" if self.space == "medpipe" else "off"
-
-    def search_preprocess(self) -> PreprocessConfig:
-        return self.preprocess.model_copy(update={
-            "slices": self.search_slices or self.preprocess.slices,
-            "size": self.search_size or self.preprocess.size,
-            "resize": None if self.search_size else self.preprocess.resize,
-        })
-
-    def search_train_config(self) -> TrainConfig:
-        """The TrainConfig the search loop itself runs with (reduced input, search optimiser)."""
-        base = {k: getattr(self, k) for k in TrainConfig.model_fields}
-        base.update({
-            "preprocess": self.search_preprocess(),
-            "epochs": self.search_epochs,
-            "batch_size": self.search_batch_size or self.batch_size,
-            "optimizer": self.weight_optimizer,
-            "lr": self.weight_lr,
-            "augment": self.augment,
-            "model": f"supernet:{self.space}",
-        })
-        return TrainConfig.model_validate(base)
 
 
 def fixed_path(supernet: SuperNet, search: SearchConfig) -> list[int]:
@@ -494,14 +423,14 @@ class SearchTrainer(Trainer):
         atomic_write_text(self.run_dir / "search_log.csv", buf.getvalue())
 
     def extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        tensors, meta = _flatten_optimizer(self.arch_optimizer)
+        tensors, meta = flatten_optimizer(self.arch_optimizer)
         return ({"arch_optimizer": meta, "log": self.log, "probs_history": self.probs_history},
                 {f"arch.{k}": v for k, v in tensors.items()})
 
     def load_extra_state(self, extra: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         if "arch_optimizer" in extra:
             arch_t = {k[5:]: v for k, v in tensors.items() if k.startswith("arch.")}
-            self.arch_optimizer.load_state_dict(_unflatten_optimizer(arch_t, extra["arch_optimizer"]))
+            self.arch_optimizer.load_state_dict(unflatten_optimizer(arch_t, extra["arch_optimizer"]))
             for group in self.arch_optimizer.param_groups:
                 group["weight_decay"] = 0.0  # older checkpoints: the decay is ours now
         self.log = extra.get("log", [])
@@ -518,6 +447,3 @@ def read_search_log(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
-
-def make_console(console: Console | None) -> Console:
-    return console or Console()

@@ -2,122 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from volnas.faults import crash_point
-
-# The temporaries of the atomic writers here and in volnas.training.plots:
-# ``.<name>.<8 random chars>.tmp`` (plots: ``.<stem>.<random>.png.tmp``).
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.png)?\.tmp$")
-
-
-def umask() -> int:
-    """The process's file-creation mask (read without changing it where the OS allows)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
-    os.umask(mask)
-    return mask
-
-
-def follow_umask(path: str | Path, folder: bool = False) -> None:
-    """Give a ``mkstemp``/``mkdtemp`` result (0600/0700) the mode a plain ``open``/``mkdir``
-    would: 0666 (0777 for a folder) less the umask."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
-
-
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete what a killed atomic write left in ``run_dir`` (its files named like the
-    writers' temporaries, in any subfolder); returns the removed paths."""
-    removed = []
-    for path in sorted(Path(run_dir).rglob(".*.tmp")):
-        if path.is_file() and not path.is_symlink() and _TEMPORARY.match(path.name):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        follow_umask(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> str:
-    """Save tensors atomically as safetensors; returns the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(clean, tmp, metadata=meta)
-        follow_umask(tmp)  # after: save_file replaces the file mkstemp made
-        crash_point(f"tensors:{path.name}")
-        digest = sha256_file(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; anything else (a pickle, a truncated file) is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    # safetensors: an 8-byte header length, then the JSON header. torch.save writes a zip
-    # ("PK"), older pickles start with the PROTO opcode 0x80 and a protocol number.
-    if head[8:9] != b"{" and (head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in
-                                                     (b"\x02", b"\x03", b"\x04", b"\x05"))):
-        raise ValueError(
-            f"{path}: this is a pickle/zip (torch.save) file, not safetensors; "
-            "volnas never unpickles files it is handed"
-        )
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a valid safetensors file ({e})") from e
+from volnas.core.faults import crash_point
+from volnas.core.files import atomic_write_text, load_tensors, save_tensors, sha256_file
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -136,7 +29,7 @@ def load_model_state(model: nn.Module, path: Path) -> None:
         raise ValueError(f"{path}: weights do not match the model: {e}") from e
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -149,7 +42,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(
+def unflatten_optimizer(
     tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 ) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
@@ -174,7 +67,7 @@ def save_training_state(
     """Save everything needed to resume after ``epoch``; ``last.json`` is written last."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model_state(model).items()}
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    opt_tensors, opt_meta = flatten_optimizer(optimizer)
     tensors.update(opt_tensors)
     for k, v in (extra_tensors or {}).items():
         tensors[f"extra.{k}"] = v
@@ -212,7 +105,7 @@ def load_training_state(
     tensors = load_tensors(weights)
     inner = getattr(model, "module", model)
     inner.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, record["optimizer"]))
+    optimizer.load_state_dict(unflatten_optimizer(tensors, record["optimizer"]))
     if scheduler is not None and record.get("scheduler") is not None:
         scheduler.load_state_dict(record["scheduler"])
     extra_t = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}

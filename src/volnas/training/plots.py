@@ -9,8 +9,6 @@ with ``os.replace``.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve
 
-from volnas.training.checkpoint import follow_umask
+from volnas.core.files import atomic_path
 from volnas.training.metrics import resolve_positive_class, validate_inputs
 
 DPI = 120
@@ -43,16 +41,8 @@ def _new_figure(size: tuple[float, float]) -> Figure:
 
 def _save(fig: Figure, out: Path | str) -> Path:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png.tmp", dir=out.parent)
-    try:
-        follow_umask(tmp)
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return out
 
 

@@ -22,19 +22,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from volnas.core.distributed import all_gather_objects, barrier
+from volnas.core.distributed import info as dist_info
+from volnas.core.faults import crash_point
+from volnas.core.files import atomic_write_text, save_tensors
+from volnas.core.markup import make_console
 from volnas.data.augment import Policy
-from volnas.faults import crash_point
-from volnas.training.checkpoint import (
-    atomic_write_text,
-    load_training_state,
-    model_state,
-    save_tensors,
-    save_training_state,
-)
+from volnas.training.checkpoint import load_training_state, model_state, save_training_state
 from volnas.training.config import TrainConfig
 from volnas.training.device import autocast, eval_mode, prepare_model, to_device
-from volnas.training.distributed import all_gather_objects, barrier
-from volnas.training.distributed import info as dist_info
 from volnas.training.metrics import compute_metrics, select_metric
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_accuracy",
@@ -136,7 +132,7 @@ class Trainer:
         self.positive_class = positive_class
         self.run_dir = Path(run_dir)
         quiet = console is None or not self.dist.is_main
-        self.console = Console(quiet=True) if quiet else console
+        self.console = make_console(quiet=True) if quiet else console
         self.optimizer = build_optimizer(self.weight_parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr

@@ -1,0 +1,71 @@
+"""What every command shares: the consoles, the error exit, shape arguments, and help texts
+and choices read from the configuration classes (so the CLI cannot drift from them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NoReturn, get_args, get_origin
+
+import typer
+from pydantic import BaseModel
+
+from volnas.core.markup import make_console, print_error
+from volnas.data.synth import DIFFICULTIES, FORMATS
+from volnas.search.config import SearchConfig
+from volnas.training.config import TrainConfig
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def fail(message: object, code: int = 2) -> NoReturn:
+    """Print ``error: MESSAGE`` (literally, never as markup) and exit with ``code``."""
+    print_error(err_console, message)
+    raise typer.Exit(code)
+
+
+def parse_shape(text: str, n: int, what: str) -> tuple[int, ...]:
+    """'32x64x64' -> (32, 64, 64), checking the number of parts."""
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{what} must look like {'x'.join(['N'] * n)}, got {text!r}") from None
+    if len(parts) != n or min(parts) < 1:
+        raise typer.BadParameter(f"{what} must have {n} positive parts, got {text!r}")
+    return parts
+
+
+def optional_shape(text: str | None, n: int, what: str) -> tuple[int, ...] | None:
+    return None if text is None else parse_shape(text, n, what)
+
+
+def default(field: str, cls: type[BaseModel] = SearchConfig) -> str:
+    """A setting's default as help texts show it: ``[200]``, ``[128x128]``."""
+    model: Any = cls
+    if field in model.model_fields:
+        value = model.model_fields[field].get_default(call_default_factory=True)
+    else:  # a preprocessing setting
+        value = getattr(model.model_fields["preprocess"].get_default(call_default_factory=True),
+                        field)
+    if isinstance(value, tuple | list):
+        value = "x".join(map(str, value))
+    return f"[{value}]"
+
+
+def _choices(field: str, cls: type[BaseModel] = SearchConfig) -> Any:
+    """The Literal type of a setting (without None), so typer validates and lists it."""
+    ann = cls.model_fields[field].annotation
+    literal = next(a for a in (ann, *get_args(ann)) if get_origin(a) is Literal)
+    return Literal[get_args(literal)]  # type: ignore[valid-type]
+
+
+Optimizer = _choices("optimizer", TrainConfig)
+WeightOptimizer = _choices("weight_optimizer")
+ClassWeight = _choices("class_weight", TrainConfig)
+AugmentSearch = _choices("augment_search")
+Objective = _choices("objective")
+AugPrior = _choices("aug_prior")
+SelectMetric = _choices("select_metric", TrainConfig)
+Format = Literal[FORMATS]  # type: ignore[valid-type]
+Difficulty = Literal[DIFFICULTIES]  # type: ignore[valid-type]
+Split = Literal["train", "val", "test"]

@@ -1,0 +1,134 @@
+"""``volnas search`` and ``volnas genotype show``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from volnas.cli.common import (
+    AugmentSearch,
+    AugPrior,
+    ClassWeight,
+    Objective,
+    WeightOptimizer,
+    console,
+    default,
+    fail,
+    optional_shape,
+)
+from volnas.core.markup import esc
+from volnas.data.volume import DataError
+
+genotype_app = typer.Typer(help="Inspect searched architectures.", no_args_is_help=True,
+                           rich_markup_mode=None)
+
+
+def search_cmd(
+    data: str = typer.Option(None, "--data", help="Manifest CSV or MedMNIST .npz."),
+    space: str = typer.Option(None, "--space", help="covidnet3d-s | covidnet3d-l | medpipe "
+                              f"{default('space')}."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (never overwritten)."),
+    epochs: int = typer.Option(None, "--epochs", help=f"Search epochs {default('search_epochs')}."),
+    topk: int = typer.Option(None, "--topk",
+                             help=f"Architectures probed after the search {default('topk')}."),
+    probe_epochs: int = typer.Option(None, "--probe-epochs",
+                                     help=f"Epochs per probe {default('probe_epochs')}."),
+    retrain_epochs: int = typer.Option(None, "--retrain-epochs",
+                                       help=f"Final retrain epochs {default('retrain_epochs')}."),
+    batch_size: int = typer.Option(None, "--batch-size", help=f"Batch size {default('batch_size')}."),
+    slices: int = typer.Option(None, "--slices",
+                               help=f"Retrain slices per scan {default('slices')}."),
+    size: str = typer.Option(None, "--size", help=f"Retrain in-plane HxW {default('size')}."),
+    search_slices: int = typer.Option(None, "--search-slices",
+                                      help="Search slices (reduced) [the retrain's]."),
+    search_size: str = typer.Option(None, "--search-size",
+                                    help="Search HxW (reduced), e.g. 64x64 [the retrain's]."),
+    arch_lr: float = typer.Option(None, "--arch-lr", help=f"Adam lr of the logits {default('arch_lr')}."),
+    weight_optimizer: WeightOptimizer = typer.Option(
+        None, "--weight-optimizer", help=f"Supernet weight optimiser {default('weight_optimizer')}."),
+    weight_lr: float = typer.Option(None, "--weight-lr",
+                                    help=f"Supernet weight lr {default('weight_lr')}."),
+    tau_start: float = typer.Option(None, "--tau-start",
+                                    help=f"Initial Gumbel temperature {default('tau_start')}."),
+    tau_end: float = typer.Option(None, "--tau-end",
+                                  help=f"Final Gumbel temperature {default('tau_end')}."),
+    target_params: float = typer.Option(None, "--target-params",
+                                        help="Steer towards this many million parameters."),
+    cost_weight: float = typer.Option(
+        None, "--cost-weight",
+        help=f"Weight of the expected-parameter cost {default('cost_weight')} (0: off)."),
+    augment_search: AugmentSearch = typer.Option(
+        None, "--augment-search", help="Also search 3D augmentation [joint for medpipe, "
+        "off otherwise]."),
+    objective: Objective = typer.Option(
+        None, "--objective", help="paper: augmented architecture batch; unrolled: clean batch, "
+        f"one-step unrolled gradient for the augmentation logits {default('objective')}."),
+    aug_prior: AugPrior = typer.Option(
+        None, "--aug-prior", help="Start of the augmentation logits: probability (each of "
+        "p 0, 0.5, 0.8 a third; an undecided layer exports no augmentation) | candidates "
+        f"(every candidate equal; the identity gets 1/(2M+1)) {default('aug_prior')}."),
+    fixed_genotype: str = typer.Option(None, "--fixed-genotype",
+                                       help="Network for --augment-search only."),
+    seed: int = typer.Option(None, "--seed", help=f"Seed {default('seed')}."),
+    config: Path = typer.Option(None, "--config", help="YAML config; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search in --out."),
+    device: str = typer.Option(None, "--device", help=f"auto | cpu | cuda[:N] {default('device')}."),
+    class_weight: ClassWeight = typer.Option(
+        None, "--class-weight", help=f"Loss weights; balanced: n/(k*n_c) {default('class_weight')}."),
+) -> None:
+    """Differentiable single-path search, then probe the top-k, retrain the best, test once.
+
+    --resume continues the search in --out with its saved configuration; only --device
+    (and cache_dir, num_workers in --config) may be given with it."""
+    from volnas.search.run import load_search_config, run_search
+    from volnas.training.config import merge_settings
+    from volnas.training.rundir import RunDirError
+
+    overrides = {
+        "data": data, "space": space, "search_epochs": epochs, "topk": topk,
+        "probe_epochs": probe_epochs, "retrain_epochs": retrain_epochs, "batch_size": batch_size,
+        "slices": slices, "size": optional_shape(size, 2, "--size"),
+        "search_slices": search_slices,
+        "search_size": optional_shape(search_size, 2, "--search-size"),
+        "arch_lr": arch_lr, "weight_optimizer": weight_optimizer, "weight_lr": weight_lr,
+        "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
+        "cost_weight": cost_weight, "seed": seed, "device": device,
+        "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,
+        "fixed_genotype": fixed_genotype, "class_weight": class_weight,
+    }
+    try:
+        cfg = load_search_config(config, overrides)
+        if not cfg.data and not resume:
+            raise typer.BadParameter("--data is required (or set `data:` in --config)")
+        given = merge_settings(config, overrides) if resume else None
+        result = run_search(cfg, out, resume=resume, given=given, console=console)
+    except (DataError, RunDirError, ValueError, FileNotFoundError, KeyError) as e:
+        fail(e)
+    t = result["test"]
+    console.print(f"searched {esc(result['genotype'])}\ntest: acc {t['accuracy']:.4f}, "
+                  f"f1 {t['f1']:.4f}; run folder {esc(out)}")
+
+
+@genotype_app.command("show")
+def genotype_show(
+    file: Path = typer.Argument(..., help="A genotype JSON (genotype.json, genotypes/epoch_NNN.json)."),
+    input: str = typer.Option(None, "--input", help="CxDxHxW for FLOPs [the genotype's]."),
+) -> None:
+    """Print the layer table of a genotype with parameters and FLOPs."""
+    from volnas.models.genotype import Genotype
+    from volnas.search.run import genotype_table
+
+    try:
+        geno = Genotype.load(file)
+    except ValueError as e:
+        fail(e)
+    console.print(genotype_table(geno, optional_shape(input, 4, "--input")))
+    policy = geno.extra.get("augment_policy")
+    if policy is not None:
+        from volnas.data.augment import Policy
+
+        lines = Policy.from_json(policy, source=str(file)).describe()
+        console.print("augmentation policy (type; magnitude; probability):")
+        for line in lines or ["identity (every type at probability 0)"]:
+            console.print(f"  {esc(line)}")

@@ -1,0 +1,123 @@
+"""``volnas models``, ``volnas train`` and ``volnas evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from volnas.cli.common import (
+    ClassWeight,
+    Split,
+    console,
+    default,
+    fail,
+    optional_shape,
+    parse_shape,
+)
+from volnas.core.markup import esc
+from volnas.data.volume import DataError
+from volnas.training.config import TrainConfig
+
+
+def _d(field: str) -> str:
+    return default(field, TrainConfig)
+
+
+def models_cmd(
+    input: str = typer.Option("1x32x128x128", "--input", help="Per-scan input CxDxHxW."),
+    classes: int = typer.Option(3, "--classes", min=2, help="Number of classes."),
+    pattern: str = typer.Option("*", "--filter", help="Glob over model names."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs (slower)."),
+) -> None:
+    """List every registered model with parameters, size (MB) and FLOPs per scan."""
+    from volnas.models.profile import count_flops, count_params, size_mb
+    from volnas.models.registry import create_model, get_spec, list_models
+
+    shape = parse_shape(input, 4, "--input")
+    table = Table(title=f"models for input {input}, {classes} classes")
+    for col in ("model", "family", "params", "size (MB)", "GFLOPs/scan", "description"):
+        table.add_column(col, justify="right" if col in ("params", "size (MB)", "GFLOPs/scan") else "left")
+    for name in list_models(pattern):
+        spec = get_spec(name)
+        m = create_model(name, in_channels=shape[0], num_classes=classes)
+        gf = f"{count_flops(m, shape) / 1e9:.2f}" if flops else "-"
+        table.add_row(name, spec.family, f"{count_params(m):,}", f"{size_mb(m):.2f}", gf,
+                      esc(spec.description))
+    console.print(table)
+
+
+def train_cmd(
+    data: str = typer.Option(None, "--data", help="Manifest CSV or MedMNIST .npz."),
+    model: str = typer.Option(None, "--model", help=f"Registry name (see `volnas models`) or "
+                              f"genotype:FILE {_d('model')}."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (never overwritten)."),
+    epochs: int = typer.Option(None, "--epochs", help=f"Epochs {_d('epochs')}."),
+    batch_size: int = typer.Option(None, "--batch-size", help=f"Batch size {_d('batch_size')}."),
+    slices: int = typer.Option(None, "--slices", help=f"Slices per scan T {_d('slices')}."),
+    size: str = typer.Option(None, "--size", help=f"In-plane HxW after resize/crop {_d('size')}."),
+    lr: float = typer.Option(None, "--lr", help=f"Learning rate {_d('lr')}."),
+    seed: int = typer.Option(None, "--seed", help=f"Seed {_d('seed')}."),
+    config: Path = typer.Option(None, "--config", help="YAML config; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    device: str = typer.Option(None, "--device", help=f"auto | cpu | cuda[:N] {_d('device')}."),
+    workers: int = typer.Option(None, "--workers",
+                                help=f"Data loader worker processes {_d('num_workers')}."),
+    augment: str = typer.Option(None, "--augment", help="auto | none | flip | POLICY.json "
+                                f"{_d('augment')} (auto: a genotype's searched policy, else flip)."),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn",
+                                 help="Synchronised batch norm under torchrun (CUDA)."),
+    class_weight: ClassWeight = typer.Option(
+        None, "--class-weight", help=f"Loss weights; balanced: n/(k*n_c) {_d('class_weight')}."),
+) -> None:
+    """Train a model: validation every epoch, best checkpoint by validation, test once.
+
+    --resume continues the run in --out with its saved configuration; only --device,
+    --workers (and cache_dir) may be given with it, or --epochs to extend a finished run."""
+    from volnas.training.config import load_config, merge_settings
+    from volnas.training.run import run_training
+    from volnas.training.rundir import RunDirError
+
+    overrides = {
+        "data": data, "model": model, "epochs": epochs, "batch_size": batch_size,
+        "slices": slices, "size": optional_shape(size, 2, "--size"),
+        "lr": lr, "seed": seed, "device": device, "num_workers": workers,
+        "augment": augment, "sync_bn": sync_bn, "class_weight": class_weight,
+    }
+    try:
+        cfg = load_config(config, overrides)
+        if not cfg.data and not resume:
+            raise typer.BadParameter("--data is required (or set `data:` in --config)")
+        # what the user set (no defaults): a resume refuses those that change the run
+        given = merge_settings(config, overrides) if resume else None
+        metrics = run_training(cfg, out, resume=resume, given=given, console=console)
+    except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
+        fail(e)
+    console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "
+                  f"f1 {metrics['f1']:.4f})")
+
+
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run folder."),
+    data: str = typer.Option(None, "--data", help="Manifest/npz (default: the run's data)."),
+    split: Split = typer.Option("test", "--split", help="Which split of the data."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Evaluation folder, must not exist or be empty "
+        "[next free RUN_DIR/evaluations/<data>-<split>-NNN]."),
+) -> None:
+    """Metrics of a run's best checkpoint on a split of any dataset, in a folder of their own.
+
+    The run's own metrics.json and test predictions are never changed.
+    """
+    from volnas.training.evaluate import evaluate_run
+    from volnas.training.rundir import RunDirError
+
+    try:
+        metrics = evaluate_run(run_dir, data, split, console=console, out=out)
+    except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
+        fail(e)
+    keys = ("n_scans", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc")
+    console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1), markup=False)
+    console.print(f"evaluation: {esc(metrics['evaluation_dir'])}", soft_wrap=True)

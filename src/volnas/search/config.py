@@ -1,0 +1,84 @@
+"""The settings of a search run: a TrainConfig (for the probes and the retrain) plus the
+search's own; written to RUN_DIR/search_config.yaml."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from volnas.data.preprocess import PreprocessConfig
+from volnas.training.config import TrainConfig
+
+# Settings added after search runs were first saved, with the behaviour of those runs.
+SAVED_BEFORE_FIELD: dict[str, Any] = {"aug_prior": "candidates"}
+
+
+class SearchConfig(TrainConfig):
+    """A search run: TrainConfig (used for the retrain) plus the search's own settings."""
+
+    model: str = "supernet"
+    space: str = "covidnet3d-s"
+    search_epochs: int = Field(30, ge=1)
+    search_batch_size: int | None = None  # default: batch_size
+    search_slices: int | None = None  # reduced resolution for the search (default: retrain's)
+    search_size: tuple[int, int] | None = None
+    weight_optimizer: Literal["adam", "sgd"] = "adam"
+    weight_lr: float = Field(3e-4, gt=0)  # MedPipe: Adam 3e-4 for the supernet weights
+    arch_lr: float = Field(1e-3, gt=0)  # both papers: Adam 1e-3 for the logits
+    arch_weight_decay: float = 1e-3
+    warmup_epochs: int = Field(0, ge=0)  # weight-only epochs before logits start to move
+    tau_start: float = Field(5.0, gt=0)
+    tau_end: float = Field(0.5, gt=0)
+    tau_schedule: Literal["exp", "linear", "constant"] = "exp"
+    # medpipe: a path may use at most this multiple of the activation memory of the paper's
+    # strides [1,2,2,2,2,2,1]; paths over it are redrawn (None: no limit)
+    stride_budget: float | None = Field(2.0, ge=1)
+    target_params: float | None = Field(None, gt=0)  # millions of parameters
+    cost_weight: float = Field(0.0, ge=0)
+    augment_search: Literal["off", "joint", "only", "decoupled"] | None = None  # None: joint
+    # for the medpipe space, off otherwise
+    objective: Literal["paper", "unrolled"] = "paper"
+    # start of the augmentation logits: each probability level {0, 0.5, 0.8} equal
+    # ("probability"), or each (magnitude, probability) candidate equal ("candidates",
+    # the start of search_config.yaml files without this field); see volnas.search.augment_search
+    aug_prior: Literal["probability", "candidates"] = "probability"
+    aug_lr: float | None = Field(None, gt=0)  # default: arch_lr
+    unrolled_xi: float | None = Field(None, gt=0)  # virtual step size (default: weight_lr)
+    fixed_genotype: str | None = None  # the network of --augment-search only (default below)
+    topk: int = Field(10, ge=1)
+    probe_epochs: int = Field(3, ge=1)
+    retrain_epochs: int = Field(200, ge=1)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> SearchConfig:
+        """A search_config.yaml written by volnas; settings it lacks predate their field
+        and get the value every search used then (not today's default)."""
+        return cls.model_validate({**SAVED_BEFORE_FIELD, **data})
+
+    @property
+    def aug_mode(self) -> str:
+        if self.augment_search is not None:
+            return self.augment_search
+        return "joint" if self.space == "medpipe" else "off"
+
+    def search_preprocess(self) -> PreprocessConfig:
+        return self.preprocess.model_copy(update={
+            "slices": self.search_slices or self.preprocess.slices,
+            "size": self.search_size or self.preprocess.size,
+            "resize": None if self.search_size else self.preprocess.resize,
+        })
+
+    def search_train_config(self) -> TrainConfig:
+        """The TrainConfig the search loop itself runs with (reduced input, search optimiser)."""
+        base = {k: getattr(self, k) for k in TrainConfig.model_fields}
+        base.update({
+            "preprocess": self.search_preprocess(),
+            "epochs": self.search_epochs,
+            "batch_size": self.search_batch_size or self.batch_size,
+            "optimizer": self.weight_optimizer,
+            "lr": self.weight_lr,
+            "augment": self.augment,
+            "model": f"supernet:{self.space}",
+        })
+        return TrainConfig.model_validate(base)
