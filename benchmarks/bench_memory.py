@@ -7,6 +7,34 @@ supernet runs its largest path (volnas.training.memory.largest_path) in every st
 cases are comparable and match what the estimate assumes.
 
     python benchmarks/bench_memory.py [--sizes 8x32x32,16x64x64] [--batch 2] [--steps 2]
+
+Where it goes (2 CPU threads shared, batch 2, MB; est/peak: the estimate over the peak):
+
+    case                    input     peak  estimate est/peak  activ  of aug
+    search off paper        8x32x32    466     569     1.22     114      0
+    search joint paper      8x32x32    477     571     1.20     115      1
+    search joint unrolled   8x32x32    654     870     1.33     115      1
+    train resnet3d_18       8x32x32    767     514     0.67       4      0
+    search off paper        16x64x64  1658    1766     1.07     912      0
+    search joint paper      16x64x64  1748    1783     1.02     923     11
+    search joint unrolled   16x64x64  2244    2082     0.93     923     11
+    train resnet3d_18       16x64x64   782     569     0.73      31      0
+
+- Activations of the sampled path dominate a search step and scale with batch x voxels;
+  the supernet's other candidates cost only their parameters and Adam state (0.4 GB).
+  The largest path within the default stride budget keeps twice the activations of the
+  path of the reference strides, and at the default 32x128x128, batch 8, it needs ~43 GB
+  (27x the 16x64x64 batch-2 step): random paths mostly stay far below, which is why runs
+  held 5-7 GB until a heavy path was drawn.
+- The searched augmentation's saved intermediates are ~1 % of the activations (each
+  layer's input for its logit gradient, grid_sample's grid): not where the memory goes.
+- The unrolled objective adds weight-sized copies (backup of every weight, the train and
+  validation weight gradients, ~3 x 0.1 GB) and draws three paths per step instead of two;
+  its graphs run one after another, none is kept alive.
+- After a step the resident set stays near the peak: glibc keeps freed activation
+  memory for reuse (the "after" column), so a run looks as large as its worst step.
+- resnet3d_18 at these sizes is parameter-bound; its peak includes allocator slack from
+  the channels_last copy of the weights, which the estimate does not model.
 """
 
 from __future__ import annotations

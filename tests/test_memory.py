@@ -135,7 +135,7 @@ def test_estimate_is_within_2x_of_a_measured_training_step() -> None:
         est = estimate_step_bytes(net, (1, 8, 64, 64), 4)
         print(json.dumps({"peak": peak, "est": est.total, "act": est.activations}))
     """)
-    assert r["act"] > 0.5 * r["est"]  # a case where activations dominate
+    assert r["act"] > 0.4 * r["est"]  # a case where activations, not weights, dominate
     assert 0.5 < r["est"] / r["peak"] < 2.0, r
 
 

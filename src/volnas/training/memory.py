@@ -35,9 +35,12 @@ from torch.autograd.graph import saved_tensors_hooks
 GB = 1024**3
 
 # Short-lived buffers of the backward pass (the gradient flowing back, the gradient of the
-# layer's input, kernel scratch space), in multiples of the largest saved activation;
-# fitted to the peak RSS of CPU steps (benchmarks/bench_memory.py).
-WORKSPACE_FACTOR = 4.0
+# layer's input, kernel scratch space) and the allocator's slack: a share of the saved
+# activations, and at least a few times the largest of them. Fitted to the peak RSS of CPU
+# steps (benchmarks/bench_memory.py: without it the medpipe search peaks were 1.2-1.3x the
+# parameters + state + activations at 16x64x64).
+WORKSPACE_SHARE = 0.5
+WORKSPACE_LARGEST = 4.0
 # Optimiser state per parameter byte (Adam: two moments; SGD: momentum).
 OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 1}
 # Held apart from the step: the decoded-scan cache (StackCache keeps up to 1 GiB in
@@ -115,9 +118,10 @@ class StepEstimate:
         return (c, d, h, w)
 
     def describe(self) -> str:
-        return (f"{self.total / GB:.1f} GB (parameters {self.params / GB:.2f}, gradients and "
-                f"optimiser state {self.state / GB:.2f}, activations {self.activations / GB:.2f}, "
-                f"backward buffers {self.workspace / GB:.2f})")
+        """Where the bytes go, in GB."""
+        return (f"parameters {self.params / GB:.2f}, gradients and optimiser state "
+                f"{self.state / GB:.2f}, activations {self.activations / GB:.2f}, backward "
+                f"buffers {self.workspace / GB:.2f}")
 
 
 # ---- measuring the saved tensors ---------------------------------------------------------
@@ -255,8 +259,9 @@ def estimate_step_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_si
     saved, largest = measure_activations(model, probe, augment=augment,
                                          channels_last=channels_last, batch_size=probe_batch)
     scale = batch_size / probe_batch * math.prod(input_shape) / math.prod(probe)
-    return StepEstimate(params, copies * trainable, int(saved * scale),
-                        int(WORKSPACE_FACTOR * largest * scale), batch_size, tuple(input_shape))
+    workspace = max(WORKSPACE_SHARE * saved, WORKSPACE_LARGEST * largest)
+    return StepEstimate(params, copies * trainable, int(saved * scale), int(workspace * scale),
+                        batch_size, tuple(input_shape))
 
 
 # ---- what the machine has --------------------------------------------------------------
@@ -287,7 +292,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 def check_fits(estimate: StepEstimate, available: int, what: str, hint: str = "", *,
                flags: SizeFlags = TRAIN_FLAGS, reserve: int = DEFAULT_RESERVE) -> None:
     """Raise ``ValueError`` when ``estimate`` plus ``reserve`` exceeds ``HEADROOM`` of
-    ``available`` bytes; the message names a batch size and an input size that fit."""
+    ``available`` bytes; the message names a batch size and an input size that fit, then
+    ``hint`` (a sentence, e.g. another setting that lowers the need)."""
     budget = int(available * HEADROOM) - reserve
     if estimate.total <= budget:
         return
