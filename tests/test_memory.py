@@ -189,3 +189,37 @@ def test_available_bytes_reads_meminfo(tmp_path: Path) -> None:
     info.write_text("MemTotal:       32000000 kB\nMemAvailable:   1000 kB\n")
     assert available_bytes(info) == 1000 * 1024
     assert available_bytes(tmp_path / "missing") > 0  # os.sysconf fallback
+
+
+def test_train_and_search_refuse_before_running_when_memory_is_short(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """The CLI refuses a run that would not fit, names what fits and leaves no folder;
+    ``memory_check: false`` runs it anyway."""
+    from typer.testing import CliRunner
+
+    import volnas.training.memory as memory
+    from volnas.cli.main import app
+    from volnas.data.synth import synthesize
+
+    res = synthesize(tmp_path / "d", scans=12, fmt="npz", classes=2, shape=(8, 16, 16), seed=0)
+    data = str(next(res.out.glob("*.npz")))
+    monkeypatch.setattr(memory, "available_bytes", lambda *a, **k: 3 * memory.GB)
+    runner = CliRunner()
+    common = ["--data", data, "--slices", "16", "--size", "64x64", "--batch-size", "64"]
+    for cmd, extra in (("train", ["--model", "resnet3d_18", "--epochs", "1"]),
+                       ("search", ["--space", "medpipe", "--epochs", "1", "--topk", "1",
+                                   "--probe-epochs", "1", "--retrain-epochs", "1"])):
+        out = tmp_path / cmd
+        result = runner.invoke(app, [cmd, *common, *extra, "--out", str(out)])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2, text
+        assert "GB per step at batch 64, input 16x64x64" in text and "3.0 GB available" in text
+        assert "Settings that fit: --batch-size" in text and "memory_check: false" in text
+        assert not out.exists()
+    cfg = tmp_path / "anyway.yaml"
+    cfg.write_text("memory_check: false\n")
+    out = tmp_path / "anyway"
+    result = runner.invoke(app, ["train", *common, "--batch-size", "4", "--model", "resnet3d_18",
+                                 "--epochs", "1", "--config", str(cfg), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "metrics.json").is_file()

@@ -41,6 +41,7 @@ from volnas.search.search import PairedLoader, SearchTrainer, split_by_patient
 from volnas.search.supernet import SuperNet
 from volnas.training.config import TrainConfig, load_config, merge_settings, resume_config
 from volnas.training.device import resolve_device, seed_everything
+from volnas.training.memory import MEMORY_HINT, SEARCH_FLAGS, check_run_memory
 from volnas.training.metrics import select_metric
 from volnas.training.run import run_training
 from volnas.training.rundir import (
@@ -162,6 +163,14 @@ def _run_search(
     val_loader = make_loader(ds(source.split("val"), False), bs, train=False,
                              num_workers=cfg.num_workers)
     supernet = SuperNet(cfg.space, in_channels=1, num_classes=k, stride_budget=cfg.stride_budget)
+    if cfg.memory_check:
+        check_run_memory(supernet, scfg.preprocess.input_shape, scfg.batch_size,
+                         unrolled=cfg.objective == "unrolled" and cfg.aug_mode != "off",
+                         augment=cfg.aug_mode != "off", device=resolve_device(cfg.device),
+                         optimizer=cfg.weight_optimizer, channels_last=cfg.channels_last,
+                         flags=SEARCH_FLAGS, what="this search (its largest allowed path)",
+                         hint="A stride_budget below 2.0 in a --config YAML also lowers it "
+                         "(medpipe). " + MEMORY_HINT)
     console.print(
         f"[bold]search[/] space {cfg.space}: {len(supernet.alpha)} choices, "
         f"{len(w_rows)} weight-half / {len(a_rows)} arch-half / {len(val_loader.dataset)} val "

@@ -49,6 +49,9 @@ class TrainConfig(BaseModel):
     sync_bn: bool = False  # synchronised batch norm across ranks (torchrun on CUDA)
     cache_dir: str | None = None  # default: $VOLNAS_CACHE_DIR or ~/.cache/volnas
     positive_class: str | None = None  # default: from the manifest
+    # refuse a run whose training step would not fit in the device's memory (estimated from
+    # a small forward pass before the first epoch); false: run anyway
+    memory_check: bool = True
 
 
 def merge_settings(path: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +97,7 @@ def dump_config(cfg: TrainConfig) -> str:
 
 # Settings that decide where and how fast a run computes, never what it computes: the only
 # ones a resume may take from the command line.
-RESUME_SAFE = frozenset({"device", "num_workers", "cache_dir"})
+RESUME_SAFE = frozenset({"device", "num_workers", "cache_dir", "memory_check"})
 
 
 class ResumeConflict(ValueError):

@@ -48,6 +48,8 @@ OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 1}
 DEFAULT_RESERVE = int(1.5 * GB)
 # Only this share of the free memory is planned for; the rest absorbs allocator slack.
 HEADROOM = 0.9
+# how to run anyway, appended to every refusal
+MEMORY_HINT = "To run anyway, set `memory_check: false` in a --config YAML."
 PROBE_VOXELS = 8 * 32 * 32
 
 

@@ -21,6 +21,7 @@ from volnas.training.checkpoint import load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.evaluate import evaluate_and_write
+from volnas.training.memory import MEMORY_HINT, check_run_memory
 from volnas.training.plots import plot_history
 from volnas.training.rundir import (
     build_datasets,
@@ -136,6 +137,11 @@ def _train(
         f"scans, device {device}"
     )
     counts = [ds["train"].labels.count(i) for i in range(len(source.class_names))]
+    if cfg.memory_check:
+        check_run_memory(model, cfg.preprocess.input_shape, cfg.batch_size, unrolled=False,
+                         augment=False, device=device, optimizer=cfg.optimizer,
+                         channels_last=cfg.channels_last, what=f"training {cfg.model}",
+                         hint=MEMORY_HINT)
     trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
                       device=device, run_dir=run_dir, console=console, class_counts=counts)
     trainer.fit(train_loader, val_loader, resume=resume)
