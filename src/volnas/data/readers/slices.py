@@ -60,8 +60,12 @@ def _to_grey(a: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image array shape {a.shape}")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) as the file's header claims it, without decoding pixels."""
+def _image_size(path: Path, verify: bool = False) -> tuple[int, int]:
+    """(H, W) as the file's header claims it, without decoding pixels.
+
+    ``verify``: also check that the file decodes structurally (and decode float TIFF
+    slices, which can hold NaN/inf).
+    """
     _check_nonempty(path)
     try:
         if path.name.lower().endswith((".tif", ".tiff")):
@@ -70,12 +74,20 @@ def _image_size(path: Path) -> tuple[int, int]:
             with tifffile.TiffFile(path) as tf:
                 page = tf.pages[0]
                 shape, axes = page.shape, page.axes
+                if verify and page.dtype is not None and page.dtype.kind == "f":
+                    bad = int((~np.isfinite(page.asarray())).sum())
+                    if bad:
+                        raise DataError(path, f"{bad} NaN/inf value(s)")
             return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
         from PIL import Image
 
         with Image.open(path) as im:
             w, h = im.size
+            if verify:
+                im.verify()
         return int(h), int(w)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(path, f"unreadable image ({type(e).__name__}: {e})") from e
 
@@ -118,35 +130,6 @@ def _read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
         raise DataError(path, f"unreadable image, cannot decode it ({type(e).__name__}: {e})") from e
 
 
-def _image_header(path: Path) -> tuple[int, int]:
-    """(H, W) from the header, after verifying the file decodes structurally."""
-    _check_nonempty(path)
-    try:
-        if path.name.lower().endswith((".tif", ".tiff")):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                page = tf.pages[0]
-                shape, axes = page.shape, page.axes
-                if page.dtype is not None and page.dtype.kind == "f":
-                    # Float slices can hold NaN/inf: worth decoding at index time.
-                    bad = int((~np.isfinite(page.asarray())).sum())
-                    if bad:
-                        raise DataError(path, f"{bad} NaN/inf value(s)")
-            h, w = shape[axes.index("Y")], shape[axes.index("X")]
-            return int(h), int(w)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            w, h = im.size
-            im.verify()
-        return int(h), int(w)
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(path, f"unreadable image ({type(e).__name__}: {e})") from e
-
-
 def _slice_budget(folder: Path, files: list[Path]) -> int:
     """Pixels allowed per slice; refuses the folder when its first header is over budget."""
     h, w = _image_size(files[0])
@@ -169,7 +152,7 @@ def read_slices(path: str | Path) -> Volume:
     for i, f in enumerate(files[1:], start=1):
         a = _read_image(f, per_slice)
         if a.shape != first.shape:
-            _odd_one_out([_image_header(g) for g in files], files, "slice sizes")
+            _odd_one_out([_image_size(g, verify=True) for g in files], files, "slice sizes")
             raise DataError(
                 f, f"mixed slice sizes: this file is {a.shape}, {files[0].name} is {first.shape}"
             )
