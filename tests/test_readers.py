@@ -383,7 +383,7 @@ def test_nifti_4d_and_bad_files(tmp_path):
 
 
 def test_npz_item_syntax_and_cache(tmp_path):
-    from volnas.data.readers import _npz_cached
+    from volnas.data.readers.npz import _npz_cached
 
     p = write_npz(tmp_path / "toy.npz")
     splits = load_npz_split(p)

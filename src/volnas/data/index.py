@@ -68,14 +68,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from volnas.data.readers import (
-    NIFTI_EXTS,
     NPZ_SPLITS,
     READERS,
     check_scan,
+    folder_formats,
     folder_kind,
     is_hidden,
     load_npz_split,
     natural_key,
+    scan_file_format,
+    scan_stem,
 )
 from volnas.data.volume import DataError
 
@@ -255,20 +257,12 @@ def _scandir(path: Path) -> list[os.DirEntry]:
     return sorted((e for e in os.scandir(path) if not is_hidden(e.name)), key=lambda e: e.name)
 
 
-def _nifti_stem(name: str) -> str:
-    low = name.lower()
-    for ext in (".nii.gz", ".nii"):
-        if low.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 @dataclass
 class _Candidate:
     class_folder: str
     path: Path
     fmt: str
-    patient: str | None  # None: from the DICOM PatientID, else folder name
+    patient: str | None  # None: the scan's own patient id (DICOM PatientID), else fallback
     fallback_patient: str
     rel: str  # scan id
 
@@ -308,9 +302,10 @@ def _discover_class(
     for e in _scandir(cls):
         p = Path(e.path)
         if e.is_file():
-            if e.name.lower().endswith(NIFTI_EXTS):
-                stem = _nifti_stem(e.name)
-                found.append(_Candidate(cls.name, p, "nifti", stem, stem, f"{cls.name}/{stem}"))
+            fmt = scan_file_format(p)
+            if fmt is not None:
+                stem = scan_stem(e.name)
+                found.append(_Candidate(cls.name, p, fmt, None, stem, f"{cls.name}/{stem}"))
             elif not e.name.lower().endswith(_IGNORABLE):
                 fail(p, "unexpected file at patient/scan level (expected a folder or .nii[.gz])")
             continue
@@ -318,19 +313,20 @@ def _discover_class(
             continue
         kind = folder_kind(p)
         if kind is not None:  # root/<class>/<scan>
-            found.append(
-                _Candidate(cls.name, p, kind, None if kind == "dicom" else e.name, e.name, rel(p))
-            )
+            found.append(_Candidate(cls.name, p, kind, None, e.name, rel(p)))
             continue
         subs = _scandir(p)
         dirs = [s for s in subs if s.is_dir()]
         for s in subs:
-            if not s.is_file() or s.name.lower().endswith(_IGNORABLE):
+            if not s.is_file():
                 continue
-            if s.name.lower().endswith(NIFTI_EXTS):  # root/<class>/<patient>/<study>.nii.gz
-                stem = _nifti_stem(s.name)
-                q = Path(s.path)
-                found.append(_Candidate(cls.name, q, "nifti", e.name, e.name, f"{rel(p)}/{stem}"))
+            q = Path(s.path)
+            fmt = scan_file_format(q)
+            if fmt is not None:  # root/<class>/<patient>/<study>.nii.gz
+                stem = scan_stem(s.name)
+                found.append(_Candidate(cls.name, q, fmt, e.name, e.name, f"{rel(p)}/{stem}"))
+                continue
+            if s.name.lower().endswith(_IGNORABLE):
                 continue
             fail(Path(s.path), "unexpected file in a patient folder (expected scan folders)")
         if not dirs and not any(c.path.parent == p for c in found):
@@ -344,7 +340,7 @@ def _discover_class(
                     q,
                     "empty folder"
                     if not _scandir(q)
-                    else "folder holds no slice images or DICOM files",
+                    else f"folder holds no {folder_formats()}",
                 )
                 continue
             found.append(_Candidate(cls.name, q, k, e.name, e.name, rel(q)))
@@ -487,7 +483,7 @@ def _index_folder(
             bad.append((str(c.path), str(err)))
             continue
         pid = c.patient if c.patient is not None else (info.patient_id or c.fallback_patient)
-        keys = (c.path.relative_to(root).as_posix(), c.rel, c.path.name, _nifti_stem(c.path.name))
+        keys = (c.path.relative_to(root).as_posix(), c.rel, c.path.name, scan_stem(c.path.name))
         for key in keys:
             if key in pid_map:
                 pid = pid_map[key]
