@@ -20,7 +20,7 @@ from monai.networks import nets as monai_nets
 from torch import nn
 
 from volnas.models import video
-from volnas.models.registry import register_model
+from volnas.models.registry import ModelFactory, register_model
 
 # MONAI 1.x (checked on 1.6.1) applies conv1_t_stride to every axis and defaults it to 1,
 # so the 7x7x7 stem runs at full resolution: ResNet3D-18 then costs 126 instead of 31 GFLOPs
@@ -47,34 +47,19 @@ class _HalvingAvgPool3d(nn.Module):
         return F.avg_pool3d(x, kernel_size=k, stride=k)
 
 
-@register_model(
-    "resnet3d_18",
-    family="resnet3d",
-    description="MONAI ResNet-18 3D (basic blocks [2,2,2,2], shortcut B)",
-    cam_layer="layer4",
-)
-def resnet3d_18(in_channels: int = 1, num_classes: int = 2, **kw: Any) -> nn.Module:
-    return _monai_resnet(18, in_channels, num_classes, **kw)
+def _resnet_factory(depth: int) -> ModelFactory:
+    def build(in_channels: int = 1, num_classes: int = 2, **kw: Any) -> nn.Module:
+        return _monai_resnet(depth, in_channels, num_classes, **kw)
+
+    build.__name__ = f"resnet3d_{depth}"
+    return build
 
 
-@register_model(
-    "resnet3d_50",
-    family="resnet3d",
-    description="MONAI ResNet-50 3D (bottlenecks [3,4,6,3], shortcut B)",
-    cam_layer="layer4",
-)
-def resnet3d_50(in_channels: int = 1, num_classes: int = 2, **kw: Any) -> nn.Module:
-    return _monai_resnet(50, in_channels, num_classes, **kw)
-
-
-@register_model(
-    "resnet3d_101",
-    family="resnet3d",
-    description="MONAI ResNet-101 3D (bottlenecks [3,4,23,3], shortcut B)",
-    cam_layer="layer4",
-)
-def resnet3d_101(in_channels: int = 1, num_classes: int = 2, **kw: Any) -> nn.Module:
-    return _monai_resnet(101, in_channels, num_classes, **kw)
+for _depth, _blocks in ((18, "basic blocks [2,2,2,2]"), (50, "bottlenecks [3,4,6,3]"),
+                        (101, "bottlenecks [3,4,23,3]")):
+    register_model(f"resnet3d_{_depth}", family="resnet3d",
+                   description=f"MONAI ResNet-{_depth} 3D ({_blocks}, shortcut B)",
+                   cam_layer="layer4")(_resnet_factory(_depth))
 
 
 @register_model(
