@@ -339,8 +339,7 @@ def probe_candidates(
         rec = {"rank": rank, "genotype": geno.to_string(), "search_epoch": int(cand["epoch"]),
                "policy_json": cand.get("policy_json") or "",
                "search_score": float(cand["score"]),
-               "probe_score": select_metric(best, cfg.select_metric)
-               if cfg.select_metric != "loss" else -float(best["loss"]),
+               "probe_score": select_metric(best, cfg.select_metric),
                "probe_val": {m: best.get(m) for m in ("accuracy", "f1", "auc", "loss")},
                "params": int(cand["params"])}
         if dist_info().is_main:
