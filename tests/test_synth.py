@@ -16,6 +16,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from volnas.data import synth
+from volnas.data.phantom import render
 from volnas.data.synth import make_volume, random_anatomy, scan_affine, synthesize
 
 SHAPE = (32, 64, 64)
@@ -24,7 +25,7 @@ SMALL = (16, 40, 40)  # D 12..20: always some slice numbers >= 10
 
 def _scan(seed: int, label: str, shape=SHAPE):
     rng = np.random.default_rng(seed)
-    return synth._render(rng, label, shape, random_anatomy(rng))
+    return render(rng, label, shape, random_anatomy(rng))
 
 
 def _natural(paths: list[Path]) -> list[Path]:
@@ -113,7 +114,7 @@ def test_easy_difficulty_has_larger_denser_findings():
     for seed in range(8):
         anat = random_anatomy(np.random.default_rng([7, seed]))
         for diff, fracs, dense in (("realistic", real, dense_real), ("easy", easy, dense_easy)):
-            hu, mask, lung = synth._render(np.random.default_rng(seed), "covid", SMALL, anat, diff)
+            hu, mask, lung = render(np.random.default_rng(seed), "covid", SMALL, anat, diff)
             fracs.append(mask.sum() / lung.sum())
             dense.append(np.median(hu[mask > 0]))
     assert np.mean(easy) > 2 * np.mean(real)

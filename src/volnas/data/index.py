@@ -44,10 +44,9 @@ reason). A plain ``manifest.json`` from older versions is used only when its cla
 exactly the CSV's labels and its positive class is among them.
 
 Class order (= model output index) is natural sort of the class names (``"2" < "10"``,
-case-insensitive). Positive class: ``positive_class`` when given; else the first class whose
-name, lower-cased without ``_``/``-``/spaces, is ``covid``, ``covid19`` or ``ncp`` (the same
-rule as ``volnas.training.metrics``); else, for two classes where one is ``normal`` /
-``healthy`` / ``negative`` / ``noncovid`` / ``0``, the other one; else the class at index 1.
+case-insensitive). Positive class: the one rule of :mod:`volnas.data.classes`, which the
+metrics use too (``positive_class`` when given; else a class called COVID; else, of two
+classes where one is called normal, the other one; else the class at index 1).
 """
 
 from __future__ import annotations
@@ -59,14 +58,13 @@ import json
 import os
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from volnas.data.classes import positive_class as choose_positive_class
 from volnas.data.readers import (
     NPZ_SPLITS,
     READERS,
@@ -79,6 +77,7 @@ from volnas.data.readers import (
     scan_file_format,
     scan_stem,
 )
+from volnas.data.splits import split_patients
 from volnas.data.volume import DataError
 
 if TYPE_CHECKING:
@@ -87,8 +86,6 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 COLUMNS = ("scan_id", "path", "format", "label", "patient_id", "n_slices", "split")
 MOSMED_MAP = {"CT-0": "normal", "CT-1": "covid", "CT-2": "covid", "CT-3": "covid", "CT-4": "covid"}
-POSITIVE_ALIASES = ("covid", "covid19", "ncp")
-NEGATIVE_ALIASES = ("normal", "healthy", "negative", "noncovid", "0")
 RESERVED_FOLDERS = ("masks", "mask")  # root-level lesion masks, never a class
 _IGNORABLE = (".txt", ".md", ".csv", ".json", ".yaml", ".yml", ".log", ".xml", ".pdf", ".html")
 
@@ -128,31 +125,9 @@ class IndexResult:
 # --------------------------------------------------------------------------- classes
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name.strip().lower())
-
-
 def class_names(rows: Iterable[ManifestRow]) -> list[str]:
     """Distinct labels in class-index order (natural, case-insensitive sort)."""
     return sorted({r.label for r in rows}, key=lambda n: (natural_key(n), n))
-
-
-def choose_positive_class(classes: Sequence[str], positive_class: str | None = None) -> str | None:
-    """The positive class by the module rule; None for fewer than two classes."""
-    if positive_class is not None:
-        if positive_class not in classes:
-            raise ValueError(f"positive_class {positive_class!r} is not one of {list(classes)}")
-        return positive_class
-    for c in classes:
-        if _norm(c) in POSITIVE_ALIASES:
-            return c
-    if len(classes) < 2:
-        return None
-    if len(classes) == 2:
-        neg = [c for c in classes if _norm(c) in NEGATIVE_ALIASES]
-        if len(neg) == 1:
-            return next(c for c in classes if c != neg[0])
-    return classes[1]
 
 
 # --------------------------------------------------------------------------- splitting
@@ -161,93 +136,12 @@ def choose_positive_class(classes: Sequence[str], positive_class: str | None = N
 def assign_splits(
     rows: list[ManifestRow], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
 ) -> None:
-    """Set ``row.split`` in place: grouped by patient, stratified by label, deterministic.
-
-    Greedy: patients (shuffled by ``seed``, then largest first) go one by one to the split
-    that most reduces the squared distance between achieved and target per-class counts
-    (target = fraction x class total). Then, for every split with a non-zero fraction, each
-    class with enough patients gets at least one patient there, and no split stays empty.
-    """
-    fr = np.asarray(fractions, dtype=np.float64)
-    if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0, atol=1e-6):
-        raise ValueError(f"split must be 3 non-negative fractions summing to 1, got {fractions}")
-    classes = class_names(rows)
-    cidx = {c: i for i, c in enumerate(classes)}
-    by_patient: dict[str, list[ManifestRow]] = defaultdict(list)
+    """Set ``row.split`` in place by :func:`volnas.data.splits.split_patients` (by patient,
+    stratified by label, deterministic from ``seed``)."""
+    where = split_patients([r.patient_id for r in rows], [r.label for r in rows], fractions,
+                           seed, SPLITS)
     for r in rows:
-        by_patient[r.patient_id].append(r)
-    patients = sorted(by_patient, key=lambda p: (natural_key(p), p))
-    counts = np.zeros((len(patients), len(classes)))
-    for i, p in enumerate(patients):
-        for r in by_patient[p]:
-            counts[i, cidx[r.label]] += 1
-    active = [s for s in range(3) if fr[s] > 0]
-    if len(patients) < len(active):
-        raise ValueError(
-            f"{len(patients)} patient(s) cannot fill {len(active)} non-empty splits "
-            f"{[SPLITS[s] for s in active]} (fractions {tuple(fractions)}); add data or set "
-            "a fraction to 0",
-        )
-    target = fr[:, None] * counts.sum(0)[None, :]  # split x class
-    got = np.zeros_like(target)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(patients))
-    order = sorted(order, key=lambda i: -counts[i].sum())  # stable: keeps the shuffle in ties
-    where = np.full(len(patients), -1)
-
-    def cost(g: np.ndarray) -> float:
-        return float((((g - target) ** 2) / np.maximum(counts.sum(0), 1)).sum())
-
-    for i in order:
-        best, best_cost = None, None
-        for s in active:
-            g = got.copy()
-            g[s] += counts[i]
-            c = cost(g)
-            if best_cost is None or c < best_cost - 1e-12:
-                best, best_cost = s, c
-        where[i] = best
-        got[best] += counts[i]
-
-    # Classes with enough patients to be present in every active split.
-    coverable = (counts > 0).sum(0) >= len(active)
-
-    def move_one(members: np.ndarray, dest: int, keep_classes: bool = True) -> bool:
-        """Move the cheapest patient of ``members`` to ``dest``; never empty its source."""
-        best = None
-        for i in members:
-            src = where[i]
-            if src == dest or (where == src).sum() <= 1:
-                continue
-            rest = got[src] - counts[i]
-            if keep_classes and ((got[src] > 0) & (rest <= 0) & coverable).any():
-                continue
-            g = got.copy()
-            g[src] = rest
-            g[dest] += counts[i]
-            c = cost(g)
-            if best is None or c < best[0] - 1e-12:
-                best = (c, i, src)
-        if best is None:
-            return False
-        _, i, src = best
-        got[src] -= counts[i]
-        got[dest] += counts[i]
-        where[i] = dest
-        return True
-
-    for c in np.flatnonzero(coverable):
-        members = np.flatnonzero(counts[:, c] > 0)
-        for s in active:
-            if got[s, c] == 0:
-                move_one(members, s)
-    everyone = np.arange(len(patients))
-    for s in active:
-        if not (where == s).any() and not (move_one(everyone, s) or move_one(everyone, s, False)):
-            raise ValueError(f"cannot make split {SPLITS[s]!r} non-empty")
-    for i, p in enumerate(patients):
-        for r in by_patient[p]:
-            r.split = SPLITS[where[i]]
+        r.split = SPLITS[where[r.patient_id]]
 
 
 # --------------------------------------------------------------------------- discovery

@@ -2,9 +2,10 @@
 
 A SCAN is a DICOM series folder, a NIfTI file, a slice folder, ``file.npz#split/i``, a
 manifest CSV (all its scans; labels are shown), ``MANIFEST.csv#scan_id`` (one row) or a
-MedMNIST ``.npz`` (all its scans). Scans that cannot be read are collected with the file
-and the reason; the others are still predicted. A scan whose raw intensities are far from
-the training scans' (see :mod:`volnas.deploy.intensity`) is predicted with a ``warning``.
+MedMNIST ``.npz`` (all its scans), as :mod:`volnas.data.scans` resolves them. Scans that
+cannot be read are collected with the file and the reason; the others are still predicted.
+A scan whose raw intensities are far from the training scans' (see
+:mod:`volnas.deploy.intensity`) is predicted with a ``warning``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from volnas.core.files import atomic_write_text
 from volnas.core.markup import make_console
-from volnas.data.dataset import open_source
 from volnas.data.preprocess import prepare_stack, take_slices
 from volnas.data.readers import read_scan
+from volnas.data.scans import resolve_scans
 from volnas.data.volume import DataError
 from volnas.deploy.bundle import Bundle
 from volnas.deploy.intensity import check, describe, scan_stats
@@ -58,27 +59,19 @@ class Failure:
 
 
 def expand_scans(args: Sequence[str | Path]) -> tuple[list[ScanItem], list[Failure]]:
-    """SCAN arguments -> scans; a manifest or an ``.npz`` expands into all of its scans."""
+    """SCAN arguments -> scans (by :func:`volnas.data.scans.resolve_scans`); a manifest or an
+    ``.npz`` expands into all of its scans. An argument that names no scan is a Failure."""
     items: list[ScanItem] = []
     failures: list[Failure] = []
     for raw in args:
         arg = str(raw)
-        base, sep, frag = arg.rpartition("#")
         try:
-            if sep and base.lower().endswith(".csv"):
-                rows = [r for r in open_source(base).rows if r.scan_id == frag]
-                if not rows:
-                    raise DataError(base, f"no scan with scan_id {frag!r} in this manifest")
-                items.append(ScanItem(rows[0].scan_id, rows[0].path, rows[0].format,
-                                      rows[0].label, arg))
-            elif arg.lower().endswith((".csv", ".npz")) and Path(arg).is_file():
-                for r in open_source(arg).rows:
-                    ref = r.path if r.format == "npz" else f"{arg}#{r.scan_id}"
-                    items.append(ScanItem(r.scan_id, r.path, r.format, r.label, ref))
-            else:
-                items.append(ScanItem(arg, arg, None, None, arg))
+            scans = resolve_scans(arg, expand=True)
         except (DataError, OSError, ValueError) as e:
             failures.append(failure_from(arg, arg, e))
+            continue
+        items += [ScanItem(s.scan_id if s.listed else s.given, s.path, s.fmt, s.label, s.arg)
+                  for s in scans]
     return items, failures
 
 

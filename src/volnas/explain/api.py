@@ -1,8 +1,8 @@
 """Explain a trained run's predictions on scans: maps on the source grid, files, faithfulness.
 
-A SCAN is anything :func:`volnas.data.readers.read_scan` reads (a DICOM series folder, a
-NIfTI file, a slice folder, ``file.npz#split/i``) or a manifest row written as
-``MANIFEST.csv#scan_id`` (the row's path, format and label are used).
+A SCAN is a DICOM series folder, a NIfTI file, a slice folder, ``file.npz#split/i`` or a
+manifest row written as ``MANIFEST.csv#scan_id`` (the row's path, format and label are
+used), as :mod:`volnas.data.scans` resolves them.
 
 Each scan is read, prepared exactly as in evaluation (the run's preprocessing, symmetrical
 slice sampling), explained, and the map is mapped back to the scan's own grid
@@ -43,7 +43,8 @@ from rich.table import Table
 from volnas.core.files import atomic_write_text
 from volnas.core.markup import esc, make_console
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, prepare_stack, take_slices
-from volnas.data.readers import NIFTI_EXTS, read_nifti, read_scan, split_npz_path
+from volnas.data.readers import read_nifti, read_scan, split_npz_path
+from volnas.data.scans import resolve_scans
 from volnas.data.volume import DataError, Volume
 from volnas.deploy.bundle import load_run_or_bundle
 from volnas.explain.cam import make_explainer
@@ -73,30 +74,9 @@ class ScanRef:
 
 
 def resolve_scan(arg: str) -> ScanRef:
-    """A SCAN argument -> ScanRef; ``MANIFEST.csv#scan_id`` looks the row up."""
-    base, sep, frag = str(arg).rpartition("#")
-    if sep and base.lower().endswith(".csv"):
-        from volnas.data.index import read_manifest
-
-        rows = [r for r in read_manifest(Path(base)) if r.scan_id == frag]
-        if not rows:
-            raise DataError(base, f"no scan with scan_id {frag!r} in this manifest")
-        r = rows[0]
-        return ScanRef(str(arg), r.path, r.format, r.scan_id, r.label)
-    p, split, index = split_npz_path(arg)
-    if split is not None:
-        return ScanRef(str(arg), str(arg), "npz", f"{_stem(p)}_{split}_{index}")
-    if not p.exists():
-        raise DataError(p, "no such file or folder")
-    return ScanRef(str(arg), str(arg), None, _stem(p))
-
-
-def _stem(p: Path) -> str:
-    name = p.resolve().name
-    for ext in (*NIFTI_EXTS, ".npz"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
+    """A SCAN argument -> ScanRef (by :func:`volnas.data.scans.resolve_scans`)."""
+    scan = resolve_scans(arg)[0]
+    return ScanRef(scan.given, scan.path, scan.fmt, scan.scan_id, scan.label)
 
 
 def safe_names(refs: Sequence[ScanRef]) -> list[str]:

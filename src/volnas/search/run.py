@@ -3,7 +3,8 @@
 RUN_DIR layout::
 
     search_config.yaml   the resolved SearchConfig
-    search/              search_log.csv, genotypes/epoch_NNN.json, search_probs.png, checkpoint/
+    search/              halves.json (patients of the weight / architecture halves),
+                         search_log.csv, genotypes/epoch_NNN.json, search_probs.png, checkpoint/
     probes/rankNN/       a short training of each top-k architecture (validation only)
     probes.csv           their validation scores
     genotype.json        the chosen architecture
@@ -37,7 +38,7 @@ from volnas.models.spaces import layer_specs
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
 from volnas.search.sampler import mean_uniform_entropy
-from volnas.search.search import PairedLoader, SearchTrainer, split_by_patient
+from volnas.search.search import PairedLoader, SearchTrainer, search_halves
 from volnas.search.supernet import SuperNet
 from volnas.training.config import TrainConfig, load_config, merge_settings, resume_config
 from volnas.training.device import resolve_device, seed_everything
@@ -146,7 +147,7 @@ def _run_search(
     scfg = cfg.search_train_config()
     search_dir = run_dir / "search"
     search_dir.mkdir(parents=True, exist_ok=True)
-    w_rows, a_rows = split_by_patient(source.split("train"), cfg.seed)
+    w_rows, a_rows = search_halves(search_dir, source.split("train"), cfg.seed, write=main)
     cache = StackCache(scfg.preprocess, Path(cfg.cache_dir) if cfg.cache_dir else None)
 
     def ds(rows: list, train: bool) -> ScanDataset:
@@ -338,8 +339,7 @@ def probe_candidates(
         rec = {"rank": rank, "genotype": geno.to_string(), "search_epoch": int(cand["epoch"]),
                "policy_json": cand.get("policy_json") or "",
                "search_score": float(cand["score"]),
-               "probe_score": select_metric(best, cfg.select_metric)
-               if cfg.select_metric != "loss" else -float(best["loss"]),
+               "probe_score": select_metric(best, cfg.select_metric),
                "probe_val": {m: best.get(m) for m in ("accuracy", "f1", "auc", "loss")},
                "params": int(cand["params"])}
         if dist_info().is_main:

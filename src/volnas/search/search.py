@@ -1,6 +1,7 @@
 """Bi-level single-path search on the shared Trainer.
 
-The training split is divided by patient into a weight half and an architecture half.
+The training split is divided by patient into a weight half and an architecture half,
+recorded in the search folder (``halves.json``) so that a resumed search keeps them.
 Each step: an architecture step (Adam on the logits, loss on an architecture-half batch
 through a freshly sampled path), then a weight step (the weight optimiser, loss on a
 weight-half batch through another sampled path). The validation split only scores the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from volnas.core.distributed import average_gradients
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text
 from volnas.data.index import ManifestRow
+from volnas.data.splits import split_patients
 from volnas.models.profile import count_flops, count_params
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
@@ -46,10 +49,6 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
-
-
-
-
 def fixed_path(supernet: SuperNet, search: SearchConfig) -> list[int]:
     """The network held fixed while only augmentation is searched: --fixed-genotype, or
     k3e3 everywhere with MedPipe's Clean-CC-CCII strides [1, 2, 2, 2, 2, 2, 1]."""
@@ -67,8 +66,31 @@ def fixed_path(supernet: SuperNet, search: SearchConfig) -> list[int]:
             if s.searchable]
 
 
+HALVES_FILE = "halves.json"  # in the search folder: the patient ids of each half
+HALF_NAMES = ("weight", "architecture")
+
+
 def split_by_patient(rows: list[ManifestRow], seed: int) -> tuple[list[ManifestRow], list[ManifestRow]]:
-    """Two halves of the training split with no patient in both, each class in both."""
+    """Weight and architecture halves of the training split: the one patient splitter
+    (:func:`volnas.data.splits.split_patients`) with fractions 0.5 / 0.5, so no patient is
+    in both and each class with two or more patients is in both."""
+    try:
+        where = split_patients([r.patient_id for r in rows], [r.label for r in rows],
+                               (0.5, 0.5), seed, HALF_NAMES)
+    except ValueError as e:
+        raise ValueError(f"cannot split the training patients into two halves: {e}") from e
+    return ([r for r in rows if where[r.patient_id] == 0],
+            [r for r in rows if where[r.patient_id] == 1])
+
+
+def _split_by_patient_before_halves_file(
+    rows: list[ManifestRow], seed: int
+) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """The halves of searches started before the halves were recorded in HALVES_FILE.
+
+    Kept only so that such a search resumes on the halves it started with; new searches use
+    :func:`split_by_patient`.
+    """
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[str]] = {}
     patient_label: dict[str, str] = {}
@@ -88,6 +110,56 @@ def split_by_patient(rows: list[ManifestRow], seed: int) -> tuple[list[ManifestR
     if not w or not a:
         raise ValueError(f"cannot split {len(patient_label)} training patients into two halves")
     return w, a
+
+
+def search_halves(
+    search_dir: Path, rows: list[ManifestRow], seed: int, *, write: bool = True
+) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """The weight and architecture halves of the search in ``search_dir``.
+
+    A search keeps the halves it started with: they are read from ``search_dir/halves.json``
+    when it exists. Otherwise a search that has already trained (a checkpoint or done.json,
+    from a version that did not record the halves) gets the halves of that version, and a
+    new one gets :func:`split_by_patient`'s; either is then recorded (when ``write``).
+    """
+    path = Path(search_dir) / HALVES_FILE
+    if path.is_file():
+        return _read_halves(path, rows)
+    started = (path.parent / "checkpoint" / "last.json").exists() or (
+        path.parent / "done.json").exists()
+    halves = (_split_by_patient_before_halves_file if started else split_by_patient)(rows, seed)
+    if write:
+        record = {name: sorted({r.patient_id for r in half})
+                  for name, half in zip(HALF_NAMES, halves, strict=True)}
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return halves
+
+
+def _read_halves(path: Path, rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """The halves recorded in ``path``; they must hold exactly the training split's patients."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(n), list) and all(isinstance(p, str) for p in record[n])
+        for n in HALF_NAMES
+    ):
+        raise ValueError(f"{path}: expected an object with lists of patient ids under "
+                         f"{list(HALF_NAMES)}")
+    weight, arch = set(record[HALF_NAMES[0]]), set(record[HALF_NAMES[1]])
+    patients = {r.patient_id for r in rows}
+    problems = []
+    if weight & arch:
+        problems.append(f"patients in both halves: {sorted(weight & arch)[:5]}")
+    if patients - weight - arch:
+        problems.append(f"training patients in neither half: {sorted(patients - weight - arch)[:5]}")
+    if (weight | arch) - patients:
+        problems.append(f"patients not in the training split: {sorted((weight | arch) - patients)[:5]}")
+    if problems:
+        raise ValueError(f"{path}: does not match the training split ({'; '.join(problems)}); "
+                         "the data changed since the search started")
+    return ([r for r in rows if r.patient_id in weight], [r for r in rows if r.patient_id in arch])
 
 
 class PairedLoader:

@@ -6,10 +6,10 @@ Rules:
 * ``accuracy`` is micro over all scans.
 * ``precision``, ``sensitivity`` (recall), ``specificity`` and ``f1`` are *binary*: the
   positive class against all other classes pooled (for NCP / CP / Normal: NCP vs CP + Normal).
-* The positive class is ``positive_class`` when given (must be one of ``class_names``);
-  otherwise the first class whose name, lower-cased with ``_``/space/``-`` removed, is
-  ``covid``, ``covid19`` or ``ncp``; otherwise the class at index 1 (for binary data sets
-  that is the usual "abnormal = 1" convention; for K > 2 it is an arbitrary but fixed choice).
+* The positive class is chosen by the one rule of :mod:`volnas.data.classes` (the manifest
+  records the same choice): ``positive_class`` when given (must be one of ``class_names``);
+  otherwise a class called COVID; otherwise, of two classes where exactly one is called
+  normal, the other one; otherwise the class at index 1.
 * Any ratio whose denominator is zero is 0 (``zero_division=0``), e.g. precision when the
   positive class is never predicted. Macro averages run over all K classes, so a class absent
   from both ``y_true`` and the predictions counts as 0; ``balanced_accuracy`` averages recall
@@ -24,36 +24,25 @@ Rules:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-POSITIVE_ALIASES = ("covid", "covid19", "ncp")
+from volnas.data.classes import positive_class as _positive_class
+
 ROW_SUM_TOL = 1e-3
 
 _ALIASES = {"recall": "sensitivity", "tpr": "sensitivity", "tnr": "specificity"}
 
 
-def _norm_name(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name.strip().lower())
-
-
 def resolve_positive_class(class_names: Sequence[str], positive_class: str | None = None) -> int:
-    """Index of the positive class (see module docstring for the rule)."""
+    """Index of the positive class (the rule of :mod:`volnas.data.classes`)."""
     names = list(class_names)
     if len(names) < 2:
         raise ValueError(f"need at least 2 classes, got class_names={names!r}")
-    if positive_class is not None:
-        if positive_class not in names:
-            raise ValueError(f"positive_class {positive_class!r} is not one of {names!r}")
-        return names.index(positive_class)
-    for i, name in enumerate(names):
-        if _norm_name(name) in POSITIVE_ALIASES:
-            return i
-    return 1
+    return names.index(_positive_class(names, positive_class))
 
 
 def validate_inputs(

@@ -300,8 +300,6 @@ class Trainer:
         return metrics
 
     def _score(self, metrics: dict[str, Any]) -> float:
-        if self.cfg.select_metric == "loss":
-            return -float(metrics["loss"])
         return select_metric(metrics, self.cfg.select_metric)
 
     def fit(self, train_loader: Any, val_loader: Any, resume: bool = False) -> list[dict[str, Any]]:
