@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from volnas.data.index import read_manifest
+from volnas.data.manifest import read_manifest
 from volnas.explain.api import explain_scans
 from volnas.explain.faithfulness import summarize
 

@@ -186,7 +186,7 @@ def test_errors_print_file_names_and_messages_literally(tmp_path: Path) -> None:
     """Square brackets in paths, class names and pydantic messages are text, not markup."""
     from rich.console import Console
 
-    from volnas.data.index import ManifestRow, summary_table
+    from volnas.data.manifest import ManifestRow, summary_table
 
     def run(*args: object) -> str:
         res = runner.invoke(app, [str(a) for a in args])

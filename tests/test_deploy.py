@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from volnas.cli.main import app
 from volnas.core.files import save_tensors, sha256_file
-from volnas.data.index import build_index, read_manifest, write_manifest
+from volnas.data.index import build_index
+from volnas.data.manifest import read_manifest, write_manifest
 from volnas.data.synth import synthesize
 from volnas.deploy.bundle import BundleError, content_digest, export_bundle, load_bundle
 from volnas.deploy.predict import predict_scans

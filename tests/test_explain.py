@@ -291,7 +291,8 @@ def test_every_format_maps_to_source_grid(tmp_path: Path, formats: dict[str, Pat
 
 
 def test_masks_and_manifest_rows(tmp_path: Path, formats: dict[str, Path]) -> None:
-    from volnas.data.index import build_index, write_manifest
+    from volnas.data.index import build_index
+    from volnas.data.manifest import write_manifest
 
     root = formats["nifti"]
     manifest = tmp_path / "manifest.csv"
@@ -301,7 +302,7 @@ def test_masks_and_manifest_rows(tmp_path: Path, formats: dict[str, Path]) -> No
     assert table[scan_key(scan)] == mask
     npz_scan, npz_mask = _first_scan(formats["npz"], "npz")
     assert load_mask_table(formats["npz"])[scan_key(npz_scan)] == npz_mask
-    from volnas.data.index import read_manifest
+    from volnas.data.manifest import read_manifest
 
     scan_id = next(r.scan_id for r in read_manifest(manifest)
                    if Path(r.path).resolve() == Path(scan).resolve())

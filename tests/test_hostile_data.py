@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from volnas.cli.main import app
 from volnas.data import volume
 from volnas.data.dataset import open_source
-from volnas.data.index import build_index, read_manifest_info, write_manifest
+from volnas.data.index import build_index
+from volnas.data.manifest import read_manifest_info, write_manifest
 from volnas.data.readers import check_scan, read_scan
 from volnas.data.volume import DataError
 

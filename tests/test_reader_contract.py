@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from volnas.cli.main import app
-from volnas.data.index import read_manifest
+from volnas.data.manifest import read_manifest
 from volnas.data.readers import (
     READERS,
     ScanCheck,

@@ -174,7 +174,7 @@ def test_real_adrenalmnist3d_learns_above_chance(adrenal_npz: Path, tmp_path: Pa
     """A small baseline trained briefly on real AdrenalMNIST3D (a class-balanced subset of the
     official training split, the full official validation split) beats chance on validation."""
     from volnas.data.dataset import open_source
-    from volnas.data.index import IndexResult, write_manifest
+    from volnas.data.manifest import IndexResult, write_manifest
 
     source = open_source(adrenal_npz)
     rng = np.random.default_rng(0)

@@ -30,7 +30,8 @@ from volnas.deploy.bundle import Bundle, export_bundle, load_bundle
 from volnas.deploy.predict import predict_scans
 from volnas.explain.api import explain_scans
 from volnas.models.genotype import Genotype
-from volnas.models.registry import create_model as _create, list_models
+from volnas.models.registry import create_model as _create
+from volnas.models.registry import list_models
 from volnas.search.config import SearchConfig
 from volnas.search.run import run_search
 from volnas.training.config import TrainConfig, load_config, merge_settings

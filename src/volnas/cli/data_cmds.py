@@ -41,7 +41,8 @@ def data_synth(
 def data_index(
     source: Path = typer.Argument(..., help="Dataset root folder or MedMNIST .npz file."),
     out: Path = typer.Option(..., "--out", "-o", help="Manifest CSV to write."),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions (by patient)."),
+    split: str = typer.Option(None, "--split", help="train,val,test fractions, by patient "
+                              "[0.7,0.1,0.2; an npz keeps its official splits]."),
     seed: int = typer.Option(0, "--seed", help="Split seed."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable scans and list them."),
     class_map: str = typer.Option(None, "--class-map",
@@ -49,14 +50,17 @@ def data_index(
     positive: str = typer.Option(None, "--positive", help="Positive class for binary metrics."),
 ) -> None:
     """Find every scan under SOURCE, split by patient (stratified), write a manifest."""
-    from volnas.data.index import build_index, sidecar_paths, summary_table, write_manifest
+    from volnas.data.index import build_index
+    from volnas.data.manifest import sidecar_paths, summary_table, write_manifest
 
-    try:
-        fractions = tuple(float(f) for f in split.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--split must be three numbers, got {split!r}") from None
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise typer.BadParameter("--split needs three non-negative fractions summing to 1")
+    fractions = None
+    if split is not None:
+        try:
+            fractions = tuple(float(f) for f in split.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--split must be three numbers, got {split!r}") from None
+        if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+            raise typer.BadParameter("--split needs three non-negative fractions summing to 1")
     cmap = None
     if class_map:
         try:
@@ -76,6 +80,8 @@ def data_index(
     except ValueError as e:  # e.g. $VOLNAS_MAX_VOXELS is not a number
         fail(str(e))
     write_manifest(res, out)
+    for note in res.notes:
+        console.print(f"note: {esc(note)}", soft_wrap=True)
     console.print(summary_table(res.rows))
     info_file, skipped_file = sidecar_paths(out)
     if res.skipped:

@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from volnas.core.markup import make_console
-from volnas.data.index import build_index, summary_table, write_manifest
+from volnas.data.index import build_index
+from volnas.data.manifest import summary_table, write_manifest
 from volnas.data.synth import synthesize
 from volnas.search.run import load_search_config, run_search
 from volnas.training.config import TrainConfig

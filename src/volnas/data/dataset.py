@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from volnas.core.distributed import ShardedBatchSampler
 from volnas.core.distributed import info as dist_info
 from volnas.data.cache import StackCache
-from volnas.data.index import ManifestRow, build_index, read_manifest, read_manifest_info
+from volnas.data.index import build_index
+from volnas.data.manifest import ManifestRow, read_manifest, read_manifest_info
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, take_slices
 from volnas.data.volume import DataError
 

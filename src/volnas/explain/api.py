@@ -372,7 +372,7 @@ def explain_test_scans(
 
     Scans are passed as ``MANIFEST.csv#scan_id``; ``masks`` as in :func:`explain_scans`.
     """
-    from volnas.data.index import read_manifest, read_manifest_info
+    from volnas.data.manifest import read_manifest, read_manifest_info
 
     rows = [r for r in read_manifest(Path(manifest)) if r.split == "test"]
     if not rows:

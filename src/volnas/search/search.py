@@ -26,7 +26,7 @@ from torch import nn
 from volnas.core.distributed import average_gradients
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text
-from volnas.data.index import ManifestRow
+from volnas.data.manifest import ManifestRow
 from volnas.data.splits import split_patients
 from volnas.models.profile import count_flops, count_params
 from volnas.search.augment_search import AugmentSearch
