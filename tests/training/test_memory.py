@@ -27,7 +27,7 @@ from volnas.training.memory import (
     probe_shape,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def small_net() -> nn.Module:

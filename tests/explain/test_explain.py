@@ -452,7 +452,7 @@ def lesion_scores(model: nn.Module, vols: list, masks: list, pre: PreprocessConf
 def test_hit_rate_above_uniform(trained_lesion_model: tuple, method: str) -> None:
     s = lesion_scores(*trained_lesion_model, method)
     # A uniform map scores the lesion volume fraction (~1 %) on both measures. Measured for
-    # training seeds 0, 1, 2 with `python tests/test_explain.py` (see the end of this file):
+    # training seeds 0, 1, 2 with `python tests/explain/test_explain.py` (see the end of this file):
     # learned in 100 / 150 / 200 steps, hit rate 0.45 / 0.33 / 0.20, energy 6.6 / 6.6 / 5.1x
     # uniform, CAM and Grad-CAM alike.
     assert s["uniform_pointing"] < 0.02

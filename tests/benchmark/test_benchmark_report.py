@@ -207,7 +207,7 @@ def test_one_run_has_no_spread() -> None:
 def test_publish_cells_copies_finished_cells_without_weights(tmp_path: Path) -> None:
     import importlib.util
 
-    script = Path(__file__).parents[1] / "benchmarks" / "publish_cells.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "publish_cells.py"
     spec = importlib.util.spec_from_file_location("publish_cells", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -28,7 +28,7 @@ from volnas.models.spaces import layer_specs
 from volnas.search.config import SearchConfig
 from volnas.training.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SRC = Path(volnas.__file__).resolve().parents[1]  # the sources under test, for subprocesses
 runner = CliRunner()
 
