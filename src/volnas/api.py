@@ -96,9 +96,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
              out: str | Path | None = None, *, quiet: bool = False) -> dict[str, Any]:
     """Metrics of a finished run on a split of any compatible data, in their own folder
     (``RUN/evaluations/...`` or ``out``); the run's own record is never changed."""
+    is_bundle = (Path(run_dir) / "bundle.json").is_file()
+    if is_bundle:
+        load_bundle(Path(run_dir))  # verified before it is opened
     return evaluate_run(Path(run_dir), None if data is None else str(data), split,
                         console=make_console(quiet=quiet),
-                        out=None if out is None else Path(out))
+                        out=None if out is None else Path(out), bundle_verified=is_bundle)
 
 
 def export(run_dir: str | Path, out: str | Path, *, onnx: bool = False) -> Bundle:

@@ -265,10 +265,12 @@ def test_declared_input_is_checked_against_the_weights(trained, tmp_path: Path) 
         load_bundle(trained["run"])
 
 
-def test_edited_bundle_json_is_refused_by_every_loader(trained, tmp_path: Path) -> None:
+def test_edited_bundle_json_is_refused_by_every_loader(trained, tmp_path: Path,
+                                                       monkeypatch) -> None:
     """Fields that change a prediction are checked against the checksummed files, and the
     whole bundle.json against its content_sha256: predict, explain and load_run refuse."""
-    from volnas.training.rundir import load_run
+    from volnas.deploy.bundle import load_run_or_bundle
+    from volnas.training.rundir import RunDirError, load_run
 
     scan = str(read_manifest(trained["manifest"])[0].path)
     m = json.loads((trained["bundle"] / "bundle.json").read_text())
@@ -292,8 +294,19 @@ def test_edited_bundle_json_is_refused_by_every_loader(trained, tmp_path: Path) 
             load_bundle(bundle)
     # the classes edit through each loader, with the file and what differs named
     bundle = tmp_path / "classes" / "copy"
+    with pytest.raises(RunDirError, match="an exported bundle"):
+        load_run(bundle)  # the training layer never opens a bundle unverified
     with pytest.raises(BundleError, match="run.json says"):
-        load_run(bundle)
+        load_run_or_bundle(bundle)
+    res = runner.invoke(app, ["evaluate", str(bundle)])
+    assert res.exit_code == 2 and "run.json says" in res.output, res.output
+    # an intact bundle evaluates, without a file written into it
+    before = sorted(p.name for p in trained["bundle"].iterdir())
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["evaluate", str(trained["bundle"])])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in trained["bundle"].iterdir()) == before
+    assert (tmp_path / "evaluations").is_dir() and load_bundle(trained["bundle"])
     res = runner.invoke(app, ["predict", str(bundle), scan])
     assert res.exit_code == 2
     text = " ".join(res.output.split())

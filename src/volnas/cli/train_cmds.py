@@ -100,7 +100,7 @@ def train_cmd(
 
 
 def evaluate_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished run folder."),
+    run_dir: Path = typer.Argument(..., help="A finished run folder or an exported bundle."),
     data: str = typer.Option(None, "--data", help="Manifest/npz (default: the run's data)."),
     split: Split = typer.Option("test", "--split", help="Which split of the data."),
     out: Path = typer.Option(
@@ -115,7 +115,13 @@ def evaluate_cmd(
     from volnas.training.rundir import RunDirError
 
     try:
-        metrics = evaluate_run(run_dir, data, split, console=console, out=out)
+        is_bundle = (run_dir / "bundle.json").is_file()
+        if is_bundle:  # verified before it is opened (an edited bundle is refused)
+            from volnas.deploy.bundle import load_bundle
+
+            load_bundle(run_dir)
+        metrics = evaluate_run(run_dir, data, split, console=console, out=out,
+                               bundle_verified=is_bundle)
     except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         fail(e)
     keys = ("n_scans", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc")

@@ -518,6 +518,7 @@ def load_run_or_bundle(folder: Path) -> tuple[nn.Module, TrainConfig, dict[str, 
     """A run folder's or a verified bundle's model, config and run.json info (a bundle
     holds the same files as a run, and is refused if any was edited or swapped)."""
     folder = Path(folder)
-    if (folder / "bundle.json").is_file():
+    is_bundle = (folder / "bundle.json").is_file()
+    if is_bundle:
         load_bundle(folder)
-    return load_run(folder)
+    return load_run(folder, bundle_verified=is_bundle)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ def evaluate_run(
     split: str = "test",
     console: Console | None = None,
     out: Path | None = None,
+    *,
+    bundle_verified: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a finished run's best checkpoint on ``split`` of any compatible data.
 
@@ -79,18 +82,17 @@ def evaluate_run(
     results go to ``out`` (which must not exist or be empty), by default to the next free
     ``RUN_DIR/evaluations/<data>-<split>-NNN``. The folder is written under a temporary
     name and renamed when complete; its ``evaluation.json`` names the run, data and split.
-    The returned metrics carry ``evaluation_dir``.
+    The returned metrics carry ``evaluation_dir``. A verified bundle (``bundle_verified``,
+    see :func:`volnas.training.rundir.load_run`) is never written into: its evaluations go
+    to ``./evaluations/`` unless ``out`` says otherwise.
     """
-    import tempfile
-
-
     console = console or make_console()
     run_dir = Path(run_dir)
     if out is not None:
         out = Path(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise RunDirError(f"{out}: already exists and is not empty; choose another --out")
-    model, cfg, run_info = load_run(run_dir)
+    model, cfg, run_info = load_run(run_dir, bundle_verified=bundle_verified)
     run_data = cfg.data
     if data:
         cfg = cfg.model_copy(update={"data": str(data)})
@@ -110,7 +112,8 @@ def evaluate_run(
     ds.train = False
     loader = make_loader(ds, cfg.batch_size, train=False, num_workers=cfg.num_workers)
 
-    parent = out.parent if out is not None else run_dir / EVALUATIONS
+    parent = (out.parent if out is not None
+              else (Path.cwd() if bundle_verified else run_dir) / EVALUATIONS)
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".evaluation.", suffix=".tmp"))
     try:

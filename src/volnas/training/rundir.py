@@ -207,13 +207,19 @@ def remove_failed_start(run_dir: Path, existed: bool) -> None:
             child.unlink(missing_ok=True)
 
 
-def load_run(run_dir: Path) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
+def load_run(run_dir: Path, *, bundle_verified: bool = False
+             ) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any]]:
     """A finished run's best model (eval mode, CPU), its config and run.json info.
 
-    An exported bundle also opens as a run, but unverified: load bundles with
-    :func:`volnas.deploy.bundle.load_bundle` (or :func:`volnas.deploy.bundle.load_run_or_bundle`).
+    An exported bundle holds the same files, but its bundle.json must be checked first
+    (:func:`volnas.deploy.bundle.load_run_or_bundle` does, then passes ``bundle_verified``);
+    an unchecked bundle is refused here rather than trusted.
     """
     run_dir = Path(run_dir)
+    if (run_dir / "bundle.json").is_file() and not bundle_verified:
+        raise RunDirError(f"{run_dir}: an exported bundle; it is opened only after its "
+                          "bundle.json and checksums are verified (volnas.deploy.bundle."
+                          "load_run_or_bundle; predict, explain and evaluate do this)")
     for name in ("config.yaml", "run.json", "model.safetensors"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished run folder (no {name})")
