@@ -1,0 +1,163 @@
+"""The controls a search is judged by: random search, the supernet's ranking quality, a toy
+search whose right answer is known, and the hand-picked members of each space."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from volnas.cli.main import app
+from volnas.models.spaces import SPACES, SpaceDef
+from volnas.search.config import SearchConfig
+from volnas.search.random_search import PARAMS_TOLERANCE, draw_paths
+from volnas.search.ranking import kendall_tau
+from volnas.search.supernet import SuperNet
+
+REPO = Path(__file__).resolve().parents[1]
+# medpipe's structure (searched strides under the stride budget), narrow and one layer per cell
+TINY = (4, (4, 6, 6, 8, 8, 8), (1, 1, 1, 1, 1, 1), None, "test: medpipe's structure, narrow")
+
+
+@pytest.fixture
+def tiny_space(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(SPACES, "tiny-strides", SpaceDef(*TINY))
+    return "tiny-strides"
+
+
+def _write_npz(path: Path, n_train: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", 6), ("test", 6)):
+        y = np.arange(n) % 2
+        x = rng.integers(0, 80, (n, 8, 16, 16)).astype(np.uint8)
+        x[y == 1, :, 4:12, 4:12] += 100
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y[:, None]
+    np.savez(path, **arrays)
+    return path
+
+
+# ------------------------------------------------------------------ random search
+
+RANDOM = ["--strategy", "random", "--samples", "3", "--slices", "8", "--size", "16x16",
+          "--batch-size", "8", "--probe-epochs", "1", "--retrain-epochs", "1"]
+
+
+def test_random_search_end_to_end(tmp_path: Path, tiny_space: str) -> None:
+    """volnas search --strategy random writes the run folder contract: the drawn genotypes
+    and a log under search/, one probe per draw, the best probe chosen and retrained."""
+    data = _write_npz(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["search", "--data", str(data), "--space", tiny_space,
+                                   "--out", str(out), *RANDOM])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    result = json.loads((out / "result.json").read_text())
+    assert result["strategy"] == "random" and result["samples"] == 3
+    draws = json.loads((out / "search" / "draws.json").read_text())
+    assert [d["draw"] for d in draws] == [1, 2, 3]
+    assert len({d["genotype"] for d in draws}) == 3
+    assert sorted(p.name for p in (out / "search" / "genotypes").iterdir()) == [
+        "draw_001.json", "draw_002.json", "draw_003.json"]
+    with open(out / "probes.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["genotype"] for r in table] == [d["genotype"] for d in draws]
+    with open(out / "search" / "draws.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    for d in draws:
+        assert (out / "probes" / f"rank{d['draw']:02d}" / "probe.json").is_file()
+        assert not (out / "probes" / f"rank{d['draw']:02d}" / "metrics.json").exists()  # no test
+    best = max(result["probes"], key=lambda p: p["probe_score"])
+    assert result["genotype"] == best["genotype"]
+    assert json.loads((out / "genotype.json").read_text())["genotype"] == best["genotype"]
+    assert (out / "final" / "metrics.json").is_file()
+    assert set(result["test"]) >= {"accuracy", "f1", "auc"}
+    assert result["search_seconds"] is not None and result["total_seconds"] is not None
+    # the same seed draws the same architectures, another seed others
+    cfg = SearchConfig(data=str(data), space=tiny_space, strategy="random", random_samples=3)
+    net = SuperNet(tiny_space, 1, 2)
+    again = [net.genotype(p).to_string() for p in draw_paths(net, 3, cfg.seed)]
+    assert again == [d["genotype"] for d in draws]
+    assert [net.genotype(p).to_string() for p in draw_paths(net, 3, cfg.seed + 1)] != again
+
+
+def test_random_draws_obey_the_cost_filter(tiny_space: str) -> None:
+    """Every draw keeps the stride budget and, with target_params, the parameter limit;
+    without the filter the same space has draws over both."""
+    net = SuperNet(tiny_space, 1, 2, stride_budget=2.0)
+    free = SuperNet(tiny_space, 1, 2, stride_budget=None)
+    unfiltered = draw_paths(free, 40, 0)
+    assert not all(net.feasible(p) for p in unfiltered)  # the budget has something to reject
+    sizes = sorted(free.path_params(p) for p in unfiltered)
+    target = float(np.median(sizes)) / 1e6
+    paths = draw_paths(net, 12, 0, target_params=target)
+    assert len({tuple(p) for p in paths}) == 12
+    assert all(net.feasible(p) for p in paths)
+    assert all(net.path_params(p) <= target * 1e6 * (1 + PARAMS_TOLERANCE) for p in paths)
+    assert max(sizes) > target * 1e6 * (1 + PARAMS_TOLERANCE)
+    with pytest.raises(ValueError, match=r"found \d+ of 12 distinct architectures.*target_params"):
+        draw_paths(net, 12, 0, target_params=min(sizes) / 1e6 * 0.5)
+
+
+def test_random_search_resumes_after_kill(tmp_path: Path, tiny_space: str) -> None:
+    """kill -9 in the second probe; --resume keeps the seed's draws, reads the first probe
+    back (not rerun), finishes the others and chooses the best probe."""
+    data = _write_npz(tmp_path / "d.npz")
+    runner = (f"import sys\nfrom volnas.models.spaces import SPACES, SpaceDef\n"
+              f"SPACES['tiny-strides'] = SpaceDef(*{TINY!r})\n"
+              "from volnas.cli.main import main\nsys.argv = ['volnas', *sys.argv[1:]]\nmain()\n")
+    env = {k: v for k, v in os.environ.items() if k != "VOLNAS_CRASH_AT"}
+    env.update(PYTHONPATH=os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    out = tmp_path / "run"
+
+    def search(*args: str, crash: str | None = None) -> subprocess.CompletedProcess:
+        e = env | ({"VOLNAS_CRASH_AT": crash} if crash else {})
+        return subprocess.run([sys.executable, "-c", runner, "search", "--out", str(out), *args],
+                              env=e, text=True, capture_output=True, timeout=300)
+
+    # 16 scans, batch 8: 2 steps per probe epoch; the 4th step is in the second probe
+    killed = search("--data", str(data), "--space", tiny_space, *RANDOM, crash="train.step#4")
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    first = out / "probes" / "rank01" / "probe.json"
+    assert first.is_file() and not (out / "probes" / "rank02" / "probe.json").exists()
+    stamp = first.stat().st_mtime_ns
+    resumed = search("--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert first.stat().st_mtime_ns == stamp  # read back, not rerun
+    net = SuperNet(tiny_space, 1, 2)
+    drawn = [net.genotype(p).to_string() for p in draw_paths(net, 3, 0)]
+    assert [d["genotype"] for d in json.loads((out / "search" / "draws.json").read_text())] == drawn
+    result = json.loads((out / "result.json").read_text())
+    assert [p["genotype"] for p in result["probes"]] == drawn
+    assert result["genotype"] == max(result["probes"], key=lambda p: p["probe_score"])["genotype"]
+    assert (out / "final" / "metrics.json").is_file()
+
+
+# ------------------------------------------------------------------ Kendall tau
+
+
+def test_kendall_tau_known_answers() -> None:
+    assert kendall_tau([1, 2, 3, 4, 5], [10, 20, 30, 40, 50]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
+    # one discordant pair ((2, 3)) of the 6: (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(2 / 3)
+    # two discordant pairs of 10: (8 - 2) / 10
+    assert kendall_tau([0.1, 0.2, 0.3, 0.4, 0.5], [0.2, 0.1, 0.3, 0.5, 0.4]) == pytest.approx(0.6)
+
+
+def test_kendall_tau_refuses_what_it_cannot_rank() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        kendall_tau([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="at least 2"):
+        kendall_tau([1], [1])
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))  # one side all tied: undefined
+    assert torch is not None
