@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from volnas.cli.main import app
@@ -21,6 +23,7 @@ from volnas.models.spaces import SPACES, SpaceDef
 from volnas.search.config import SearchConfig
 from volnas.search.random_search import PARAMS_TOLERANCE, draw_paths
 from volnas.search.ranking import kendall_tau
+from volnas.search.search import PairedLoader, SearchTrainer
 from volnas.search.supernet import SuperNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,4 +163,89 @@ def test_kendall_tau_refuses_what_it_cannot_rank() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         kendall_tau([1], [1])
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))  # one side all tied: undefined
-    assert torch is not None
+
+
+# ------------------------------------------------------------------ a search that must decide
+
+# One searchable layer after the stem and a calibration layer: three candidates that output
+# zeros (the class cannot be read behind them) and "skip", which passes the features on.
+TOY_CANDIDATES = ("zero_a", "zero_b", "skip", "zero_c")
+SOLVER = TOY_CANDIDATES.index("skip")
+
+
+class _Zero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.0
+
+
+@pytest.fixture
+def toy_space(monkeypatch: pytest.MonkeyPatch) -> str:
+    import volnas.models.genotype as genotype_mod
+    import volnas.search.supernet as supernet_mod
+    from volnas.models.mbconv import OPS, LayerSpec
+
+    for name in TOY_CANDIDATES:
+        if name != "skip":
+            monkeypatch.setitem(OPS, name, lambda cin, cout, stride: _Zero())
+    specs = [LayerSpec("stem", "stem", -1, 4, ("conv_s1",)),
+             LayerSpec("cell1.calib", "calib", 4, 4, ("conv_s2",)),
+             LayerSpec("cell1.layer1", "normal", 4, 4, TOY_CANDIDATES)]
+    real = genotype_mod.layer_specs
+
+    def layer_specs(space: str) -> list[LayerSpec]:
+        return list(specs) if space == "toy-decide" else real(space)
+
+    monkeypatch.setattr(genotype_mod, "layer_specs", layer_specs)
+    monkeypatch.setattr(supernet_mod, "layer_specs", layer_specs)
+    return "toy-decide"
+
+
+def _toy_data(n: int, seed: int) -> TensorDataset:
+    """Class 1 has a bright cube in the middle: its mean intensity tells the class."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 1, 8, 8, 8, generator=g)
+    x[y == 1, :, 2:6, 2:6, 2:6] += 1.0
+    return TensorDataset(x, y)
+
+
+def _toy_search(space: str, run_dir: Path, epochs: int, **settings: float) -> SuperNet:
+    torch.manual_seed(0)
+    cfg = SearchConfig.model_validate({
+        "data": "unused", "space": space, "preprocess": {"slices": 8, "size": (8, 8)},
+        "search_epochs": epochs, "batch_size": 16, "bn_recalibration": 2, **settings})
+    net = SuperNet(space, 1, 2)
+    trainer = SearchTrainer(net, cfg.search_train_config(), cfg, cfg.preprocess.input_shape,
+                            class_names=["a", "b"], positive_class="b",
+                            device=torch.device("cpu"), run_dir=run_dir)
+
+    def loader(ds: TensorDataset, seed: int) -> DataLoader:
+        return DataLoader(ds, 16, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+    # 64 scans per half, batch 16: 4 architecture steps per epoch
+    paired = PairedLoader(loader(_toy_data(64, 1), 1), loader(_toy_data(64, 2), 2), seed=1)
+    trainer.fit(paired, DataLoader(_toy_data(32, 3), 16))
+    return net
+
+
+def test_toy_search_decides_on_the_only_solving_candidate(tmp_path: Path, toy_space: str) -> None:
+    """Where one candidate alone can solve the task, the search ends decided on it.
+
+    With a logit step (arch_lr 0.05) and weight lr (0.01) large enough for 80 steps; today's
+    defaults (1e-3, 3e-4) do not decide here: see the next test."""
+    net = _toy_search(toy_space, tmp_path, 20, arch_lr=0.05, weight_lr=0.01)
+    decision = net.alpha.decision()
+    assert decision["entropy_ratio"] <= 0.6, decision
+    assert net.alpha.argmax() == [SOLVER]
+    assert net.genotype().ops[-1] == "skip"
+
+
+def test_default_logit_step_bounds_what_a_search_can_decide(tmp_path: Path, toy_space: str) -> None:
+    """Why the defaults do not decide the toy: Adam moves a logit by at most about arch_lr
+    per step, so S steps move it by <= S * arch_lr (80 steps x 1e-3 = 0.08 here, while a
+    row of 4 needs a logit gap of ~2.3 for an entropy ratio of 0.6)."""
+    net = _toy_search(toy_space, tmp_path, 20)
+    steps, lr = 20 * 4, SearchConfig.model_fields["arch_lr"].default
+    moved = max(float(t.abs().max()) for t in net.alpha.logits)
+    assert 0 < moved <= steps * lr * 1.05
+    assert net.alpha.decision()["entropy_ratio"] > 0.99
