@@ -110,6 +110,36 @@ def test_random_draws_obey_the_cost_filter(tiny_space: str) -> None:
         draw_paths(net, 12, 0, target_params=min(sizes) / 1e6 * 0.5)
 
 
+def test_failed_random_search_keeps_its_finished_probes(
+    tmp_path: Path, tiny_space: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in a later probe leaves the folder (draws, finished probes) for --resume; a
+    search that fails before its draws are recorded is removed, as any failed start."""
+    import volnas.search.random_search as rs
+    from volnas.search.run import run_search
+
+    real, calls = rs.run_training, []
+
+    def failing_second(*args: object, **kwargs: object) -> dict:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rs, "run_training", failing_second)
+    data = _write_npz(tmp_path / "d.npz")
+    cfg = SearchConfig.model_validate({
+        "data": str(data), "space": tiny_space, "strategy": "random", "random_samples": 3,
+        "preprocess": {"slices": 8, "size": (16, 16)}, "batch_size": 8, "probe_epochs": 1})
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_search(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "search" / "draws.json").is_file()
+    assert (tmp_path / "run" / "probes" / "rank01" / "probe.json").is_file()
+    with pytest.raises(ValueError, match="found 0 of 3"):
+        run_search(cfg.model_copy(update={"target_params": 1e-6}), tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()
+
+
 def test_random_search_resumes_after_kill(tmp_path: Path, tiny_space: str) -> None:
     """kill -9 in the second probe; --resume keeps the seed's draws, reads the first probe
     back (not rerun), finishes the others and chooses the best probe."""
@@ -249,3 +279,28 @@ def test_default_logit_step_bounds_what_a_search_can_decide(tmp_path: Path, toy_
     moved = max(float(t.abs().max()) for t in net.alpha.logits)
     assert 0 < moved <= steps * lr * 1.05
     assert net.alpha.decision()["entropy_ratio"] > 0.99
+
+
+# ------------------------------------------------------------------ benchmark cells
+
+
+def test_benchmark_runs_a_random_search_cell(tmp_path: Path, tiny_space: str) -> None:
+    """``SPACE:random`` is a search cell of its own, beside the space's differentiable one."""
+    from volnas.benchmark.cells import BenchmarkError, cell_name, check_names, search_config
+    from volnas.benchmark.run import run_benchmark
+
+    assert cell_name(f"{tiny_space}:random") != cell_name(tiny_space)
+    cfg = search_config({}, "d.npz", f"{tiny_space}:random", 0)
+    assert (cfg.space, cfg.strategy) == (tiny_space, "random")
+    assert search_config({}, "d.npz", tiny_space, 0).strategy == "differentiable"
+    with pytest.raises(BenchmarkError, match="unknown strategy 'evolution'"):
+        check_names([], [f"{tiny_space}:evolution"])
+    data = _write_npz(tmp_path / "d.npz")
+    report = run_benchmark(data, [], [f"{tiny_space}:random"], seeds=1, out=tmp_path / "b",
+                           overrides={"random_samples": 2, "probe_epochs": 1, "epochs": 1,
+                                      "batch_size": 8, "slices": 8, "size": (16, 16)})
+    assert not report["failed"]
+    (row,) = report["rows"]
+    assert row["name"] == f"{tiny_space}_random" and row["n_done"] == 1
+    result = json.loads((tmp_path / "b" / "runs" / row["name"] / "seed0" / "result.json").read_text())
+    assert result["strategy"] == "random" and len(result["probes"]) == 2
