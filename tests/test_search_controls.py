@@ -304,3 +304,37 @@ def test_benchmark_runs_a_random_search_cell(tmp_path: Path, tiny_space: str) ->
     assert row["name"] == f"{tiny_space}_random" and row["n_done"] == 1
     result = json.loads((tmp_path / "b" / "runs" / row["name"] / "seed0" / "result.json").read_text())
     assert result["strategy"] == "random" and len(result["probes"]) == 2
+
+
+# ------------------------------------------------------------------ space ceiling
+
+
+def test_space_ceiling_members_build_with_their_sizes(tmp_path: Path) -> None:
+    """benchmarks/space_ceiling.py writes genotype files the model registry builds; their
+    sizes are the supernet's for the same path, and the choices are the ones named."""
+    import importlib.util
+
+    from volnas.models.registry import create_model
+    from volnas.search.ranking import path_of
+
+    spec = importlib.util.spec_from_file_location("space_ceiling",
+                                                  REPO / "benchmarks" / "space_ceiling.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sizes = mod.write_members(tmp_path, ["covidnet3d-s", "medpipe"], num_classes=3)
+    assert len(sizes) == 6
+    for path, n in sizes.items():
+        geno = mod.Genotype.load(path)
+        net = create_model(f"genotype:{path}", in_channels=1, num_classes=3)
+        assert sum(p.numel() for p in net.parameters()) == n
+        supernet = SuperNet(geno.space, 1, 3)
+        assert supernet.path_params(path_of(supernet, geno)) == n
+        assert supernet.feasible(path_of(supernet, geno))  # within the stride budget
+    k3e6 = mod.Genotype.load(tmp_path / "covidnet3d-s-all-k3e6.json")
+    assert [op for op, s in zip(k3e6.ops, k3e6.specs, strict=True) if s.kind == "normal"] == ["k3e6"] * 21
+    mbv2 = mod.Genotype.load(tmp_path / "medpipe-mbv2-like.json")
+    normal = [op for op, s in zip(mbv2.ops, mbv2.specs, strict=True) if s.kind == "normal"]
+    assert normal.count("k3e6") == 1 + 2 + 3 + 2 + 2 + 0 and normal.count("skip") == 21 - 10
+    assert mbv2.ops[0] == "conv_s1" and mbv2.ops[-2] == "conv_s1"  # MedPipe's strides
+    size = {p.stem: n for p, n in sizes.items()}
+    assert size["covidnet3d-s-all-k3e6"] > size["covidnet3d-s-all-k5e4"] > size["covidnet3d-s-mbv2-like"]
