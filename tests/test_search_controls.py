@@ -195,6 +195,21 @@ def test_kendall_tau_refuses_what_it_cannot_rank() -> None:
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))  # one side all tied: undefined
 
 
+def test_inherited_net_is_the_supernet_path(tiny_space: str) -> None:
+    """The network scored with inherited weights computes what the supernet's path computes."""
+    from volnas.search.ranking import inherited_net, path_of
+
+    torch.manual_seed(0)
+    supernet = SuperNet(tiny_space, 1, 2).eval()
+    path = draw_paths(supernet, 1, 3)[0]
+    net = inherited_net(supernet, supernet.genotype(path)).eval()
+    assert path_of(supernet, supernet.genotype(path)) == path
+    supernet.fixed_path = path
+    x = torch.randn(2, 1, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(net(x), supernet(x), atol=1e-6)
+
+
 # ------------------------------------------------------------------ a search that must decide
 
 # One searchable layer after the stem and a calibration layer: three candidates that output
