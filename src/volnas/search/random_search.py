@@ -44,6 +44,7 @@ from volnas.data.dataset import open_source
 from volnas.models.genotype import Genotype
 from volnas.search.config import SearchConfig
 from volnas.search.supernet import SuperNet
+from volnas.training.config import TrainConfig
 from volnas.training.device import seed_everything
 from volnas.training.metrics import select_metric
 from volnas.training.run import run_training
@@ -134,8 +135,6 @@ def run_random_search(
     cfg: SearchConfig, run_dir: Path, *, resume: bool, console: Console, main: bool
 ) -> dict[str, Any]:
     """Draw, probe and retrain (see the module docstring); returns result.json's content."""
-    from volnas.search.run import retrain_config, search_run_seconds
-
     _check_random(cfg)
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
@@ -177,10 +176,7 @@ def run_random_search(
     final_dir = run_dir / "final"
     final_resume = resume and (final_dir / "config.yaml").exists()
     metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console)
-    times = search_run_seconds(run_dir)
-    times["search_seconds"] = float(json.loads(done.read_text())["seconds"])
-    parts = (times["search_seconds"], times["probe_seconds"], times["retrain_seconds"])
-    times["total_seconds"] = None if None in parts else float(sum(parts))  # type: ignore[arg-type]
+    times = _run_seconds(run_dir, float(json.loads(done.read_text())["seconds"]))
     result = {
         "strategy": "random",
         "space": cfg.space,
@@ -197,6 +193,26 @@ def run_random_search(
     return result
 
 
+def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
+    """The TrainConfig of a probe or of the final retrain (the search's own, in run.py,
+    which this module cannot import: run.py dispatches here)."""
+    base = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
+    base.update({"model": model, "epochs": epochs})
+    return TrainConfig.model_validate(base)
+
+
+def _run_seconds(run_dir: Path, draw_seconds: float) -> dict[str, float | None]:
+    """Wall times as result.json reports them: the draws, the probes' and the retrain's epochs."""
+    probe_times = [history_seconds(p) for p in sorted((run_dir / "probes").glob("rank*"))
+                   if p.is_dir()]
+    probes = (None if not probe_times or None in probe_times
+              else float(sum(t for t in probe_times if t is not None)))
+    retrain = history_seconds(run_dir / "final")
+    total = None if probes is None or retrain is None else draw_seconds + probes + retrain
+    return {"search_seconds": draw_seconds, "probe_seconds": probes, "retrain_seconds": retrain,
+            "total_seconds": total}
+
+
 def _genotype(draw: dict[str, Any], k: int, cfg: SearchConfig) -> Genotype:
     return Genotype.from_string(draw["genotype"], num_classes=k,
                                 input_shape=cfg.preprocess.input_shape)
@@ -210,8 +226,6 @@ def probe_draws(
     The differentiable search's probe recipe and folders (``probes/rankNN``, numbered by draw);
     a probe with a ``probe.json`` is read back, not rerun.
     """
-    from volnas.search.run import retrain_config
-
     probes = []
     for d in draws:
         rank = d["draw"]
