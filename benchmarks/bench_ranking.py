@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from volnas.core.markup import make_console
+from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.search.random_search import draw_paths
 from volnas.search.ranking import inherited_scores, kendall_tau, load_supernet
@@ -80,9 +81,11 @@ def main() -> None:
 
     # inherited: at the search's input (the supernet's weights were trained there)
     scfg = cfg.search_train_config()
+    cache = StackCache(scfg.preprocess, None)
+
     def loader(split: str, train: bool):  # noqa: ANN202
         ds = ScanDataset(source.split(split), source.class_names, scfg.preprocess, train=train,
-                         seed=args.seed)
+                         cache=cache, seed=args.seed)
         return make_loader(ds, args.batch_size, train=train, num_workers=0, seed=args.seed)
 
     device = resolve_device(args.device)
