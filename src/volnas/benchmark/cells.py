@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
@@ -70,10 +70,27 @@ def train_config(settings: Mapping[str, Any], data: str, model: str, seed: int) 
     return validate_settings(TrainConfig, base | {"data": data, "model": model, "seed": seed})
 
 
-def search_config(settings: Mapping[str, Any], data: str, space: str, seed: int) -> SearchConfig:
-    """The search's settings; the retrain gets the baselines' epochs unless told otherwise."""
+def parse_search(name: str) -> tuple[str, str | None]:
+    """A benchmark search name, ``SPACE`` or ``SPACE:STRATEGY`` (``covidnet3d-s:random``):
+    the space and the strategy (None: the settings' strategy)."""
+    space, sep, strategy = name.partition(":")
+    if not sep:
+        return name, None
+    strategies = get_args(SearchConfig.model_fields["strategy"].annotation)
+    if strategy not in strategies:
+        raise BenchmarkError(f"search {name!r}: unknown strategy {strategy!r}; known: "
+                             f"{', '.join(strategies)}")
+    return space, strategy
+
+
+def search_config(settings: Mapping[str, Any], data: str, name: str, seed: int) -> SearchConfig:
+    """The settings of the search ``name`` (``SPACE[:STRATEGY]``); the retrain gets the
+    baselines' epochs unless told otherwise."""
+    space, strategy = parse_search(name)
     base = dict(settings)
     base.setdefault("retrain_epochs", settings.get("epochs", TrainConfig.model_fields["epochs"].default))
+    if strategy is not None:
+        base["strategy"] = strategy
     return validate_settings(SearchConfig, base | {"data": data, "space": space, "seed": seed})
 
 
@@ -100,7 +117,7 @@ def check_names(models: Sequence[str], searches: Sequence[str]) -> None:
             raise BenchmarkError(str(e).strip("'\"")) from e
     for s in searches:
         try:
-            get_space(s)
+            get_space(parse_search(s)[0])
         except KeyError as e:
             raise BenchmarkError(str(e).strip("'\"")) from e
     names = [cell_name(n) for n in (*models, *searches)]

@@ -65,6 +65,7 @@ ClassWeight = _choices("class_weight", TrainConfig)
 AugmentSearch = _choices("augment_search")
 Objective = _choices("objective")
 AugPrior = _choices("aug_prior")
+Strategy = _choices("strategy")
 SelectMetric = _choices("select_metric", TrainConfig)
 Format = Literal[FORMATS]  # type: ignore[valid-type]
 Difficulty = Literal[DIFFICULTIES]  # type: ignore[valid-type]

@@ -111,7 +111,7 @@ def predict_cmd(
 def benchmark_cmd(
     data: str = typer.Option(..., "--data", help="Manifest CSV or MedMNIST .npz (shared splits)."),
     models: str = typer.Option("", "--models", help="Comma-separated registry names."),
-    search: str = typer.Option("", "--search", help="Comma-separated search spaces."),
+    search: str = typer.Option("", "--search", help="Comma-separated search spaces; SPACE:random for the random-search baseline."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per model."),
     out: Path = typer.Option(..., "--out", "-o", help="Benchmark folder (re-run to resume)."),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs of every baseline [200]."),

@@ -11,6 +11,7 @@ from volnas.cli.common import (
     AugPrior,
     ClassWeight,
     Objective,
+    Strategy,
     WeightOptimizer,
     console,
     default,
@@ -29,6 +30,13 @@ def search_cmd(
     space: str = typer.Option(None, "--space", help="covidnet3d-s | covidnet3d-l | medpipe "
                               f"{default('space')}."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (never overwritten)."),
+    strategy: Strategy = typer.Option(
+        None, "--strategy", help="differentiable: the supernet search; random: probe --samples "
+        "architectures drawn uniformly (same cost filter), retrain the best: the baseline "
+        f"{default('strategy')}."),
+    samples: int = typer.Option(
+        None, "--samples", help="Architectures a random search probes [about the "
+        "differentiable search's cost: ceil(search epochs / probe epochs) + topk]."),
     epochs: int = typer.Option(None, "--epochs", help=f"Search epochs {default('search_epochs')}."),
     topk: int = typer.Option(None, "--topk",
                              help=f"Architectures probed after the search {default('topk')}."),
@@ -77,7 +85,7 @@ def search_cmd(
     class_weight: ClassWeight = typer.Option(
         None, "--class-weight", help=f"Loss weights; balanced: n/(k*n_c) {default('class_weight')}."),
 ) -> None:
-    """Differentiable single-path search, then probe the top-k, retrain the best, test once.
+    """Search (differentiable single-path, or random), probe, retrain the best, test once.
 
     --resume continues the search in --out with its saved configuration; only --device
     (and cache_dir, num_workers in --config) may be given with it."""
@@ -86,7 +94,8 @@ def search_cmd(
     from volnas.training.rundir import RunDirError
 
     overrides = {
-        "data": data, "space": space, "search_epochs": epochs, "topk": topk,
+        "data": data, "space": space, "strategy": strategy, "random_samples": samples,
+        "search_epochs": epochs, "topk": topk,
         "probe_epochs": probe_epochs, "retrain_epochs": retrain_epochs, "batch_size": batch_size,
         "slices": slices, "size": optional_shape(size, 2, "--size"),
         "search_slices": search_slices,

@@ -3,6 +3,7 @@ search's own; written to RUN_DIR/search_config.yaml."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field
@@ -19,6 +20,15 @@ class SearchConfig(TrainConfig):
 
     model: str = "supernet"
     space: str = "covidnet3d-s"
+    # differentiable: the supernet search below; random: draw random_samples architectures
+    # uniformly from the space (stride budget and target_params as a hard filter), probe each
+    # for probe_epochs, retrain the best (the baseline a search must beat)
+    strategy: Literal["differentiable", "random"] = "differentiable"
+    # K, the architectures a random search probes. None: the differentiable search's cost in
+    # training epochs, ceil(search_epochs / probe_epochs) + topk (one search epoch, an
+    # architecture and a weight step over half the training split each, costs about one
+    # training epoch; the topk probes cost topk * probe_epochs); with the defaults 10 + 10 = 20
+    random_samples: int | None = Field(None, ge=1)
     search_epochs: int = Field(30, ge=1)
     search_batch_size: int | None = None  # default: batch_size
     search_slices: int | None = None  # reduced resolution for the search (default: retrain's)
@@ -55,6 +65,13 @@ class SearchConfig(TrainConfig):
         """A search_config.yaml written by volnas; settings it lacks predate their field
         and get the value every search used then (not today's default)."""
         return cls.model_validate({**SAVED_BEFORE_FIELD, **data})
+
+    @property
+    def samples(self) -> int:
+        """The number of architectures a random search draws and probes."""
+        if self.random_samples is not None:
+            return self.random_samples
+        return math.ceil(self.search_epochs / self.probe_epochs) + self.topk
 
     @property
     def aug_mode(self) -> str:

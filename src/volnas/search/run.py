@@ -130,7 +130,9 @@ def run_search(
                               yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return _run_search(cfg, run_dir, resume=False, console=console, main=main)
     except Exception:
-        if main and not (run_dir / "search" / "checkpoint" / "last.json").exists():
+        started = [run_dir / "search" / "checkpoint" / "last.json",
+                   run_dir / "search" / "done.json"]  # done.json: a random search's draws
+        if main and not any(p.exists() for p in started):
             remove_failed_start(run_dir, existed)
         raise
 
@@ -138,6 +140,10 @@ def run_search(
 def _run_search(
     cfg: SearchConfig, run_dir: Path, *, resume: bool, console: Console, main: bool
 ) -> dict[str, Any]:
+    if cfg.strategy == "random":
+        from volnas.search.random_search import run_random_search
+
+        return run_random_search(cfg, run_dir, resume=resume, console=console, main=main)
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
     positive = positive_of(cfg, source)

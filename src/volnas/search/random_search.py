@@ -1,0 +1,277 @@
+"""Random search: the baseline every architecture search must beat.
+
+K architectures are drawn uniformly from the space (each searchable layer's candidate
+uniformly, independently), under the same cost filter as the differentiable search: the
+stride budget always, and ``target_params`` as a hard upper limit when set. Each draw is
+probed with the differentiable search's probe recipe (``probe_epochs`` at the retrain
+input, validation only), the best probe is retrained from scratch and tested once.
+
+RUN_DIR layout (the differentiable search's contract)::
+
+    search_config.yaml   the resolved SearchConfig (strategy: random)
+    search/              draws.json (the drawn genotypes, their parameters), draws.csv (the
+                         log: each draw and its probe score), genotypes/draw_NNN.json, done.json
+    probes/rankNN/       the probe of draw NN (validation only); probes/rankNN/probe.json its result
+    probes.csv           their validation scores
+    genotype.json        the chosen architecture
+    final/               the retrain from scratch
+    result.json          as the differentiable search's, with "strategy": "random"
+
+The draws are a function of the seed, so a resumed search (kill -9 at any point) draws the
+same architectures; a finished probe is read back from its probe.json, an interrupted one
+or the retrain resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+
+from volnas.core.distributed import barrier
+from volnas.core.distributed import info as dist_info
+from volnas.core.faults import crash_point
+from volnas.core.files import atomic_write_text
+from volnas.data.dataset import open_source
+from volnas.models.genotype import Genotype
+from volnas.search.config import SearchConfig
+from volnas.search.supernet import SuperNet
+from volnas.training.config import TrainConfig
+from volnas.training.device import seed_everything
+from volnas.training.metrics import select_metric
+from volnas.training.run import run_training
+from volnas.training.rundir import history_seconds
+
+# A draw over target_params * (1 + PARAMS_TOLERANCE) is rejected (when target_params is set).
+PARAMS_TOLERANCE = 0.10
+RANDOM_STREAM = 4  # the draws' random stream (the search's streams are 1-3)
+MAX_TRIES_PER_DRAW = 1000
+
+
+def draw_paths(
+    supernet: SuperNet,
+    k: int,
+    seed: int,
+    *,
+    target_params: float | None = None,
+    tolerance: float = PARAMS_TOLERANCE,
+) -> list[list[int]]:
+    """``k`` distinct paths drawn uniformly from ``supernet``'s space, in draw order.
+
+    A draw is rejected when it breaks the stride budget, when ``target_params`` (millions)
+    is set and its network has more than ``target_params * (1 + tolerance)`` million
+    parameters, or when it repeats an earlier draw. The draws depend only on the space, ``seed``
+    and the filter. Raises ValueError when ``k`` acceptable distinct paths are not found.
+    """
+    sizes = [len(layer.candidates) for layer in supernet.choice_layers]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, RANDOM_STREAM]))
+    limit = None if target_params is None else target_params * 1e6 * (1 + tolerance)
+    out: list[list[int]] = []
+    seen: set[tuple[int, ...]] = set()
+    rejected = {"stride budget": 0, "parameters": 0, "repeats": 0}
+    for _ in range(MAX_TRIES_PER_DRAW * k):
+        if len(out) == k:
+            break
+        path = [int(rng.integers(n)) for n in sizes]
+        if tuple(path) in seen:
+            rejected["repeats"] += 1
+        elif not supernet.feasible(path):
+            rejected["stride budget"] += 1
+        elif limit is not None and supernet.path_params(path) > limit:
+            rejected["parameters"] += 1
+        else:
+            seen.add(tuple(path))
+            out.append(path)
+    if len(out) < k:
+        target = "" if target_params is None else (
+            f" with at most {target_params * (1 + tolerance):.3g} M parameters "
+            f"(target_params {target_params:g} + {tolerance:.0%})")
+        raise ValueError(
+            f"random search: found {len(out)} of {k} distinct architectures of space "
+            f"{supernet.space!r}{target} (rejected: "
+            + ", ".join(f"{n} {why}" for why, n in rejected.items()) + "); lower "
+            "random_samples or raise target_params")
+    return out
+
+
+def draw_genotypes(cfg: SearchConfig, num_classes: int) -> list[dict[str, Any]]:
+    """The architectures a random search with ``cfg`` probes: genotype string and parameters."""
+    supernet = SuperNet(cfg.space, in_channels=1, num_classes=num_classes,
+                        stride_budget=cfg.stride_budget)
+    paths = draw_paths(supernet, cfg.samples, cfg.seed, target_params=cfg.target_params)
+    return [{"draw": i, "genotype": supernet.genotype(p).to_string(),
+             "params": supernet.path_params(p)} for i, p in enumerate(paths, start=1)]
+
+
+def _check_random(cfg: SearchConfig) -> None:
+    if cfg.augment_search not in (None, "off"):
+        raise ValueError(f"--augment-search {cfg.augment_search}: the random strategy searches "
+                         "architectures only (use --strategy differentiable, or "
+                         "--augment-search off)")
+
+
+def _read_draws(path: Path, expected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The draws a search recorded; they must be the draws its configuration gives."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    if saved != expected:
+        raise ValueError(f"{path}: the recorded draws differ from those of search_config.yaml's "
+                         "seed and space (was the file or the code changed since the search "
+                         "started?)")
+    return saved
+
+
+def run_random_search(
+    cfg: SearchConfig, run_dir: Path, *, resume: bool, console: Console, main: bool
+) -> dict[str, Any]:
+    """Draw, probe and retrain (see the module docstring); returns result.json's content."""
+    _check_random(cfg)
+    seed_everything(cfg.seed)
+    source = open_source(cfg.data)
+    k = len(source.class_names)
+    search_dir = run_dir / "search"
+    draws_file = search_dir / "draws.json"
+    done = search_dir / "done.json"
+    t0 = time.perf_counter()
+    draws = draw_genotypes(cfg, k)
+    seconds = time.perf_counter() - t0
+    if draws_file.exists():
+        draws = _read_draws(draws_file, draws)
+    elif main:
+        gdir = search_dir / "genotypes"
+        gdir.mkdir(parents=True, exist_ok=True)
+        for d in draws:
+            _genotype(d, k, cfg).save(gdir / f"draw_{d['draw']:03d}.json")
+        atomic_write_text(draws_file, json.dumps(draws, indent=2) + "\n")
+    if not done.exists() and main:
+        atomic_write_text(done, json.dumps({"seconds": seconds}))
+    barrier()
+    console.print(f"[bold]random search[/] space {escape(cfg.space)}: {len(draws)} architectures "
+                  f"drawn (seed {cfg.seed}"
+                  + (f", at most {cfg.target_params * (1 + PARAMS_TOLERANCE):.3g} M parameters"
+                     if cfg.target_params else "") + ")")
+    crash_point("search.done")
+
+    probes = probe_draws(cfg, draws, run_dir, k, console)
+    if main:
+        _write_log(search_dir / "draws.csv", probes)
+    best = max(probes, key=lambda p: p["probe_score"])  # the first draw wins ties
+    chosen = _genotype(best, k, cfg)
+    if main:
+        chosen.save(run_dir / "genotype.json")
+    barrier()
+    console.print(f"[bold]chosen[/] {escape(str(chosen))} (draw {best['draw']}, probe "
+                  f"{cfg.select_metric} {best['probe_score']:.4f})")
+    final_cfg = retrain_config(cfg, "genotype:" + str(run_dir / "genotype.json"), cfg.retrain_epochs)
+    final_dir = run_dir / "final"
+    final_resume = resume and (final_dir / "config.yaml").exists()
+    metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console)
+    times = _run_seconds(run_dir, float(json.loads(done.read_text())["seconds"]))
+    result = {
+        "strategy": "random",
+        "space": cfg.space,
+        "genotype": chosen.to_string(),
+        "augment_search": "off",
+        "samples": len(draws),
+        "target_params": cfg.target_params,
+        **times,
+        "probes": probes,
+        "test": metrics,
+    }
+    if main:
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
+    """The TrainConfig of a probe or of the final retrain (the search's own, in run.py,
+    which this module cannot import: run.py dispatches here)."""
+    base = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
+    base.update({"model": model, "epochs": epochs})
+    return TrainConfig.model_validate(base)
+
+
+def _run_seconds(run_dir: Path, draw_seconds: float) -> dict[str, float | None]:
+    """Wall times as result.json reports them: the draws, the probes' and the retrain's epochs."""
+    probe_times = [history_seconds(p) for p in sorted((run_dir / "probes").glob("rank*"))
+                   if p.is_dir()]
+    probes = (None if not probe_times or None in probe_times
+              else float(sum(t for t in probe_times if t is not None)))
+    retrain = history_seconds(run_dir / "final")
+    total = None if probes is None or retrain is None else draw_seconds + probes + retrain
+    return {"search_seconds": draw_seconds, "probe_seconds": probes, "retrain_seconds": retrain,
+            "total_seconds": total}
+
+
+def _genotype(draw: dict[str, Any], k: int, cfg: SearchConfig) -> Genotype:
+    return Genotype.from_string(draw["genotype"], num_classes=k,
+                                input_shape=cfg.preprocess.input_shape)
+
+
+def probe_draws(
+    cfg: SearchConfig, draws: list[dict[str, Any]], run_dir: Path, k: int, console: Console
+) -> list[dict[str, Any]]:
+    """Train each draw for ``probe_epochs`` at the retrain input; score it on validation.
+
+    The differentiable search's probe recipe and folders (``probes/rankNN``, numbered by draw);
+    a probe with a ``probe.json`` is read back, not rerun.
+    """
+    probes = []
+    for d in draws:
+        rank = d["draw"]
+        pdir = run_dir / "probes" / f"rank{rank:02d}"
+        result_file = pdir / "probe.json"
+        if result_file.exists():
+            probes.append(json.loads(result_file.read_text()))
+            continue
+        geno_file = run_dir / "probes" / f"rank{rank:02d}_candidate.json"
+        if dist_info().is_main:
+            _genotype(d, k, cfg).save(geno_file)
+        barrier()
+        pcfg = retrain_config(cfg, "genotype:" + str(geno_file), cfg.probe_epochs)
+        console.print(f"[bold]probe {rank}/{len(draws)}[/] {escape(d['genotype'])}")
+        best = run_training(pcfg, pdir, resume=(pdir / "config.yaml").exists(),
+                            console=console, test=False)
+        score = select_metric(best, cfg.select_metric)
+        rec = {"rank": rank, "draw": rank, "genotype": d["genotype"], "probe_score": score,
+               "probe_val": {m: best.get(m) for m in ("accuracy", "f1", "auc", "loss")},
+               "params": int(d["params"])}
+        if not math.isfinite(score):
+            raise ValueError(f"{pdir}: probe {cfg.select_metric} is {score} (no finite validation "
+                             "score)")
+        if dist_info().is_main:
+            atomic_write_text(result_file, json.dumps(rec, indent=2))
+        probes.append(rec)
+    if dist_info().is_main:
+        _write_probe_table(run_dir / "probes.csv", probes)
+    return probes
+
+
+def _write_probe_table(path: Path, probes: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["rank", "draw", "probe_score", "params", "genotype"])
+    for p in probes:
+        w.writerow([p["rank"], p["draw"], f"{p['probe_score']:.4f}", p["params"], p["genotype"]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_log(path: Path, probes: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["draw", "params", "probe_score", "probe_seconds", "genotype"])
+    for p in probes:
+        seconds = history_seconds(path.parent.parent / "probes" / f"rank{p['draw']:02d}")
+        w.writerow([p["draw"], p["params"], f"{p['probe_score']:.4f}",
+                    "" if seconds is None else f"{seconds:.2f}", p["genotype"]])
+    atomic_write_text(path, buf.getvalue())
