@@ -242,8 +242,9 @@ def test_probe_and_trainer_score_with_one_function(tmp_path, monkeypatch, metric
                                                    expected) -> None:
     from volnas.models.genotype import Genotype
     from volnas.models.spaces import layer_specs
-    from volnas.search import run as search_run
-    from volnas.search.run import load_search_config, probe_candidates
+    from volnas.search import evaluation
+    from volnas.search.evaluation import probe_candidates
+    from volnas.search.run import load_search_config
     from volnas.training.trainer import Trainer
 
     best = {"accuracy": 0.5, "f1": 0.5, **values}
@@ -253,7 +254,7 @@ def test_probe_and_trainer_score_with_one_function(tmp_path, monkeypatch, metric
     cfg = load_search_config(None, {"data": "unused.csv", "slices": 8, "size": (16, 16),
                                     "select_metric": metric})
     geno = Genotype(cfg.space, [s.candidates[0] for s in layer_specs(cfg.space)])
-    monkeypatch.setattr(search_run, "run_training", lambda *a, **k: dict(best))
+    monkeypatch.setattr(evaluation, "run_training", lambda *a, **k: dict(best))
     cand = {"genotype": geno.to_string(), "epoch": 1, "score": 0.0, "params": 1}
     probes = probe_candidates(cfg, [cand], tmp_path, 2, Console(file=None, quiet=True))
     assert probes[0]["probe_score"] == expected

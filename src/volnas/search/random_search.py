@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from volnas.core.distributed import barrier
-from volnas.core.distributed import info as dist_info
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text
 from volnas.data.dataset import open_source
-from volnas.models.genotype import Genotype
 from volnas.search.config import SearchConfig
+from volnas.search.evaluation import (
+    best_probe,
+    candidate_genotype,
+    probe_candidates,
+    retrain_config,
+)
 from volnas.search.supernet import SuperNet
-from volnas.training.config import TrainConfig
 from volnas.training.device import seed_everything
-from volnas.training.metrics import select_metric
 from volnas.training.run import run_training
 from volnas.training.rundir import history_seconds
 
@@ -151,7 +152,7 @@ def run_random_search(
         gdir = search_dir / "genotypes"
         gdir.mkdir(parents=True, exist_ok=True)
         for d in draws:
-            _genotype(d, k, cfg).save(gdir / f"draw_{d['draw']:03d}.json")
+            candidate_genotype(d, k, cfg).save(gdir / f"draw_{d['draw']:03d}.json")
         atomic_write_text(draws_file, json.dumps(draws, indent=2) + "\n")
     if not done.exists() and main:
         atomic_write_text(done, json.dumps({"seconds": seconds}))
@@ -162,11 +163,12 @@ def run_random_search(
                      if cfg.target_params else "") + ")")
     crash_point("search.done")
 
-    probes = probe_draws(cfg, draws, run_dir, k, console)
+    probes = probe_candidates(cfg, [d | {"record": {"draw": d["draw"]}} for d in draws],
+                              run_dir, k, console)
     if main:
         _write_log(search_dir / "draws.csv", probes)
-    best = max(probes, key=lambda p: p["probe_score"])  # the first draw wins ties
-    chosen = _genotype(best, k, cfg)
+    best = best_probe(probes)  # the first draw wins ties
+    chosen = candidate_genotype(best, k, cfg)
     if main:
         chosen.save(run_dir / "genotype.json")
     barrier()
@@ -193,12 +195,6 @@ def run_random_search(
     return result
 
 
-def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
-    """The TrainConfig of a probe or of the final retrain (the search's own, in run.py,
-    which this module cannot import: run.py dispatches here)."""
-    base = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
-    base.update({"model": model, "epochs": epochs})
-    return TrainConfig.model_validate(base)
 
 
 def _run_seconds(run_dir: Path, draw_seconds: float) -> dict[str, float | None]:
@@ -213,57 +209,10 @@ def _run_seconds(run_dir: Path, draw_seconds: float) -> dict[str, float | None]:
             "total_seconds": total}
 
 
-def _genotype(draw: dict[str, Any], k: int, cfg: SearchConfig) -> Genotype:
-    return Genotype.from_string(draw["genotype"], num_classes=k,
-                                input_shape=cfg.preprocess.input_shape)
 
 
-def probe_draws(
-    cfg: SearchConfig, draws: list[dict[str, Any]], run_dir: Path, k: int, console: Console
-) -> list[dict[str, Any]]:
-    """Train each draw for ``probe_epochs`` at the retrain input; score it on validation.
-
-    The differentiable search's probe recipe and folders (``probes/rankNN``, numbered by draw);
-    a probe with a ``probe.json`` is read back, not rerun.
-    """
-    probes = []
-    for d in draws:
-        rank = d["draw"]
-        pdir = run_dir / "probes" / f"rank{rank:02d}"
-        result_file = pdir / "probe.json"
-        if result_file.exists():
-            probes.append(json.loads(result_file.read_text()))
-            continue
-        geno_file = run_dir / "probes" / f"rank{rank:02d}_candidate.json"
-        if dist_info().is_main:
-            _genotype(d, k, cfg).save(geno_file)
-        barrier()
-        pcfg = retrain_config(cfg, "genotype:" + str(geno_file), cfg.probe_epochs)
-        console.print(f"[bold]probe {rank}/{len(draws)}[/] {escape(d['genotype'])}")
-        best = run_training(pcfg, pdir, resume=(pdir / "config.yaml").exists(),
-                            console=console, test=False)
-        score = select_metric(best, cfg.select_metric)
-        rec = {"rank": rank, "draw": rank, "genotype": d["genotype"], "probe_score": score,
-               "probe_val": {m: best.get(m) for m in ("accuracy", "f1", "auc", "loss")},
-               "params": int(d["params"])}
-        if not math.isfinite(score):
-            raise ValueError(f"{pdir}: probe {cfg.select_metric} is {score} (no finite validation "
-                             "score)")
-        if dist_info().is_main:
-            atomic_write_text(result_file, json.dumps(rec, indent=2))
-        probes.append(rec)
-    if dist_info().is_main:
-        _write_probe_table(run_dir / "probes.csv", probes)
-    return probes
 
 
-def _write_probe_table(path: Path, probes: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["rank", "draw", "probe_score", "params", "genotype"])
-    for p in probes:
-        w.writerow([p["rank"], p["draw"], f"{p['probe_score']:.4f}", p["params"], p["genotype"]])
-    atomic_write_text(path, buf.getvalue())
 
 
 def _write_log(path: Path, probes: list[dict[str, Any]]) -> None:

@@ -15,7 +15,6 @@ RUN_DIR layout::
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from volnas.core.distributed import barrier, init_distributed
-from volnas.core.distributed import info as dist_info
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text, remove_stale_temporaries
 from volnas.core.markup import make_console
@@ -37,13 +35,18 @@ from volnas.models.genotype import Genotype
 from volnas.models.spaces import layer_specs
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
+from volnas.search.evaluation import (
+    best_probe,
+    candidate_genotype,
+    probe_candidates,
+    retrain_config,
+)
 from volnas.search.sampler import mean_uniform_entropy
 from volnas.search.search import PairedLoader, SearchTrainer, search_halves
 from volnas.search.supernet import SuperNet
-from volnas.training.config import TrainConfig, load_config, merge_settings, resume_config
+from volnas.training.config import load_config, merge_settings, resume_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.memory import MEMORY_HINT, SEARCH_FLAGS, check_run_memory
-from volnas.training.metrics import select_metric
 from volnas.training.run import run_training
 from volnas.training.rundir import (
     RunDirError,
@@ -73,11 +76,6 @@ def load_saved_search_config(path: Path) -> SearchConfig:
         raise ValueError(f"{path}: invalid configuration:\n{e}") from e
 
 
-def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
-    """The TrainConfig of a probe or of the final retrain (full resolution)."""
-    base = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
-    base.update({"model": model, "epochs": epochs})
-    return TrainConfig.model_validate(base)
 
 
 def check_search_start(cfg: SearchConfig) -> None:
@@ -205,7 +203,7 @@ def _run_search(
     # ---- evaluation stage ----------------------------------------------------------------
     candidates = top_k(trainer.log, cfg.topk)
     probes = probe_candidates(cfg, candidates, run_dir, k, console)
-    best = max(probes, key=lambda p: p["probe_score"])
+    best = best_probe(probes)
     chosen = candidate_genotype(best, k, cfg)
     if main:
         chosen.save(run_dir / "genotype.json")
@@ -306,64 +304,17 @@ def top_k(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     for r in ranked:
         if r["genotype"] not in seen:
             seen.add(r["genotype"])
-            out.append(r)
+            out.append(r | {"record": {"search_epoch": int(r["epoch"]),
+                                       "search_score": float(r["score"])}})
         if len(out) == k:
             break
     return out
 
 
-def candidate_genotype(cand: dict[str, Any], k: int, cfg: SearchConfig) -> Genotype:
-    """A recorded architecture with the augmentation policy found beside it, if any."""
-    geno = Genotype.from_string(cand["genotype"], num_classes=k,
-                                input_shape=cfg.preprocess.input_shape)
-    if cand.get("policy_json"):
-        geno.extra["augment_policy"] = json.loads(cand["policy_json"])
-    return geno
 
 
-def probe_candidates(
-    cfg: SearchConfig, candidates: list[dict[str, Any]], run_dir: Path, k: int, console: Console
-) -> list[dict[str, Any]]:
-    """Train each candidate briefly at the retrain input; score it on validation only."""
-    probes = []
-    for rank, cand in enumerate(candidates, start=1):
-        pdir = run_dir / "probes" / f"rank{rank:02d}"
-        result_file = pdir / "probe.json"
-        if result_file.exists():
-            probes.append(json.loads(result_file.read_text()))
-            continue
-        geno = candidate_genotype(cand, k, cfg)
-        geno_file = run_dir / "probes" / f"rank{rank:02d}_candidate.json"
-        if dist_info().is_main:
-            geno.save(geno_file)
-        barrier()
-        pcfg = retrain_config(cfg, "genotype:" + str(geno_file), cfg.probe_epochs)
-        console.print(f"[bold]probe {rank}/{len(candidates)}[/] {escape(str(geno))} "
-                      f"(search epoch {cand['epoch']})")
-        resume = (pdir / "config.yaml").exists()
-        best = run_training(pcfg, pdir, resume=resume, console=console, test=False)
-        rec = {"rank": rank, "genotype": geno.to_string(), "search_epoch": int(cand["epoch"]),
-               "policy_json": cand.get("policy_json") or "",
-               "search_score": float(cand["score"]),
-               "probe_score": select_metric(best, cfg.select_metric),
-               "probe_val": {m: best.get(m) for m in ("accuracy", "f1", "auc", "loss")},
-               "params": int(cand["params"])}
-        if dist_info().is_main:
-            atomic_write_text(result_file, json.dumps(rec, indent=2))
-        probes.append(rec)
-    if dist_info().is_main:
-        write_probe_table(run_dir / "probes.csv", probes)
-    return probes
 
 
-def write_probe_table(path: Path, probes: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["rank", "search_epoch", "search_score", "probe_score", "params", "genotype"])
-    for p in probes:
-        w.writerow([p["rank"], p["search_epoch"], f"{p['search_score']:.4f}",
-                    f"{p['probe_score']:.4f}", p["params"], p["genotype"]])
-    atomic_write_text(path, buf.getvalue())
 
 
 def genotype_table(geno: Genotype, input_shape: tuple[int, ...] | None = None) -> Table:

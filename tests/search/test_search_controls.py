@@ -26,7 +26,7 @@ from volnas.search.ranking import kendall_tau
 from volnas.search.search import PairedLoader, SearchTrainer
 from volnas.search.supernet import SuperNet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # medpipe's structure (searched strides under the stride budget), narrow and one layer per cell
 TINY = (4, (4, 6, 6, 8, 8, 8), (1, 1, 1, 1, 1, 1), None, "test: medpipe's structure, narrow")
 
@@ -115,10 +115,10 @@ def test_failed_random_search_keeps_its_finished_probes(
 ) -> None:
     """An error in a later probe leaves the folder (draws, finished probes) for --resume; a
     search that fails before its draws are recorded is removed, as any failed start."""
-    import volnas.search.random_search as rs
+    import volnas.search.evaluation as ev
     from volnas.search.run import run_search
 
-    real, calls = rs.run_training, []
+    real, calls = ev.run_training, []
 
     def failing_second(*args: object, **kwargs: object) -> dict:
         calls.append(1)
@@ -126,7 +126,7 @@ def test_failed_random_search_keeps_its_finished_probes(
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rs, "run_training", failing_second)
+    monkeypatch.setattr(ev, "run_training", failing_second)
     data = _write_npz(tmp_path / "d.npz")
     cfg = SearchConfig.model_validate({
         "data": str(data), "space": tiny_space, "strategy": "random", "random_samples": 3,
