@@ -123,6 +123,18 @@ def test_output_to_a_pipe_is_never_cut_at_80_columns(tmp_path: Path) -> None:
         console.rule("stage")
     printed = (tmp_path / "log.txt").read_text().splitlines()
     assert printed[0].rstrip() == line.rstrip() and len(printed[1]) == 80
+    # a progress bar writes nothing into a log (no blank line between epoch lines)
+    from volnas.training.trainer import make_progress
+
+    with open(tmp_path / "log2.txt", "w") as f:
+        console = make_console()
+        console.file = f
+        for epoch in (1, 2):
+            with make_progress(console) as progress:
+                task = progress.add_task(f"epoch {epoch}", total=2, info="")
+                progress.update(task, advance=2)
+            console.print(f"epoch {epoch} done")
+    assert (tmp_path / "log2.txt").read_text() == "epoch 1 done\nepoch 2 done\n"
 
 
 @pytest.mark.slow

@@ -136,7 +136,8 @@ def predict_scans(
 
     with Progress(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-                  console=console, transient=True, disable=len(items) < 2) as progress:
+                  console=console, transient=True,
+                  disable=len(items) < 2 or not console.is_terminal) as progress:
         task = progress.add_task("", total=len(items))
         for item in items:
             progress.update(task, description=item.name[-40:])

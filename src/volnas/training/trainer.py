@@ -47,6 +47,7 @@ def make_progress(console: Console) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a log gets the epoch lines, not bar redraws
     )
 
 
