@@ -3,6 +3,8 @@ and choices read from the configuration classes (so the CLI cannot drift from th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, NoReturn, get_args, get_origin
 
 import typer
@@ -70,3 +72,21 @@ SelectMetric = _choices("select_metric", TrainConfig)
 Format = Literal[FORMATS]  # type: ignore[valid-type]
 Difficulty = Literal[DIFFICULTIES]  # type: ignore[valid-type]
 Split = Literal["train", "val", "test"]
+
+
+def start_run(run: Callable[..., dict[str, Any]], cls: type[TrainConfig], config: Path | None,
+              overrides: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
+    """``run(cfg, out, resume=, given=, console=)`` with settings from ``--config`` and the
+    flags; a resume gets only what the user set (no defaults), so it can refuse a change."""
+    from volnas.data.volume import DataError
+    from volnas.training.config import load_config, merge_settings
+    from volnas.training.rundir import RunDirError
+
+    try:
+        cfg = load_config(config, overrides, cls)
+        if not cfg.data and not resume:
+            raise typer.BadParameter("--data is required (or set `data:` in --config)")
+        given = merge_settings(config, overrides) if resume else None
+        return run(cfg, out, resume=resume, given=given, console=console)
+    except (DataError, RunDirError, ValueError, FileNotFoundError, KeyError) as e:
+        fail(e)

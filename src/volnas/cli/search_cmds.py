@@ -17,9 +17,10 @@ from volnas.cli.common import (
     default,
     fail,
     optional_shape,
+    start_run,
 )
 from volnas.core.markup import esc
-from volnas.data.volume import DataError
+from volnas.search.config import SearchConfig
 
 genotype_app = typer.Typer(help="Inspect searched architectures.", no_args_is_help=True,
                            rich_markup_mode=None)
@@ -89,9 +90,7 @@ def search_cmd(
 
     --resume continues the search in --out with its saved configuration; only --device
     (and cache_dir, num_workers in --config) may be given with it."""
-    from volnas.search.run import load_search_config, run_search
-    from volnas.training.config import merge_settings
-    from volnas.training.rundir import RunDirError
+    from volnas.search.run import run_search
 
     overrides = {
         "data": data, "space": space, "strategy": strategy, "random_samples": samples,
@@ -106,14 +105,7 @@ def search_cmd(
         "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,
         "fixed_genotype": fixed_genotype, "class_weight": class_weight,
     }
-    try:
-        cfg = load_search_config(config, overrides)
-        if not cfg.data and not resume:
-            raise typer.BadParameter("--data is required (or set `data:` in --config)")
-        given = merge_settings(config, overrides) if resume else None
-        result = run_search(cfg, out, resume=resume, given=given, console=console)
-    except (DataError, RunDirError, ValueError, FileNotFoundError, KeyError) as e:
-        fail(e)
+    result = start_run(run_search, SearchConfig, config, overrides, out, resume)
     t = result["test"]
     console.print(f"searched {esc(result['genotype'])}\ntest: acc {t['accuracy']:.4f}, "
                   f"f1 {t['f1']:.4f}; run folder {esc(out)}")

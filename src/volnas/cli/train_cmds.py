@@ -16,6 +16,7 @@ from volnas.cli.common import (
     fail,
     optional_shape,
     parse_shape,
+    start_run,
 )
 from volnas.core.markup import esc
 from volnas.data.volume import DataError
@@ -76,9 +77,7 @@ def train_cmd(
 
     --resume continues the run in --out with its saved configuration; only --device,
     --workers (and cache_dir) may be given with it, or --epochs to extend a finished run."""
-    from volnas.training.config import load_config, merge_settings
     from volnas.training.run import run_training
-    from volnas.training.rundir import RunDirError
 
     overrides = {
         "data": data, "model": model, "epochs": epochs, "batch_size": batch_size,
@@ -86,15 +85,7 @@ def train_cmd(
         "lr": lr, "seed": seed, "device": device, "num_workers": workers,
         "augment": augment, "sync_bn": sync_bn, "class_weight": class_weight,
     }
-    try:
-        cfg = load_config(config, overrides)
-        if not cfg.data and not resume:
-            raise typer.BadParameter("--data is required (or set `data:` in --config)")
-        # what the user set (no defaults): a resume refuses those that change the run
-        given = merge_settings(config, overrides) if resume else None
-        metrics = run_training(cfg, out, resume=resume, given=given, console=console)
-    except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
-        fail(e)
+    metrics = start_run(run_training, TrainConfig, config, overrides, out, resume)
     console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "
                   f"f1 {metrics['f1']:.4f})")
 

@@ -118,12 +118,16 @@ class ScanReader(ABC):
     def check(self, path: str | Path, full: bool = False) -> ScanCheck:
         """Verify a scan so that :meth:`read` will read it; ``full`` reads it whole.
 
-        The default counts slices (``full=False``); formats whose pixel data can be bad
-        behind a sound header override it to decode what they can, one slice at a time.
+        Without ``full`` it runs :meth:`check_quick`, which formats whose pixel data can be
+        bad behind a sound header override to decode what they can, one slice at a time.
         """
         if full:
             v = self.read(path)
             return ScanCheck(self.name, v.shape[0], str(v.meta.get("patient_id", "")))
+        return self.check_quick(path)
+
+    def check_quick(self, path: str | Path) -> ScanCheck:
+        """The index-time check without a full read: counts slices unless overridden."""
         return ScanCheck(self.name, self.count_slices(path))
 
     def stem(self, name: str) -> str:

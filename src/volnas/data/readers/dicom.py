@@ -394,8 +394,6 @@ class DicomSeriesReader(ScanReader):
     def count_slices(self, path: str | Path) -> int:
         return len(_dicom_files(Path(path))[0])
 
-    def check(self, path: str | Path, full: bool = False) -> ScanCheck:
-        if full:
-            return super().check(path, full)
+    def check_quick(self, path: str | Path) -> ScanCheck:
         n, patient_id = check_dicom(path)
         return ScanCheck(self.name, n, patient_id)

@@ -143,7 +143,5 @@ class NiftiReader(ScanReader):
         p = Path(path)
         return _nifti_shape(p, _nifti_load(p).shape)[2]
 
-    def check(self, path: str | Path, full: bool = False) -> ScanCheck:
-        if full:
-            return super().check(path, full)
+    def check_quick(self, path: str | Path) -> ScanCheck:
         return ScanCheck(self.name, check_nifti(path))

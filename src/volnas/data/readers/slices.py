@@ -206,7 +206,5 @@ class SliceFolderReader(ScanReader):
     def count_slices(self, path: str | Path) -> int:
         return len(_slice_files(Path(path))[0])
 
-    def check(self, path: str | Path, full: bool = False) -> ScanCheck:
-        if full:
-            return super().check(path, full)
+    def check_quick(self, path: str | Path) -> ScanCheck:
         return ScanCheck(self.name, check_slices(path))
