@@ -23,8 +23,13 @@ from volnas.core.files import atomic_write_text, sha256_file
 from volnas.core.markup import make_console
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.training.device import resolve_device
-from volnas.training.metrics import compute_metrics
-from volnas.training.plots import plot_confusion, plot_roc
+from volnas.training.metrics import (
+    apply_temperature,
+    calibration_summary,
+    ci_record,
+    compute_metrics,
+)
+from volnas.training.plots import plot_confusion, plot_reliability, plot_roc
 from volnas.training.rundir import (
     RunDirError,
     build_datasets,
@@ -35,36 +40,89 @@ from volnas.training.trainer import Trainer
 
 
 def evaluate_and_write(
-    trainer: Trainer, dataset: ScanDataset, loader: Any, run_dir: Path, split: str
+    trainer: Trainer, dataset: ScanDataset, loader: Any, run_dir: Path, split: str,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """Metrics, per-scan predictions and plots of one split into ``run_dir``."""
+    """Metrics, per-scan predictions and plots of one split into ``run_dir``.
+
+    The metrics are those of the model's own (raw) probabilities, each with a bootstrap
+    interval over patients (``ci``); ``calibration`` adds ECE, Brier score and NLL, raw and,
+    with a ``temperature`` (fitted on validation), calibrated, and the AUCs of the
+    calibrated probabilities (the argmax metrics cannot change). The predictions CSV then
+    holds the calibrated probabilities as ``p_<class>`` and the raw ones as ``p_raw_<class>``.
+    """
     probs, labels, loss = trainer.predict(loader)
     metrics = compute_metrics(labels, probs, trainer.class_names, trainer.positive_class)
-    metrics.update({"loss": loss, "split": split, **model_profile(trainer.net, trainer.cfg)})
+    groups = [row.patient_id for row in dataset.rows]
+    metrics.update(ci_record(labels, probs, trainer.class_names, metrics["positive_class"],
+                             groups))
+    calibration = calibration_summary(labels, probs, temperature)
+    calibrated = None
+    if temperature is not None:
+        calibrated = apply_temperature(probs, temperature)
+        cal = compute_metrics(labels, calibrated, trainer.class_names, trainer.positive_class)
+        calibration.update({"auc_calibrated": cal["auc"],
+                            "auc_macro_ovr_calibrated": cal["auc_macro_ovr"]})
+    else:
+        calibration["note"] = ("uncalibrated: the run has no calibration.json (trained before "
+                               "volnas fitted a temperature)")
+    metrics.update({"loss": loss, "split": split, "calibration": calibration,
+                    **model_profile(trainer.net, trainer.cfg)})
     if not dist_info().is_main:
         return metrics
     write_predictions(run_dir / f"predictions_{split}.csv", dataset, labels, probs,
-                      trainer.class_names)
+                      trainer.class_names, calibrated=calibrated, temperature=temperature)
     plot_confusion(np.array(metrics["confusion_matrix"]), trainer.class_names,
                    run_dir / f"confusion_{split}.png", title=f"{split} confusion matrix")
     plot_roc(labels, probs, trainer.class_names, metrics["positive_class"],
              run_dir / f"roc_{split}.png")
+    plot_reliability(labels, probs, run_dir / f"reliability_{split}.png",
+                     title=f"{split} reliability", calibrated=calibrated)
     return metrics
 
 
 def write_predictions(
-    path: Path, dataset: ScanDataset, labels: np.ndarray, probs: np.ndarray, classes: list[str]
+    path: Path, dataset: ScanDataset, labels: np.ndarray, probs: np.ndarray, classes: list[str],
+    *, calibrated: np.ndarray | None = None, temperature: float | None = None,
 ) -> None:
+    """One line per scan. With ``calibrated`` probabilities, ``p_<class>`` holds them, the
+    ``temperature`` column says by which temperature, and ``p_raw_<class>`` the model's own."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["scan_id", "patient_id", "label", "predicted", *[f"p_{c}" for c in classes]])
-    for row, y, p in zip(dataset.rows, labels, probs, strict=True):
-        w.writerow([row.scan_id, row.patient_id, classes[int(y)], classes[int(p.argmax())],
-                    *[f"{v:.6f}" for v in p]])
+    shown = probs if calibrated is None else calibrated
+    head = ["scan_id", "patient_id", "label", "predicted", *[f"p_{c}" for c in classes]]
+    if calibrated is not None:
+        head += ["temperature", *[f"p_raw_{c}" for c in classes]]
+    w.writerow(head)
+    for i, (row, y) in enumerate(zip(dataset.rows, labels, strict=True)):
+        p = shown[i]
+        line = [row.scan_id, row.patient_id, classes[int(y)], classes[int(p.argmax())],
+                *[f"{v:.6f}" for v in p]]
+        if calibrated is not None:
+            line += [f"{temperature:.6g}", *[f"{v:.6f}" for v in probs[i]]]
+        w.writerow(line)
     atomic_write_text(path, buf.getvalue())
 
 
 EVALUATIONS = "evaluations"
+CALIBRATION = "calibration.json"
+
+
+def read_temperature(run_dir: Path) -> float | None:
+    """The temperature of RUN_DIR/calibration.json; None when the run has none (older runs).
+
+    A file that is there but unreadable, or whose temperature is not a positive number, is
+    an error naming the file (never silently uncalibrated)."""
+    path = Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        return None
+    try:
+        t = json.loads(path.read_text())["temperature"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{path}: not a calibration record with a temperature ({e})") from e
+    if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t < float("inf")):
+        raise RunDirError(f"{path}: temperature must be a positive number, got {t!r}")
+    return float(t)
 
 
 def evaluate_run(
@@ -93,6 +151,10 @@ def evaluate_run(
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise RunDirError(f"{out}: already exists and is not empty; choose another --out")
     model, cfg, run_info = load_run(run_dir, bundle_verified=bundle_verified)
+    temperature = read_temperature(run_dir)
+    if temperature is None:
+        console.print(f"{run_dir}: no {CALIBRATION} (a run trained before volnas calibrated); "
+                      "evaluated uncalibrated")
     run_data = cfg.data
     if data:
         cfg = cfg.model_copy(update={"data": str(data)})
@@ -117,7 +179,7 @@ def evaluate_run(
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".evaluation.", suffix=".tmp"))
     try:
-        metrics = evaluate_and_write(trainer, ds, loader, tmp, split)
+        metrics = evaluate_and_write(trainer, ds, loader, tmp, split, temperature)
         metrics["data"] = str(cfg.data)
         record = {
             "run": str(run_dir.resolve()),
@@ -127,6 +189,7 @@ def evaluate_run(
             "split": split,
             "n_scans": metrics["n_scans"],
             "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+            "temperature": temperature,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "volnas_version": __version__,
         }

@@ -253,3 +253,266 @@ def summarize_seeds(
         std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
         out[key] = SeedSummary(float(arr.mean()), std, int(arr.size))
     return out
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+CI_METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "f1_weighted", "auc")
+
+
+def _group_index(groups: Any, n: int) -> tuple[np.ndarray, int]:
+    """Each scan's group number (0..G-1) and G; ``None`` makes every scan its own group."""
+    if groups is None:
+        return np.arange(n), n
+    g = list(groups)
+    if len(g) != n:
+        raise ValueError(f"groups has {len(g)} entries for {n} scans")
+    if any(x is None or (isinstance(x, float) and math.isnan(x)) or str(x) == "" for x in g):
+        raise ValueError("groups (patient ids) must not be empty or missing")
+    _, inv = np.unique(np.asarray([str(x) for x in g]), return_inverse=True)
+    return inv.astype(np.int64), int(inv.max()) + 1
+
+
+def resample_weights(groups: Any, n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, n)`` multiplicities of each scan in bootstrap resamples of its groups:
+    the groups (patients) are drawn with replacement, and a drawn patient brings all of
+    their scans, as often as it was drawn."""
+    gidx, n_groups = _group_index(groups, n)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
+    flat = (draws + np.arange(n_boot)[:, None] * n_groups).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n_groups).reshape(n_boot, n_groups)
+    return counts[:, gidx].astype(np.float64)
+
+
+def weighted_auc(is_pos: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ROC AUC (ties count one half) of each row of scan weights ``w`` (B, N); NaN where a
+    row has no positive or no negative weight."""
+    levels, lvl = np.unique(score, return_inverse=True)
+    onehot = np.zeros((len(score), len(levels)))
+    onehot[np.arange(len(score)), lvl] = 1.0
+    neg = w * (~is_pos)
+    pos = w * is_pos
+    neg_at = neg @ onehot  # (B, L): negative weight at each score level
+    below = np.cumsum(neg_at, axis=1) - neg_at
+    wins = (below + 0.5 * neg_at)[:, lvl]  # (B, N)
+    num = (pos * wins).sum(axis=1)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _rates(cm: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+    """Argmax metrics from (B, K, K) weighted confusion matrices (rows true, columns predicted)."""
+
+    def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where(b > 0, a / np.where(b > 0, b, 1.0), 0.0)
+
+    total = cm.sum(axis=(1, 2))
+    diag = np.diagonal(cm, axis1=1, axis2=2)
+    tp = cm[:, pos, pos]
+    fp = cm[:, :, pos].sum(axis=1) - tp
+    fn = cm[:, pos, :].sum(axis=1) - tp
+    tn = total - tp - fp - fn
+    true_k, pred_k = cm.sum(axis=2), cm.sum(axis=1)
+    f1_k = div(2 * diag, true_k + pred_k)
+    return {
+        "accuracy": div(diag.sum(axis=1), total),
+        "precision": div(tp, tp + fp),
+        "sensitivity": div(tp, tp + fn),
+        "specificity": div(tn, tn + fp),
+        "f1": div(2 * tp, 2 * tp + fp + fn),
+        "f1_weighted": div((true_k * f1_k).sum(axis=1), true_k.sum(axis=1)),
+    }
+
+
+def bootstrap_samples(
+    labels: Any,
+    probs: Any,
+    class_names: Sequence[str],
+    positive_class: str | None,
+    weights: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Every metric of :data:`CI_METRICS` for each row of scan ``weights`` (B, N)."""
+    names = [str(c) for c in class_names]
+    y, p = validate_inputs(labels, probs, names)
+    k = len(names)
+    pos = resolve_positive_class(names, positive_class)
+    pred = p.argmax(axis=1)
+    pair = np.zeros((len(y), k * k))
+    pair[np.arange(len(y)), y * k + pred] = 1.0
+    cm = (weights @ pair).reshape(-1, k, k)
+    out = _rates(cm, pos)
+    out["auc"] = weighted_auc(y == pos, p[:, pos], weights)
+    return out
+
+
+def bootstrap_ci(
+    labels: Any,
+    probs: Any,
+    class_names: Sequence[str],
+    positive_class: str | None,
+    groups: Any,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals of the test metrics, resampling patients.
+
+    ``groups`` holds each scan's patient id: patients are drawn with replacement and carry
+    all their scans, so scans of one patient never count as independent evidence (``None``
+    resamples scans). Returns ``{metric: [low, high]}`` for :data:`CI_METRICS` (``None``
+    when no resample defines the metric) and ``resamples_used``: per metric, the resamples
+    the interval is built from (a resample without positives or negatives has no AUC and
+    is skipped for it; the argmax metrics use all).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    n = np.asarray(probs).shape[0]
+    w = resample_weights(groups, n, n_boot, seed)
+    samples = bootstrap_samples(labels, probs, class_names, positive_class, w)
+    tail = 100 * (1 - level) / 2
+    out: dict[str, Any] = {}
+    used: dict[str, int] = {}
+    for key in CI_METRICS:
+        s = samples[key]
+        s = s[np.isfinite(s)]
+        used[key] = int(s.size)
+        out[key] = (None if s.size == 0
+                    else [float(np.percentile(s, tail)), float(np.percentile(s, 100 - tail))])
+    out["resamples_used"] = used
+    return out
+
+
+def ci_record(
+    labels: Any, probs: Any, class_names: Sequence[str], positive_class: str | None,
+    groups: Any, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+) -> dict[str, Any]:
+    """The fields metrics.json carries about the intervals (``ci``, level, resamples, unit)."""
+    ci = bootstrap_ci(labels, probs, class_names, positive_class, groups, n_boot, level, seed)
+    used = ci.pop("resamples_used")
+    return {"ci": ci, "ci_level": level, "ci_resamples": n_boot, "ci_resamples_used": used,
+            "ci_unit": "scan" if groups is None else "patient", "ci_seed": seed}
+
+
+def paired_bootstrap_auc(
+    labels: Any,
+    probs_a: Any,
+    probs_b: Any,
+    class_names: Sequence[str],
+    positive_class: str | None,
+    groups: Any,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """AUC of A minus AUC of B on the same scans, with a patient-grouped paired bootstrap
+    interval: both models are scored on each resample. ``within_noise`` when the interval
+    contains 0 (or no resample defines the AUC)."""
+    y = np.asarray(labels)
+    n = y.shape[0]
+    w = resample_weights(groups, n, n_boot, seed)
+    names = [str(c) for c in class_names]
+    pos = resolve_positive_class(names, positive_class)
+    ya, pa = validate_inputs(y, probs_a, names)
+    _, pb = validate_inputs(y, probs_b, names)
+    full = np.ones((1, n))
+    diff = float((weighted_auc(ya == pos, pa[:, pos], full)
+                  - weighted_auc(ya == pos, pb[:, pos], full))[0])
+    d = weighted_auc(ya == pos, pa[:, pos], w) - weighted_auc(ya == pos, pb[:, pos], w)
+    d = d[np.isfinite(d)]
+    tail = 100 * (1 - level) / 2
+    ci = None if d.size == 0 else [float(np.percentile(d, tail)),
+                                   float(np.percentile(d, 100 - tail))]
+    return {"diff": None if math.isnan(diff) else diff, "ci": ci, "level": level,
+            "resamples_used": int(d.size), "n_scans": int(n),
+            "within_noise": ci is None or ci[0] <= 0 <= ci[1]}
+
+
+# --------------------------------------------------------------------------- calibration
+
+_TINY = 1e-12
+T_BOUNDS = (0.05, 20.0)
+
+
+def ece(labels: Any, probs: Any, bins: int = 15) -> float:
+    """Expected calibration error of the top-label confidence: over ``bins`` equal-width
+    confidence bins ``(lo, hi]``, the scan-weighted mean of |accuracy - mean confidence|."""
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    n = np.bincount(b, minlength=bins)
+    gap = np.abs(np.bincount(b, correct, bins) - np.bincount(b, conf, bins))
+    return float(gap.sum() / max(n.sum(), 1))
+
+
+def brier(labels: Any, probs: Any) -> float:
+    """Multi-class Brier score: mean over scans of sum_k (p_k - [y == k])^2 (0 is perfect,
+    2 the worst)."""
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(y)), y] = 1.0
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
+
+
+def nll(labels: Any, probs: Any) -> float:
+    """Mean negative log-likelihood of the true class."""
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    return float(-np.log(np.maximum(p[np.arange(len(y)), y], _TINY)).mean())
+
+
+def _log_probs(probs: Any) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), _TINY))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def apply_temperature(probs: Any, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)``: the same as ``softmax(logits / T)``; T > 1 softens, T < 1
+    sharpens, and the order of the classes in each row (so the argmax) is kept."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return _softmax(_log_probs(probs) / float(temperature))
+
+
+def fit_temperature(probs: Any, labels: Any, *, logits: bool = False) -> float:
+    """The temperature minimising the NLL of ``labels`` (validation data, never test),
+    searched over log T within :data:`T_BOUNDS`. ``probs`` are softmax outputs, or raw
+    logits with ``logits=True``."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(probs, dtype=np.float64) if logits else _log_probs(probs)
+    y = np.asarray(labels).astype(np.int64)
+    if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
+        raise ValueError(f"fit_temperature: {z.shape} scores for {y.shape} labels")
+
+    def loss(log_t: float) -> float:
+        s = z / math.exp(log_t)
+        s = s - s.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(s).sum(axis=1))
+        return float((lse - s[np.arange(len(y)), y]).mean())
+
+    lo, hi = (math.log(b) for b in T_BOUNDS)
+    res = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(res.x))
+
+
+def calibration_summary(labels: Any, probs: Any, temperature: float | None) -> dict[str, Any]:
+    """Raw and (with a temperature) calibrated ECE, Brier and NLL of one split."""
+    out: dict[str, Any] = {"temperature": temperature, "ece": ece(labels, probs),
+                           "brier": brier(labels, probs), "nll": nll(labels, probs)}
+    if temperature is not None:
+        cal = apply_temperature(probs, temperature)
+        out.update({"ece_calibrated": ece(labels, cal), "brier_calibrated": brier(labels, cal),
+                    "nll_calibrated": nll(labels, cal)})
+    return out

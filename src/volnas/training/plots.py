@@ -21,13 +21,14 @@ from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve
 
 from volnas.core.files import atomic_path
-from volnas.training.metrics import resolve_positive_class, validate_inputs
+from volnas.training.metrics import ece, resolve_positive_class, validate_inputs
 
 DPI = 120
 HISTORY_SIZE = (11.0, 4.5)
 CONFUSION_SIZE = (6.5, 5.5)
 ROC_SIZE = (6.0, 5.5)
 SCATTER_SIZE = (7.5, 5.5)
+RELIABILITY_SIZE = (6.0, 5.5)
 
 _TITLE, _LABEL, _TICK, _LEGEND = 13, 12, 10, 10
 _SKIP_HISTORY = {"epoch", "lr", "learning_rate", "time", "seconds", "elapsed_s", "step"}
@@ -223,6 +224,50 @@ def plot_roc(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right" if not notes else "center right", fontsize=_LEGEND)
     _style(ax, title, "false positive rate (1 - specificity)", "true positive rate (sensitivity)")
+    return _save(fig, out)
+
+
+def reliability_curve(labels: Any, probs: Any, bins: int = 15
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty confidence bin ``(lo, hi]``: mean top-label confidence, accuracy, count."""
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    n = np.bincount(b, minlength=bins)
+    keep = n > 0
+    return ((np.bincount(b, conf, bins)[keep] / n[keep]),
+            (np.bincount(b, correct, bins)[keep] / n[keep]), n[keep])
+
+
+def plot_reliability(
+    labels: Any,
+    probs: Any,
+    out: Path | str,
+    title: str = "Reliability",
+    calibrated: Any | None = None,
+    bins: int = 15,
+) -> Path:
+    """Reliability diagram: accuracy against top-label confidence per bin, for the raw
+    probabilities (blue) and, when given, the temperature-scaled ones (orange); the
+    diagonal is perfect calibration. The legend gives each curve's ECE."""
+    fig = _new_figure(RELIABILITY_SIZE)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
+    curves = [("raw", probs, "C0")]
+    if calibrated is not None:
+        curves.append(("temperature-scaled", calibrated, "C1"))
+    for name, p, colour in curves:
+        conf, acc, _ = reliability_curve(labels, p, bins)
+        ax.plot(conf, acc, marker="o", lw=2, ms=5, color=colour,
+                label=f"{name} (ECE {ece(labels, p, bins):.3f})")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=_LEGEND)
+    _style(ax, title, "confidence (top-class probability)", "accuracy")
     return _save(fig, out)
 
 

@@ -20,8 +20,9 @@ from volnas.data.dataset import DataSource, make_loader, open_source
 from volnas.training.checkpoint import load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_config
 from volnas.training.device import resolve_device, seed_everything
-from volnas.training.evaluate import evaluate_and_write
+from volnas.training.evaluate import CALIBRATION, evaluate_and_write
 from volnas.training.memory import MEMORY_HINT, check_run_memory
+from volnas.training.metrics import apply_temperature, ece, fit_temperature, nll
 from volnas.training.plots import plot_history
 from volnas.training.rundir import (
     build_datasets,
@@ -153,7 +154,8 @@ def _train(
     if not test:
         best = json.loads((run_dir / "best_val_metrics.json").read_text())
         return best | {"best_epoch": trainer.best_epoch, "train_seconds": train_seconds}
-    metrics = test_once(trainer, cfg, source, run_dir, console)
+    temperature = calibrate(trainer, val_loader, run_dir, console)
+    metrics = test_once(trainer, cfg, source, run_dir, console, temperature)
     metrics.update({"best_epoch": trainer.best_epoch, "train_seconds": train_seconds,
                     "world_size": dist_info().world_size})
     if dist_info().is_main:
@@ -170,35 +172,50 @@ def _extensions(run_dir: Path) -> list[dict[str, int]]:
         return []
 
 
+def calibrate(trainer: Trainer, val_loader: Any, run_dir: Path, console: Console) -> float:
+    """Fit the temperature on the validation split with the best checkpoint (never on
+    test) and write RUN_DIR/calibration.json; returns the temperature."""
+    load_model_state(trainer.net, run_dir / "model.safetensors")
+    probs, labels, _ = trainer.predict(val_loader)
+    t = fit_temperature(probs, labels)
+    cal = apply_temperature(probs, t)
+    record = {"temperature": t, "fitted_on": "val", "n_val": int(len(labels)),
+              "best_epoch": trainer.best_epoch,
+              "val_ece_before": ece(labels, probs), "val_ece_after": ece(labels, cal),
+              "val_nll_before": nll(labels, probs), "val_nll_after": nll(labels, cal)}
+    if dist_info().is_main:
+        atomic_write_text(run_dir / CALIBRATION, json.dumps(record, indent=2))
+    console.print(f"calibration: temperature {t:.3f} (validation ECE "
+                  f"{record['val_ece_before']:.4f} -> {record['val_ece_after']:.4f})")
+    return t
+
+
 def test_once(
-    trainer: Trainer, cfg: TrainConfig, source: DataSource, run_dir: Path, console: Console
+    trainer: Trainer, cfg: TrainConfig, source: DataSource, run_dir: Path, console: Console,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Load the best checkpoint and evaluate the test split — the only time it is read."""
     load_model_state(trainer.net, run_dir / "model.safetensors")
     test = build_datasets(cfg, source, ("test",))["test"]
     loader = make_loader(test, cfg.batch_size, train=False, num_workers=cfg.num_workers)
-    metrics = evaluate_and_write(trainer, test, loader, run_dir, "test")
+    metrics = evaluate_and_write(trainer, test, loader, run_dir, "test", temperature)
+    cal = metrics["calibration"]
+    cal_text = (f"  ECE {cal['ece']:.4f} -> {cal['ece_calibrated']:.4f} calibrated"
+                if "ece_calibrated" in cal else f"  ECE {cal['ece']:.4f}")
     console.print(
         f"test ({metrics['n_scans']} scans, best epoch {trainer.best_epoch}): "
         f"acc {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  auc {_fmt(metrics['auc'])}"
+        f"{_ci_text(metrics, 'auc')}{cal_text}"
     )
     return metrics
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+def _ci_text(metrics: dict[str, Any], key: str) -> str:
+    ci = (metrics.get("ci") or {}).get(key)
+    if not ci:
+        return ""
+    level = round(100 * metrics.get("ci_level", 0.95))
+    return f" ({level}% CI {ci[0]:.3f}-{ci[1]:.3f}, {metrics.get('ci_unit', 'patient')}s resampled)"
 
 
 def _fmt(v: Any) -> str:

@@ -8,9 +8,14 @@ RUN_DIR layout::
     model.safetensors      weights of the best validation epoch
     best_val_metrics.json  validation metrics of that epoch
     checkpoint/            last epoch's full state (resume)
-    metrics.json           test metrics of the best checkpoint (written once, at the end)
-    predictions_test.csv   per-scan probabilities on the test split
-    *.png                  curves, confusion matrix, ROC
+    calibration.json       temperature fitted on the validation split with the best
+                           checkpoint, validation ECE and NLL before/after
+    metrics.json           test metrics of the best checkpoint (written once, at the end),
+                           each with its 95 % bootstrap interval over patients (``ci``),
+                           and raw and calibrated ECE/Brier (``calibration``)
+    predictions_test.csv   per-scan probabilities on the test split (calibrated ``p_*``,
+                           raw ``p_raw_*``)
+    *.png                  curves, confusion matrix, ROC, reliability diagram
     genotype.json          a searched network's architecture (``model: genotype:genotype.json``)
     augment_policy.json    a fixed augmentation policy, copied in (``augment: augment_policy.json``)
     evaluations/NAME-NNN/  one folder per later ``volnas evaluate`` (never over the above)
