@@ -25,6 +25,7 @@ from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
 from volnas.models.spaces import layer_specs
 from volnas.training.config import TrainConfig, dump_config
+from volnas.training.metrics import apply_temperature
 from volnas.training.run import run_training
 
 runner = CliRunner()
@@ -86,7 +87,7 @@ def test_bundle_is_self_contained_and_pickle_free(trained, tmp_path: Path) -> No
     shutil.rmtree(run)
     files = {p.name for p in bundle_dir.iterdir()}
     assert {"bundle.json", "model.safetensors", "genotype.json", "config.yaml", "run.json",
-            "metrics.json"} <= files
+            "metrics.json", "calibration.json"} <= files
     for p in bundle_dir.iterdir():
         head = p.read_bytes()[:2]
         assert head != b"PK" and head[:1] != b"\x80", f"{p.name} looks like a pickle"
@@ -103,6 +104,10 @@ def test_bundle_is_self_contained_and_pickle_free(trained, tmp_path: Path) -> No
     assert "augmentation" in m
     b = load_bundle(bundle_dir)
     assert not b.model.training and b.classes == ["covid", "normal"]
+    # the run's temperature travels, hashed, and is recorded in bundle.json
+    t = json.loads((trained["run"] / "calibration.json").read_text())["temperature"]
+    assert b.temperature == m["inference"]["temperature"] == t
+    assert m["files"]["calibration.json"] == sha256_file(bundle_dir / "calibration.json")
     assert b.preprocess.size == (16, 16) and b.input_shape == (1, 8, 16, 16)
 
     # never overwrite a non-empty bundle folder
@@ -138,6 +143,18 @@ def test_predict_matches_evaluate(trained, tmp_path: Path) -> None:
         assert r["probabilities"] == pytest.approx(got[sid]["probabilities"], abs=1e-6)
     probs = np.array([[r["probabilities"][c] for c in ("covid", "normal")] for r in direct])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # calibrated by the bundle's temperature, with the model's own probabilities kept
+    t = load_bundle(trained["bundle"]).temperature
+    raw = np.array([[r["probabilities_raw"][c] for c in ("covid", "normal")] for r in direct])
+    assert t is not None and all(r["temperature"] == t for r in direct)
+    assert np.allclose(probs, apply_temperature(raw, t), atol=1e-6)
+    assert (probs.argmax(1) == raw.argmax(1)).all()
+    for sid, e in expected.items():
+        assert float(e["temperature"]) == pytest.approx(t, rel=1e-5)
+        assert got[sid]["probabilities_raw"]["covid"] == pytest.approx(float(e["p_raw_covid"]),
+                                                                       abs=2e-6)
+    payload = json.loads(out.read_text())
+    assert payload["temperature"] == t and payload["probabilities"].startswith("calibrated")
 
 
 def test_unreadable_scans_are_reported_and_the_rest_predicted(trained, tmp_path: Path) -> None:
@@ -279,7 +296,12 @@ def test_edited_bundle_json_is_refused_by_every_loader(trained, tmp_path: Path,
         "classes": (dict(classes=["normal", "covid"]), "classes is"),
         "window": (dict(preprocess=window), "preprocess is"),
         "positive": (dict(positive_class="normal"), "positive_class is"),
-        "amp": (dict(inference={"channels_last": True, "amp": False}), "inference is"),
+        "amp": (dict(inference={**m["inference"], "amp": False}), "inference is"),
+        "temperature": (dict(inference={**m["inference"],
+                                        "temperature": 2 * m["inference"]["temperature"]}),
+                        "inference is"),
+        "no temperature": (dict(inference={k: v for k, v in m["inference"].items()
+                                           if k != "temperature"}), "inference is"),
         "augmentation": (dict(augmentation={"train": "none", "policy": None}), "augmentation is"),
         "metrics": (dict(metrics={**m["metrics"], "accuracy": 0.99}), "metrics is"),
         "genotype": (dict(model={**m["model"], "genotype": {**m["model"]["genotype"],

@@ -8,6 +8,8 @@ A bundle is a folder written once by :func:`export_bundle` from a finished run::
     genotype.json        the architecture, for searched networks
     augment_policy.json  the fixed augmentation policy the run trained with, if any
     metrics.json         the run's test metrics
+    calibration.json     the temperature fitted on the run's validation split (predict
+                         applies it; also recorded in bundle.json's ``inference``)
     config.yaml, run.json  the run's resolved configuration and info (so that the folder
                          also opens as a run, e.g. ``volnas explain MODEL_DIR``)
     model.onnx           only with ``onnx=True`` and when the network exports cleanly
@@ -40,6 +42,7 @@ from volnas.data.volume import DataError
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
 from volnas.training.config import TrainConfig, dump_config
+from volnas.training.evaluate import CALIBRATION, read_temperature
 from volnas.training.rundir import GENOTYPE_PREFIX, load_run
 
 FORMAT = "volnas-bundle"
@@ -82,6 +85,13 @@ class Bundle:
     @property
     def amp(self) -> bool:
         return bool(self.manifest.get("inference", {}).get("amp", True))
+
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature predict applies; None in bundles exported without
+        one (their probabilities are the model's own)."""
+        t = self.manifest.get("inference", {}).get("temperature")
+        return None if t is None else float(t)
 
     @property
     def intensity_reference(self) -> dict[str, Any] | None:
@@ -132,6 +142,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
     policy = _run_policy(cfg.augment, run_dir, genotype)
 
     metrics = run_test_metrics(run_dir, cfg.data)
+    temperature = read_temperature(run_dir)
     intensity = training_intensity(cfg.data, pre)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +160,8 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
         atomic_write_text(tmp / "run.json", json.dumps(info, indent=2))
         if metrics is not None:
             atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2))
+        if temperature is not None:
+            shutil.copyfile(run_dir / CALIBRATION, tmp / CALIBRATION)
         onnx_record = export_onnx(model, input_shape, tmp / ONNX_FILE) if onnx else None
 
         manifest = {
@@ -174,7 +187,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
             "preprocess": pre.model_dump(mode="json") | {"sampling": "symmetrical"},
             "augmentation": {"train": cfg.augment if policy is None else "policy",
                              "policy": policy},
-            "inference": {"channels_last": cfg.channels_last, "amp": cfg.amp},
+            "inference": _inference(cfg, temperature),
             "training": {k: getattr(cfg, k) for k in ("data", "epochs", "batch_size", "lr",
                                                       "optimizer", "seed", "select_metric")},
             "metrics": {k: metrics.get(k) for k in METRIC_KEYS} if metrics else None,
@@ -187,6 +200,14 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
         }
         manifest["content_sha256"] = content_digest(manifest)
         atomic_write_text(tmp / "bundle.json", json.dumps(manifest, indent=2))
+    return out
+
+
+def _inference(cfg: TrainConfig, temperature: float | None) -> dict[str, Any]:
+    """bundle.json's ``inference``; ``temperature`` only when the run was calibrated."""
+    out: dict[str, Any] = {"channels_last": cfg.channels_last, "amp": cfg.amp}
+    if temperature is not None:
+        out["temperature"] = temperature
     return out
 
 
@@ -429,7 +450,9 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
         policy = _run_policy(cfg.augment, model_dir, genotype)
         metrics = (json.loads(listed("metrics.json").read_text()) if "metrics.json" in files
                    else None)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError) as e:
+        temperature = read_temperature(model_dir) if CALIBRATION in files else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError,
+            RuntimeError) as e:
         if isinstance(e, BundleError):
             raise
         raise BundleError(f"{model_dir}: cannot read the bundle's run files ({e})") from e
@@ -440,7 +463,9 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
         "input_shape": (list(cfg.preprocess.input_shape), "config.yaml"),
         "preprocess": (cfg.preprocess.model_dump(mode="json") | {"sampling": "symmetrical"},
                        "config.yaml"),
-        "inference": ({"channels_last": cfg.channels_last, "amp": cfg.amp}, "config.yaml"),
+        "inference": (_inference(cfg, temperature),
+                      "config.yaml and calibration.json" if temperature is not None
+                      else "config.yaml (no calibration.json listed)"),
         "augmentation": ({"train": cfg.augment if policy is None else "policy",
                           "policy": policy}, "config.yaml and the augmentation policy"),
         "metrics": ({k: metrics.get(k) for k in METRIC_KEYS} if metrics else None,

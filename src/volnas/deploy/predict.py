@@ -32,10 +32,16 @@ from volnas.data.volume import DataError
 from volnas.deploy.bundle import Bundle
 from volnas.deploy.intensity import check, describe, scan_stats
 from volnas.training.device import autocast, prepare_model, resolve_device, to_device
+from volnas.training.metrics import apply_temperature
 
 INTENSITY_CHECK_UNAVAILABLE = (
     "unavailable: the bundle has no training intensity statistics (exported before volnas "
     "recorded them, or without its training data); scans are not checked")
+
+
+CALIBRATED = ("calibrated: softmax(log p / temperature), temperature fitted on the training "
+              "run's validation split; probabilities_raw are the model's own")
+UNCALIBRATED = "uncalibrated: the bundle has no temperature (exported before volnas calibrated)"
 
 
 @dataclass
@@ -106,8 +112,10 @@ def predict_scans(
 
     Returns:
         ``(rows, failures)``: one row per predicted scan, in input order, with ``scan``,
-        ``path``, ``label``, ``predicted``, ``probability``, ``probabilities`` per class and
-        ``warning`` (None, or why the scan looks unlike the training scans).
+        ``path``, ``label``, ``predicted``, ``probability``, ``probabilities`` per class
+        (calibrated by the bundle's temperature, when it has one), ``probabilities_raw``
+        (the model's own softmax), ``temperature`` and ``warning`` (None, or why the scan
+        looks unlike the training scans).
     """
     console = console or make_console()
     items, failures = expand_scans(scans)
@@ -115,6 +123,7 @@ def predict_scans(
     model = prepare_model(bundle.model, dev, bundle.channels_last).eval()
     amp = bundle.amp and dev.type == "cuda"
     reference = bundle.intensity_reference
+    temperature = bundle.temperature
     rows: list[dict[str, Any]] = []
     pending: list[tuple[ScanItem, np.ndarray, str | None]] = []
 
@@ -123,13 +132,17 @@ def predict_scans(
                       bundle.channels_last)
         with torch.no_grad(), autocast(dev, amp):
             logits = model(x)
-        probs = torch.softmax(logits.float(), 1).cpu().numpy()
-        for (item, _, warning), p in zip(pending, probs, strict=True):
+        raw = torch.softmax(logits.float(), 1).cpu().numpy()
+        probs = raw if temperature is None else apply_temperature(raw, temperature)
+        for (item, _, warning), p, r in zip(pending, probs, raw, strict=True):
             k = int(p.argmax())
             rows.append({
                 "scan": item.name, "arg": item.arg, "path": item.path, "label": item.label,
                 "predicted": bundle.classes[k], "probability": float(p[k]),
                 "probabilities": {c: float(v) for c, v in zip(bundle.classes, p, strict=True)},
+                "probabilities_raw": {c: float(v)
+                                      for c, v in zip(bundle.classes, r, strict=True)},
+                "temperature": temperature,
                 "warning": warning,
             })
         pending.clear()
@@ -177,6 +190,8 @@ def write_predictions(
             "model": bundle.model_name,
             "classes": bundle.classes,
             "positive_class": bundle.positive_class,
+            "probabilities": CALIBRATED if bundle.temperature is not None else UNCALIBRATED,
+            "temperature": bundle.temperature,
             "intensity_check": INTENSITY_CHECK_UNAVAILABLE if bundle.intensity_reference is None
             else "on",
             "predictions": list(rows),
@@ -188,14 +203,19 @@ def write_predictions(
         raise ValueError(f"{path}: --out must end in .csv or .json")
     buf = io.StringIO()
     w = csv.writer(buf)
+    k = len(bundle.classes)
     w.writerow(["scan", "path", "label", "predicted", "probability",
-                *[f"p_{c}" for c in bundle.classes], "warning", "error"])
+                *[f"p_{c}" for c in bundle.classes], "temperature",
+                *[f"p_raw_{c}" for c in bundle.classes], "warning", "error"])
     for r in rows:
+        t = r.get("temperature")
         w.writerow([r["scan"], r["path"], r["label"] or "", r["predicted"],
                     f"{r['probability']:.6f}",
                     *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes],
+                    "none (uncalibrated)" if t is None else f"{t:.6g}",
+                    *[f"{r['probabilities_raw'][c]:.6f}" for c in bundle.classes],
                     r.get("warning") or "", ""])
     for f in failures:
-        w.writerow([f.scan, f.path, "", "", "", *[""] * len(bundle.classes), "", f.reason])
+        w.writerow([f.scan, f.path, "", "", "", *[""] * k, "", *[""] * k, "", f.reason])
     atomic_write_text(path, buf.getvalue())
     return path
