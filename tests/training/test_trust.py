@@ -291,3 +291,68 @@ def test_evaluate_applies_the_runs_temperature_or_says_it_has_none(calibrated_ru
     assert m["calibration"]["temperature"] is None and "uncalibrated" in m["calibration"]["note"]
     with open(tmp_path / "e3" / "predictions_val.csv") as f:
         assert "p_raw_" not in f.readline()
+
+
+# --------------------------------------------------------------------------- benchmark report
+
+
+def _predictions_csv(path: Path, ids: list[str], patients: list[str], labels: np.ndarray,
+                     probs: np.ndarray, calibrated: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = ["scan_id", "patient_id", "label", "predicted", "p_neg", "p_pos"]
+    if calibrated:  # p_* are then calibrated (here: scrambled) and p_raw_* the model's own
+        head += ["temperature", "p_raw_neg", "p_raw_pos"]
+    lines = [",".join(head)]
+    for sid, pid, y, p in zip(ids, patients, labels, probs, strict=True):
+        row = [sid, pid, ["neg", "pos"][y], "x", "0.5", "0.5"]
+        if calibrated:
+            row += ["1.5", f"{p[0]:.6f}", f"{p[1]:.6f}"]
+        else:
+            row[4:6] = [f"{p[0]:.6f}", f"{p[1]:.6f}"]
+        lines.append(",".join(row))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_compares_each_row_with_the_best_baseline(tmp_path: Path) -> None:
+    from volnas.benchmark.markdown import fmt_vs_baseline
+    from volnas.benchmark.report import compare_to_best_baseline
+
+    rng = np.random.default_rng(8)
+    n = 160
+    ids = [f"s{i:03d}" for i in range(n)]
+    patients = [f"P{i // 2}" for i in range(n)]
+    y = rng.integers(0, 2, n)
+    signal = rng.normal(size=n) + 2.0 * y
+
+    def run(name: str, seed: int, score: np.ndarray, calibrated: bool = True) -> Path:
+        order = rng.permutation(n)  # files list scans in any order: paired by scan_id
+        return _predictions_csv(tmp_path / name / str(seed) / "predictions_test.csv",
+                                [ids[i] for i in order], [patients[i] for i in order],
+                                y[order], _two_class(score)[order], calibrated)
+
+    def row(name: str, kind: str, auc: float, files: list[Path]) -> dict:
+        return {"name": name, "kind": kind, "summary": {"auc": {"mean": auc}},
+                "runs": [{"positive_class": "pos"}] * len(files), "_predictions": files}
+
+    rows = [
+        row("weak", "train", 0.6, [run("weak", s, 0.3 * signal + rng.normal(size=n))
+                                   for s in (0, 1)]),
+        row("strong", "train", 0.9, [run("strong", s, signal + 0.1 * rng.normal(size=n))
+                                     for s in (0, 1)]),
+        row("twin", "search", 0.9, [run("twin", s, signal + 0.1 * rng.normal(size=n), False)
+                                    for s in (0, 1)]),
+        row("broken", "search", 0.5, [tmp_path / "missing.csv"]),
+    ]
+    compare_to_best_baseline(rows)
+    weak, strong, twin, broken = rows
+    assert strong["best_baseline"] and "vs_baseline" not in strong
+    assert weak["vs_baseline"]["baseline"] == "strong"
+    assert weak["vs_baseline"]["diff"] < 0 and weak["vs_baseline"]["ci"][1] < 0
+    assert not weak["vs_baseline"]["within_noise"]
+    assert twin["vs_baseline"]["within_noise"] and abs(twin["vs_baseline"]["diff"]) < 0.02
+    assert twin["vs_baseline"]["n_scans"] == n and twin["vs_baseline"]["runs"] == 2
+    assert "missing.csv" in broken["vs_baseline"]["error"]
+    assert fmt_vs_baseline(strong) == "best baseline"
+    assert fmt_vs_baseline(twin).endswith(", within noise")
+    assert "within noise" not in fmt_vs_baseline(weak) and fmt_vs_baseline(weak).startswith("-")

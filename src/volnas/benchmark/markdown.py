@@ -74,7 +74,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{s['retrain_epochs']} epochs")
     lines += [f"- seeds: {', '.join(map(str, report['seeds']))}", "",
               f"## Test results (mean ± std over {n_seeds} seeds)", ""]
-    head = ["model", "size (MB)", "input", "slices", *[HEADERS[k] for k in METRICS], "wall time"]
+    compared = any("vs_baseline" in r for r in report["rows"])
+    head = ["model", "size (MB)", "input", "slices", *[HEADERS[k] for k in METRICS],
+            *(["ΔAUC vs best baseline (95% CI)"] if compared else []), "wall time"]
     lines += ["| " + " | ".join(head) + " |",
               "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in report["rows"]:
@@ -90,7 +92,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             wall += f" (total {fmt_seconds(s['total_seconds'])})"
         lines.append("| " + " | ".join([
             name, size_text, "x".join(map(str, r["input"])), str(r["slices"]),
-            *[fmt_mean_std(s[k], total=r["n_done"]) for k in METRICS], wall]) + " |")
+            *[fmt_mean_std(s[k], total=r["n_done"]) for k in METRICS],
+            *([fmt_vs_baseline(r)] if compared else []), wall]) + " |")
     lines += [
         "",
         f"ACC is micro accuracy over the test scans; precision, sensitivity and F1 are for the "
@@ -106,15 +109,25 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "a stop are not counted.",
         "",
     ]
+    if compared:
+        lines += [
+            "ΔAUC: the row's mean test AUC minus the best baseline's (the trained model with "
+            "the highest mean AUC), on the test scans both have, with a 95% paired bootstrap "
+            "interval (1000 resamples of patients, each patient's scans together; both "
+            "models scored on every resample). \"within noise\": the interval contains 0, "
+            "so these test scans cannot tell the two apart.",
+            "",
+        ]
     if report.get("plot"):
         lines += [f"![F1 against model size]({report['plot']})", ""]
-    lines += ["## Runs", "", "| model | seed | ACC | F1 | AUC | size (MB) | seconds | folder |",
+    lines += ["## Runs", "", "AUC with its 95% bootstrap interval over the test patients.", "",
+              "| model | seed | ACC | F1 | AUC | size (MB) | seconds | folder |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         for run in r["runs"]:
             lines.append(
                 f"| {r['name']} | {run['seed']} | {_f(run['accuracy'])} | {_f(run['f1'])} | "
-                f"{_f(run['auc'])} | {_f(run['model_size_mb'], 2)} | {_f(run['seconds'], 1)} | "
+                f"{_f(run['auc'])}{_ci(run, 'auc')} | {_f(run['model_size_mb'], 2)} | {_f(run['seconds'], 1)} | "
                 f"`{run['dir']}` |")
     searched = [(r["name"], run) for r in report["rows"] for run in r["runs"] if run.get("genotype")]
     if searched:
@@ -131,6 +144,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{f['dir']}`: {f['error']}" for f in report["failed"]]
     return "\n".join(lines) + "\n"
+
+
+def fmt_vs_baseline(row: Mapping[str, Any]) -> str:
+    """``+0.0123 [-0.0300, 0.0541], within noise``; the best baseline itself is marked."""
+    if row.get("best_baseline"):
+        return "best baseline"
+    v = row.get("vs_baseline")
+    if not v:
+        return "n/a"
+    if "error" in v or v.get("diff") is None:
+        return "n/a" + (f" ({v['error']})" if "error" in v else "")
+    text = f"{v['diff']:+.4f}"
+    if v.get("ci"):
+        text += f" [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}]"
+    return text + (", within noise" if v["within_noise"] else "")
+
+
+def _ci(run: Mapping[str, Any], key: str) -> str:
+    ci = (run.get("ci") or {}).get(key)
+    return f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
 
 
 def _decided(run: Mapping[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from volnas.benchmark.cells import Cell, cell_name
@@ -18,7 +20,7 @@ from volnas.core.files import atomic_write_text
 from volnas.search.run import decision_from_log, search_run_seconds
 from volnas.training.config import TrainConfig
 from volnas.training.device import resolve_device
-from volnas.training.metrics import summarize_seeds
+from volnas.training.metrics import paired_bootstrap_auc, summarize_seeds
 from volnas.training.rundir import history_seconds
 
 
@@ -50,6 +52,9 @@ def _run_record(cell: Cell) -> dict[str, Any] | None:
                                        "params", "model_size_mb", "flops_per_scan",
                                        "best_epoch")},
         "f1_weighted": (metrics.get("weighted") or {}).get("f1"),
+        "ci": metrics.get("ci"),
+        "ci_level": metrics.get("ci_level"),
+        "ci_unit": metrics.get("ci_unit"),
     }
     # Wall times from the histories (they add up the epochs of every resumed process; the
     # JSON of runs made before that counted only the last process).
@@ -90,7 +95,12 @@ def build_report(
         }
         if kind == "search":
             row["search_input"] = list(cfg.search_preprocess().input_shape)
+        row["_predictions"] = [c.metrics_file.parent / "predictions_test.csv" for c in mine
+                               if _run_record(c) is not None]
         rows.append(row)
+    compare_to_best_baseline(rows)
+    for row in rows:
+        del row["_predictions"]
     first = configs[cells[0]]
     some_search = next((configs[c] for c in cells if c.kind == "search"), None)
     return {
@@ -112,6 +122,77 @@ def build_report(
         "rows": rows,
         "failed": [{"dir": str(c.dir), "error": e} for c, e in failed.items()],
     }
+
+
+def read_test_predictions(path: Path) -> dict[str, tuple[str, str, dict[str, float]]]:
+    """``{scan_id: (patient_id, label, {class: probability})}`` of a run's
+    predictions_test.csv: the model's own probabilities (``p_raw_*`` when the file also
+    holds calibrated ones, else ``p_*``), those its reported AUC was computed from."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        prefix = "p_raw_" if any(k.startswith("p_raw_") for k in fields) else "p_"
+        classes = [k[len(prefix):] for k in fields
+                   if k.startswith(prefix) and (prefix == "p_raw_" or not k.startswith("p_raw_"))]
+        out = {}
+        for line, r in enumerate(reader, start=2):
+            try:
+                out[r["scan_id"]] = (r["patient_id"], r["label"],
+                                     {c: float(r[prefix + c]) for c in classes})
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path} line {line}: not a predictions row ({e})") from e
+    return out
+
+
+def compare_to_best_baseline(rows: list[dict[str, Any]]) -> None:
+    """Add ``vs_baseline`` to every row but the best baseline (trained row with the highest
+    mean test AUC): the AUC difference with a paired, patient-grouped bootstrap interval on
+    the test scans both have (paired by scan_id), and whether it is within noise. Rows that
+    cannot be compared get the reason instead."""
+    base = [r for r in rows if r["kind"] == "train" and r["summary"]["auc"]["mean"] is not None]
+    if not base:
+        return
+    best = max(base, key=lambda r: r["summary"]["auc"]["mean"])
+    best["best_baseline"] = True
+    try:
+        base_runs = [read_test_predictions(p) for p in best["_predictions"]]
+    except (OSError, ValueError) as e:
+        for r in rows:
+            r["vs_baseline"] = {"baseline": best["name"], "error": str(e)}
+        return
+    for row in rows:
+        if row is best or not row["runs"]:
+            continue
+        rec: dict[str, Any] = {"baseline": best["name"]}
+        try:
+            mine = [read_test_predictions(p) for p in row["_predictions"]]
+            rec |= _paired(mine, base_runs, row["runs"][0])
+        except (OSError, ValueError) as e:
+            rec["error"] = str(e)
+        row["vs_baseline"] = rec
+
+
+def _paired(mine: list[dict[str, Any]], base: list[dict[str, Any]],
+            run: Mapping[str, Any]) -> dict[str, Any]:
+    common = sorted(set.intersection(*(set(p) for p in mine + base)))
+    if not common:
+        raise ValueError("no test scan in common with the baseline")
+    first = base[0]
+    classes = list(first[common[0]][2])
+    for p in mine + base:
+        if list(p[common[0]][2]) != classes:
+            raise ValueError(f"classes differ from the baseline's {classes}")
+        if any(p[s][1] != first[s][1] for s in common):
+            raise ValueError("the same scan_id has different labels than in the baseline")
+    labels = np.array([classes.index(first[s][1]) for s in common])
+    groups = [first[s][0] for s in common]
+
+    def stack(p: dict[str, Any]) -> np.ndarray:
+        return np.array([[p[s][2][c] for c in classes] for s in common])
+
+    out = paired_bootstrap_auc(labels, [stack(p) for p in mine], [stack(p) for p in base],
+                               classes, run.get("positive_class"), groups)
+    return out | {"runs": len(mine), "baseline_runs": len(base)}
 
 
 def data_summary(data: str) -> dict[str, Any]:

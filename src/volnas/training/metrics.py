@@ -409,25 +409,34 @@ def paired_bootstrap_auc(
     seed: int = 0,
 ) -> dict[str, Any]:
     """AUC of A minus AUC of B on the same scans, with a patient-grouped paired bootstrap
-    interval: both models are scored on each resample. ``within_noise`` when the interval
-    contains 0 (or no resample defines the AUC)."""
+    interval: both are scored on each resample. ``probs_a``/``probs_b`` are one (N, K)
+    array each, or a list of them (runs of several seeds: the difference of their mean
+    AUCs). ``within_noise`` when the interval contains 0 (or no resample defines the AUC)."""
     y = np.asarray(labels)
     n = y.shape[0]
-    w = resample_weights(groups, n, n_boot, seed)
     names = [str(c) for c in class_names]
     pos = resolve_positive_class(names, positive_class)
-    ya, pa = validate_inputs(y, probs_a, names)
-    _, pb = validate_inputs(y, probs_b, names)
+
+    def runs(probs: Any) -> list[np.ndarray]:
+        arr = [probs] if np.asarray(probs[0]).ndim == 1 else list(probs)
+        return [validate_inputs(y, p, names)[1][:, pos] for p in arr]
+
+    a, b = runs(probs_a), runs(probs_b)  # labels are checked here
+    is_pos = y.astype(np.int64) == pos
+
+    def mean_auc(scores: list[np.ndarray], w: np.ndarray) -> np.ndarray:
+        return np.mean([weighted_auc(is_pos, s, w) for s in scores], axis=0)
+
     full = np.ones((1, n))
-    diff = float((weighted_auc(ya == pos, pa[:, pos], full)
-                  - weighted_auc(ya == pos, pb[:, pos], full))[0])
-    d = weighted_auc(ya == pos, pa[:, pos], w) - weighted_auc(ya == pos, pb[:, pos], w)
+    diff = float((mean_auc(a, full) - mean_auc(b, full))[0])
+    w = resample_weights(groups, n, n_boot, seed)
+    d = mean_auc(a, w) - mean_auc(b, w)
     d = d[np.isfinite(d)]
     tail = 100 * (1 - level) / 2
     ci = None if d.size == 0 else [float(np.percentile(d, tail)),
                                    float(np.percentile(d, 100 - tail))]
     return {"diff": None if math.isnan(diff) else diff, "ci": ci, "level": level,
-            "resamples_used": int(d.size), "n_scans": int(n),
+            "resamples_used": int(d.size), "n_scans": int(n), "unit": "patient",
             "within_noise": ci is None or ci[0] <= 0 <= ci[1]}
 
 
