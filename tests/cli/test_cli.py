@@ -183,6 +183,10 @@ def test_synth_index_train_evaluate_search(tmp_path: Path, monkeypatch) -> None:
            "--batch-size", "4")
     assert json.loads((train_dir / "metrics.json").read_text())["n_scans"] == metrics["n_scans"]
     out = invoke("evaluate", train_dir, "--split", "val")
+    saved = json.loads((train_dir / "evaluations" / "m-val-001" / "metrics.json").read_text())
+    lo, hi = saved["ci"]["accuracy"]  # the printed table shows the value and its interval
+    assert f"[{lo:.4f}, {hi:.4f}]" in out and f"{saved['accuracy']:.4f}" in out
+    assert "temperature" in out and "ECE" in out
     assert "accuracy" in out and (train_dir / "evaluations" / "m-val-001" / "metrics.json").exists()
 
     # refuse to overwrite a run; a clear error for bad input

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -115,6 +114,24 @@ def evaluate_cmd(
                                bundle_verified=is_bundle)
     except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         fail(e)
-    keys = ("n_scans", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc")
-    console.print(json.dumps({k: metrics.get(k) for k in keys}, indent=1), markup=False)
+    ci = metrics.get("ci") or {}
+    level = metrics.get("ci_level")
+    table = Table(title=f"{metrics.get('split', split)}: {metrics['n_scans']} scans"
+                  + (f", {level:.0%} interval over resampled patients" if ci else ""))
+    for col in ("metric", "value", "interval"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "f1_weighted", "auc"):
+        value = metrics.get(key) if key != "f1_weighted" else (metrics.get("weighted") or {}).get("f1")
+        lo_hi = ci.get(key)
+        table.add_row(key, "n/a" if value is None else f"{value:.4f}",
+                      "" if not lo_hi or None in lo_hi else f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]")
+    cal = metrics.get("calibration") or {}
+    console.print(table)
+    if cal.get("temperature") is not None:
+        console.print(f"calibration (temperature {cal['temperature']:.3f}, fitted on validation): "
+                      f"ECE {cal['ece']:.4f} -> {cal['ece_calibrated']:.4f}, Brier "
+                      f"{cal['brier']:.4f} -> {cal['brier_calibrated']:.4f}")
+    elif cal:
+        console.print(f"ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f} ({esc(cal.get('note', ''))})",
+                      soft_wrap=True)
     console.print(f"evaluation: {esc(metrics['evaluation_dir'])}", soft_wrap=True)
