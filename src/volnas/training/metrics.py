@@ -446,17 +446,24 @@ _TINY = 1e-12
 T_BOUNDS = (0.05, 20.0)
 
 
-def ece(labels: Any, probs: Any, bins: int = 15) -> float:
-    """Expected calibration error of the top-label confidence: over ``bins`` equal-width
-    confidence bins ``(lo, hi]``, the scan-weighted mean of |accuracy - mean confidence|."""
+def confidence_bins(labels: Any, probs: Any, bins: int = 15
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin ``(lo, hi]`` of top-label confidence: the number of scans, the
+    sum of their confidences and the number of them predicted correctly."""
     y = np.asarray(labels).astype(np.int64)
     p = np.asarray(probs, dtype=np.float64)
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
     b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    n = np.bincount(b, minlength=bins)
-    gap = np.abs(np.bincount(b, correct, bins) - np.bincount(b, conf, bins))
-    return float(gap.sum() / max(n.sum(), 1))
+    return (np.bincount(b, minlength=bins), np.bincount(b, conf, bins),
+            np.bincount(b, correct, bins))
+
+
+def ece(labels: Any, probs: Any, bins: int = 15) -> float:
+    """Expected calibration error of the top-label confidence: over ``bins`` equal-width
+    confidence bins ``(lo, hi]``, the scan-weighted mean of |accuracy - mean confidence|."""
+    n, conf, correct = confidence_bins(labels, probs, bins)
+    return float(np.abs(correct - conf).sum() / max(n.sum(), 1))
 
 
 def brier(labels: Any, probs: Any) -> float:

@@ -21,7 +21,7 @@ from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve
 
 from volnas.core.files import atomic_path
-from volnas.training.metrics import ece, resolve_positive_class, validate_inputs
+from volnas.training.metrics import confidence_bins, ece, resolve_positive_class, validate_inputs
 
 DPI = 120
 HISTORY_SIZE = (11.0, 4.5)
@@ -230,15 +230,9 @@ def plot_roc(
 def reliability_curve(labels: Any, probs: Any, bins: int = 15
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per non-empty confidence bin ``(lo, hi]``: mean top-label confidence, accuracy, count."""
-    y = np.asarray(labels).astype(np.int64)
-    p = np.asarray(probs, dtype=np.float64)
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    n = np.bincount(b, minlength=bins)
+    n, conf, correct = confidence_bins(labels, probs, bins)
     keep = n > 0
-    return ((np.bincount(b, conf, bins)[keep] / n[keep]),
-            (np.bincount(b, correct, bins)[keep] / n[keep]), n[keep])
+    return conf[keep] / n[keep], correct[keep] / n[keep], n[keep]
 
 
 def plot_reliability(
