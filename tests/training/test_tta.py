@@ -236,6 +236,7 @@ def test_bundle_refuses_an_edited_tta(tta_run, tmp_path: Path) -> None:
     run = _with_tta(tta_run["run"], tmp_path / "run", "flips")
     path = export_bundle(run, tmp_path / "bundle") / "bundle.json"
     m = json.loads(path.read_text())
+    assert m["inference"]["tta"] == "flips"
     m["inference"]["tta"] = "none"
     m["content_sha256"] = content_digest(m)  # a thorough tamperer
     path.write_text(json.dumps(m))
