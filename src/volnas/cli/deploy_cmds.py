@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.console import Console
@@ -59,6 +59,9 @@ def predict_cmd(
                                      help="Folder for --explain [next free ./explain-NNN]."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Scans per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+    tta: Literal["none", "flips"] = typer.Option(
+        None, "--tta", help="Test-time augmentation, overriding the bundle's choice made on "
+        "validation (flips: 4x inference) [the bundle's]."),
 ) -> None:
     """Classify scans with a bundle; exit code 1 when some scan could not be predicted."""
     from volnas.deploy.bundle import BundleError, load_bundle
@@ -78,7 +81,7 @@ def predict_cmd(
     try:
         bundle = load_bundle(model_dir)
         rows, failures = predict_scans(bundle, scans, console=console,
-                                       batch_size=batch_size, device=device)
+                                       batch_size=batch_size, device=device, tta=tta)
         if explain and rows:
             failures += explain_predicted(bundle, [r["arg"] for r in rows], explain_dir, console)
     except (BundleError, ValueError, FileNotFoundError) as e:

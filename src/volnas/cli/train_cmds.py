@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
@@ -24,6 +25,10 @@ from volnas.training.config import TrainConfig
 
 def _d(field: str) -> str:
     return default(field, TrainConfig)
+
+
+TTA = Literal["none", "flips"]
+TTAChoice = Literal["none", "flips", "auto"]
 
 
 def models_cmd(
@@ -71,6 +76,9 @@ def train_cmd(
                                  help="Synchronised batch norm under torchrun (CUDA)."),
     class_weight: ClassWeight = typer.Option(
         None, "--class-weight", help=f"Loss weights; balanced: n/(k*n_c) {_d('class_weight')}."),
+    tta: TTAChoice = typer.Option(
+        None, "--tta", help=f"Test-time augmentation: none | flips (4x inference) | auto "
+        f"(flips only if better on validation) {_d('tta')}."),
 ) -> None:
     """Train a model: validation every epoch, best checkpoint by validation, test once.
 
@@ -82,7 +90,7 @@ def train_cmd(
         "data": data, "model": model, "epochs": epochs, "batch_size": batch_size,
         "slices": slices, "size": optional_shape(size, 2, "--size"),
         "lr": lr, "seed": seed, "device": device, "num_workers": workers,
-        "augment": augment, "sync_bn": sync_bn, "class_weight": class_weight,
+        "augment": augment, "sync_bn": sync_bn, "class_weight": class_weight, "tta": tta,
     }
     metrics = start_run(run_training, TrainConfig, config, overrides, out, resume)
     console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "
@@ -96,6 +104,9 @@ def evaluate_cmd(
     out: Path = typer.Option(
         None, "--out", "-o", help="Evaluation folder, must not exist or be empty "
         "[next free RUN_DIR/evaluations/<data>-<split>-NNN]."),
+    tta: TTA = typer.Option(
+        None, "--tta", help="Test-time augmentation, overriding the run's choice made on "
+        "validation (flips: 4x inference) [the run's]."),
 ) -> None:
     """Metrics of a run's best checkpoint on a split of any dataset, in a folder of their own.
 
@@ -111,7 +122,7 @@ def evaluate_cmd(
 
             load_bundle(run_dir)
         metrics = evaluate_run(run_dir, data, split, console=console, out=out,
-                               bundle_verified=is_bundle)
+                               bundle_verified=is_bundle, tta=tta)
     except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         fail(e)
     ci = metrics.get("ci") or {}
@@ -134,4 +145,6 @@ def evaluate_cmd(
     elif cal:
         console.print(f"ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f} ({esc(cal.get('note', ''))})",
                       soft_wrap=True)
+    if metrics.get("tta", "none") != "none":
+        console.print(f"test-time augmentation: {esc(metrics['tta'])}")
     console.print(f"evaluation: {esc(metrics['evaluation_dir'])}", soft_wrap=True)

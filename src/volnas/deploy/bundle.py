@@ -8,8 +8,9 @@ A bundle is a folder written once by :func:`export_bundle` from a finished run::
     genotype.json        the architecture, for searched networks
     augment_policy.json  the fixed augmentation policy the run trained with, if any
     metrics.json         the run's test metrics
-    calibration.json     the temperature fitted on the run's validation split (predict
-                         applies it; also recorded in bundle.json's ``inference``)
+    calibration.json     the test-time augmentation chosen and the temperature fitted on
+                         the run's validation split (predict applies both; also recorded
+                         in bundle.json's ``inference``)
     config.yaml, run.json  the run's resolved configuration and info (so that the folder
                          also opens as a run, e.g. ``volnas explain MODEL_DIR``)
     model.onnx           only with ``onnx=True`` and when the network exports cleanly
@@ -42,7 +43,7 @@ from volnas.data.volume import DataError
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
 from volnas.training.config import TrainConfig, dump_config
-from volnas.training.evaluate import CALIBRATION, read_temperature
+from volnas.training.evaluate import CALIBRATION, read_temperature, read_tta
 from volnas.training.rundir import GENOTYPE_PREFIX, load_run
 
 FORMAT = "volnas-bundle"
@@ -94,6 +95,12 @@ class Bundle:
         return None if t is None else float(t)
 
     @property
+    def tta(self) -> str:
+        """The test-time augmentation predict applies (``none`` in bundles exported
+        without a recorded choice)."""
+        return str(self.manifest.get("inference", {}).get("tta", "none"))
+
+    @property
     def intensity_reference(self) -> dict[str, Any] | None:
         """The training scans' raw intensity statistics; None in bundles exported before
         volnas recorded them (predict then cannot check scans)."""
@@ -143,6 +150,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
 
     metrics = run_test_metrics(run_dir, cfg.data)
     temperature = read_temperature(run_dir)
+    tta = _recorded_tta(run_dir) if temperature is not None else None
     intensity = training_intensity(cfg.data, pre)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +195,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
             "preprocess": pre.model_dump(mode="json") | {"sampling": "symmetrical"},
             "augmentation": {"train": cfg.augment if policy is None else "policy",
                              "policy": policy},
-            "inference": _inference(cfg, temperature),
+            "inference": _inference(cfg, temperature, tta),
             "training": {k: getattr(cfg, k) for k in ("data", "epochs", "batch_size", "lr",
                                                       "optimizer", "seed", "select_metric")},
             "metrics": {k: metrics.get(k) for k in METRIC_KEYS} if metrics else None,
@@ -203,12 +211,26 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
     return out
 
 
-def _inference(cfg: TrainConfig, temperature: float | None) -> dict[str, Any]:
-    """bundle.json's ``inference``; ``temperature`` only when the run was calibrated."""
+def _inference(cfg: TrainConfig, temperature: float | None,
+               tta: str | None = None) -> dict[str, Any]:
+    """bundle.json's ``inference``; ``temperature`` only when the run was calibrated,
+    ``tta`` only when its calibration record names one."""
     out: dict[str, Any] = {"channels_last": cfg.channels_last, "amp": cfg.amp}
     if temperature is not None:
         out["temperature"] = temperature
+    if tta is not None:
+        out["tta"] = tta
     return out
+
+
+def _recorded_tta(folder: Path) -> str | None:
+    """The ``tta`` of FOLDER/calibration.json, validated; None when the record has none
+    (runs calibrated before volnas chose a test-time augmentation)."""
+    try:
+        has = "tta" in json.loads((folder / CALIBRATION).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise BundleError(f"{folder / CALIBRATION}: not a calibration record ({e})") from e
+    return read_tta(folder) if has else None
 
 
 def training_intensity(data: str, pre: PreprocessConfig) -> dict[str, Any] | None:
@@ -451,6 +473,7 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
         metrics = (json.loads(listed("metrics.json").read_text()) if "metrics.json" in files
                    else None)
         temperature = read_temperature(model_dir) if CALIBRATION in files else None
+        tta = _recorded_tta(model_dir) if temperature is not None else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError,
             RuntimeError) as e:
         if isinstance(e, BundleError):
@@ -463,7 +486,7 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
         "input_shape": (list(cfg.preprocess.input_shape), "config.yaml"),
         "preprocess": (cfg.preprocess.model_dump(mode="json") | {"sampling": "symmetrical"},
                        "config.yaml"),
-        "inference": (_inference(cfg, temperature),
+        "inference": (_inference(cfg, temperature, tta),
                       "config.yaml and calibration.json" if temperature is not None
                       else "config.yaml (no calibration.json listed)"),
         "augmentation": ({"train": cfg.augment if policy is None else "policy",

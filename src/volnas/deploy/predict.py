@@ -33,6 +33,7 @@ from volnas.deploy.bundle import Bundle
 from volnas.deploy.intensity import check, describe, scan_stats
 from volnas.training.device import autocast, prepare_model, resolve_device, to_device
 from volnas.training.metrics import apply_temperature
+from volnas.training.tta import check_mode, mean_softmax, views
 
 INTENSITY_CHECK_UNAVAILABLE = (
     "unavailable: the bundle has no training intensity statistics (exported before volnas "
@@ -95,6 +96,7 @@ def predict_scans(
     *,
     batch_size: int = 4,
     device: str = "auto",
+    tta: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
     """Class probabilities of every scan; unreadable scans are returned, not raised.
 
@@ -109,12 +111,16 @@ def predict_scans(
         console: where the progress bar goes (None: a default console).
         batch_size: scans per forward pass.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        tta: test-time augmentation (:mod:`volnas.training.tta`); None: the bundle's
+            choice (made on the training run's validation split). Applied to the model's
+            probabilities before the temperature.
 
     Returns:
         ``(rows, failures)``: one row per predicted scan, in input order, with ``scan``,
         ``path``, ``label``, ``predicted``, ``probability``, ``probabilities`` per class
         (calibrated by the bundle's temperature, when it has one), ``probabilities_raw``
-        (the model's own softmax), ``temperature`` and ``warning`` (None, or why the scan
+        (the model's own softmax, averaged over the TTA views), ``temperature``, ``tta``
+        and ``warning`` (None, or why the scan
         looks unlike the training scans).
     """
     console = console or make_console()
@@ -124,15 +130,18 @@ def predict_scans(
     amp = bundle.amp and dev.type == "cuda"
     reference = bundle.intensity_reference
     temperature = bundle.temperature
+    mode = check_mode(bundle.tta if tta is None else tta, "--tta")
     rows: list[dict[str, Any]] = []
     pending: list[tuple[ScanItem, np.ndarray, str | None]] = []
 
     def flush() -> None:
         x = to_device(torch.from_numpy(np.stack([p[1] for p in pending])), dev,
                       bundle.channels_last)
-        with torch.no_grad(), autocast(dev, amp):
-            logits = model(x)
-        raw = torch.softmax(logits.float(), 1).cpu().numpy()
+        logits = []
+        for v in views(x, mode):
+            with torch.no_grad(), autocast(dev, amp):
+                logits.append(model(to_device(v, dev, bundle.channels_last)))
+        raw = mean_softmax(logits).cpu().numpy()
         probs = raw if temperature is None else apply_temperature(raw, temperature)
         for (item, _, warning), p, r in zip(pending, probs, raw, strict=True):
             k = int(p.argmax())
@@ -143,6 +152,7 @@ def predict_scans(
                 "probabilities_raw": {c: float(v)
                                       for c, v in zip(bundle.classes, r, strict=True)},
                 "temperature": temperature,
+                "tta": mode,
                 "warning": warning,
             })
         pending.clear()
@@ -192,6 +202,7 @@ def write_predictions(
             "positive_class": bundle.positive_class,
             "probabilities": CALIBRATED if bundle.temperature is not None else UNCALIBRATED,
             "temperature": bundle.temperature,
+            "tta": rows[0]["tta"] if rows else bundle.tta,
             "intensity_check": INTENSITY_CHECK_UNAVAILABLE if bundle.intensity_reference is None
             else "on",
             "predictions": list(rows),
@@ -205,17 +216,17 @@ def write_predictions(
     w = csv.writer(buf)
     k = len(bundle.classes)
     w.writerow(["scan", "path", "label", "predicted", "probability",
-                *[f"p_{c}" for c in bundle.classes], "temperature",
+                *[f"p_{c}" for c in bundle.classes], "temperature", "tta",
                 *[f"p_raw_{c}" for c in bundle.classes], "warning", "error"])
     for r in rows:
         t = r.get("temperature")
         w.writerow([r["scan"], r["path"], r["label"] or "", r["predicted"],
                     f"{r['probability']:.6f}",
                     *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes],
-                    "none (uncalibrated)" if t is None else f"{t:.6g}",
+                    "none (uncalibrated)" if t is None else f"{t:.6g}", r.get("tta", ""),
                     *[f"{r['probabilities_raw'][c]:.6f}" for c in bundle.classes],
                     r.get("warning") or "", ""])
     for f in failures:
-        w.writerow([f.scan, f.path, "", "", "", *[""] * k, "", *[""] * k, "", f.reason])
+        w.writerow([f.scan, f.path, "", "", "", *[""] * k, "", "", *[""] * k, "", f.reason])
     atomic_write_text(path, buf.getvalue())
     return path

@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     # none: plain cross-entropy (the papers); balanced: class c weighted n / (k * n_c) by its
     # share of the training split (scikit-learn's "balanced"), for imbalanced data
     class_weight: Literal["none", "balanced"] = "none"
+    # test-time augmentation of validation/test/predict probabilities (volnas.training.tta):
+    # auto keeps flips only if it beats none on the validation select_metric
+    tta: Literal["none", "flips", "auto"] = "auto"
     patience: int | None = Field(None, ge=1)  # early stopping on the validation metric
     # Before each validation, re-estimate BatchNorm statistics on this many clean training
     # batches (train mode, no gradient; 0: off). With few steps per epoch the running

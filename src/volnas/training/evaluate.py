@@ -37,13 +37,17 @@ from volnas.training.rundir import (
     model_profile,
 )
 from volnas.training.trainer import Trainer
+from volnas.training.tta import TTA_MODES, predict_tta
 
 
 def evaluate_and_write(
     trainer: Trainer, dataset: ScanDataset, loader: Any, run_dir: Path, split: str,
-    temperature: float | None = None,
+    temperature: float | None = None, tta: str = "none",
 ) -> dict[str, Any]:
     """Metrics, per-scan predictions and plots of one split into ``run_dir``.
+
+    ``tta`` (:mod:`volnas.training.tta`) makes the model's probabilities the mean over its
+    views; the temperature is applied after it. The metrics record it as ``tta``.
 
     The metrics are those of the model's own (raw) probabilities, each with a bootstrap
     interval over patients (``ci``); ``calibration`` adds ECE, Brier score and NLL, raw and,
@@ -51,7 +55,7 @@ def evaluate_and_write(
     calibrated probabilities (the argmax metrics cannot change). The predictions CSV then
     holds the calibrated probabilities as ``p_<class>`` and the raw ones as ``p_raw_<class>``.
     """
-    probs, labels, loss = trainer.predict(loader)
+    probs, labels, loss = predict_tta(trainer, loader, tta)
     metrics = compute_metrics(labels, probs, trainer.class_names, trainer.positive_class)
     groups = [row.patient_id for row in dataset.rows]
     metrics.update(ci_record(labels, probs, trainer.class_names, metrics["positive_class"],
@@ -66,7 +70,7 @@ def evaluate_and_write(
     else:
         calibration["note"] = ("uncalibrated: the run has no calibration.json (trained before "
                                "volnas fitted a temperature)")
-    metrics.update({"loss": loss, "split": split, "calibration": calibration,
+    metrics.update({"loss": loss, "split": split, "tta": tta, "calibration": calibration,
                     **model_profile(trainer.net, trainer.cfg)})
     if not dist_info().is_main:
         return metrics
@@ -125,6 +129,23 @@ def read_temperature(run_dir: Path) -> float | None:
     return float(t)
 
 
+def read_tta(run_dir: Path) -> str:
+    """The test-time augmentation chosen on validation, from RUN_DIR/calibration.json;
+    ``none`` for runs without the record (trained before volnas chose one). A recorded
+    value that is not a known mode is an error naming the file."""
+    path = Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        return "none"
+    try:
+        record = json.loads(path.read_text())
+        mode = record.get("tta", "none")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise RunDirError(f"{path}: not a calibration record ({e})") from e
+    if mode not in TTA_MODES:
+        raise RunDirError(f"{path}: tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    return str(mode)
+
+
 def evaluate_run(
     run_dir: Path,
     data: str | None,
@@ -133,6 +154,7 @@ def evaluate_run(
     out: Path | None = None,
     *,
     bundle_verified: bool = False,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of a finished run's best checkpoint on ``split`` of any compatible data.
 
@@ -140,7 +162,9 @@ def evaluate_run(
     results go to ``out`` (which must not exist or be empty), by default to the next free
     ``RUN_DIR/evaluations/<data>-<split>-NNN``. The folder is written under a temporary
     name and renamed when complete; its ``evaluation.json`` names the run, data and split.
-    The returned metrics carry ``evaluation_dir``. A verified bundle (``bundle_verified``,
+    The returned metrics carry ``evaluation_dir``. The run's recorded test-time
+    augmentation (:func:`read_tta`) is used unless ``tta`` overrides it; evaluation.json
+    records both. A verified bundle (``bundle_verified``,
     see :func:`volnas.training.rundir.load_run`) is never written into: its evaluations go
     to ``./evaluations/`` unless ``out`` says otherwise.
     """
@@ -150,8 +174,12 @@ def evaluate_run(
         out = Path(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise RunDirError(f"{out}: already exists and is not empty; choose another --out")
+    if tta is not None and tta not in TTA_MODES:
+        raise ValueError(f"--tta {tta!r}: choose {' or '.join(TTA_MODES)}")
     model, cfg, run_info = load_run(run_dir, bundle_verified=bundle_verified)
     temperature = read_temperature(run_dir)
+    recorded_tta = read_tta(run_dir)
+    used_tta = recorded_tta if tta is None else tta
     if temperature is None:
         console.print(f"{run_dir}: no {CALIBRATION} (a run trained before volnas calibrated); "
                       "evaluated uncalibrated")
@@ -179,8 +207,12 @@ def evaluate_run(
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".evaluation.", suffix=".tmp"))
     try:
-        metrics = evaluate_and_write(trainer, ds, loader, tmp, split, temperature)
+        metrics = evaluate_and_write(trainer, ds, loader, tmp, split, temperature, used_tta)
         metrics["data"] = str(cfg.data)
+        if used_tta != recorded_tta and temperature is not None:
+            metrics["calibration"]["note"] = (
+                f"the temperature was fitted on validation with tta {recorded_tta}; these "
+                f"probabilities use tta {used_tta} (--tta override)")
         record = {
             "run": str(run_dir.resolve()),
             "data": str(cfg.data),
@@ -190,6 +222,9 @@ def evaluate_run(
             "n_scans": metrics["n_scans"],
             "weights_sha256": sha256_file(run_dir / "model.safetensors"),
             "temperature": temperature,
+            "tta": used_tta,
+            "tta_recorded": recorded_tta,
+            "tta_overridden": used_tta != recorded_tta,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "volnas_version": __version__,
         }

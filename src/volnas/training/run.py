@@ -4,10 +4,12 @@ writes is described in :mod:`volnas.training.rundir`."""
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -22,7 +24,14 @@ from volnas.training.config import TrainConfig, dump_config, load_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.evaluate import CALIBRATION, evaluate_and_write
 from volnas.training.memory import MEMORY_HINT, check_run_memory
-from volnas.training.metrics import apply_temperature, ece, fit_temperature, nll
+from volnas.training.metrics import (
+    apply_temperature,
+    compute_metrics,
+    ece,
+    fit_temperature,
+    nll,
+    select_metric,
+)
 from volnas.training.plots import plot_history
 from volnas.training.rundir import (
     build_datasets,
@@ -38,6 +47,7 @@ from volnas.training.rundir import (
     resumed_config,
 )
 from volnas.training.trainer import Trainer
+from volnas.training.tta import TTA_MODES, predict_tta
 
 
 def run_training(
@@ -154,8 +164,8 @@ def _train(
     if not test:
         best = json.loads((run_dir / "best_val_metrics.json").read_text())
         return best | {"best_epoch": trainer.best_epoch, "train_seconds": train_seconds}
-    temperature = calibrate(trainer, val_loader, run_dir, console)
-    metrics = test_once(trainer, cfg, source, run_dir, console, temperature)
+    temperature, tta = calibrate(trainer, val_loader, run_dir, console)
+    metrics = test_once(trainer, cfg, source, run_dir, console, temperature, tta)
     metrics.update({"best_epoch": trainer.best_epoch, "train_seconds": train_seconds,
                     "world_size": dist_info().world_size})
     if dist_info().is_main:
@@ -172,14 +182,48 @@ def _extensions(run_dir: Path) -> list[dict[str, int]]:
         return []
 
 
-def calibrate(trainer: Trainer, val_loader: Any, run_dir: Path, console: Console) -> float:
-    """Fit the temperature on the validation split with the best checkpoint (never on
-    test) and write RUN_DIR/calibration.json; returns the temperature."""
+def choose_tta(
+    trainer: Trainer, val_loader: Any, console: Console,
+) -> tuple[str, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """The test-time augmentation of the run (``cfg.tta``; ``auto``: flips only if its
+    validation ``select_metric`` beats none's), its record, and the validation probabilities
+    and labels with it. Only the validation split is read."""
+    mode = trainer.cfg.tta
+    tried = list(TTA_MODES) if mode == "auto" else [mode]
+    scores: dict[str, float] = {}
+    preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for m in tried:
+        probs, labels, loss = predict_tta(trainer, val_loader, m)
+        metrics = compute_metrics(labels, probs, trainer.class_names, trainer.positive_class)
+        metrics["loss"] = loss
+        scores[m], preds[m] = select_metric(metrics, trainer.cfg.select_metric), (probs, labels)
+    chosen = mode if mode != "auto" else ("flips" if scores["flips"] > scores["none"] else "none")
+    record = {"tta": chosen, "tta_setting": mode, "tta_chosen_on": "val",
+              "tta_select_metric": trainer.cfg.select_metric,
+              "tta_val_scores": {m: _finite(v) for m, v in scores.items()}}
+    if mode == "auto":
+        console.print("test-time augmentation: " + ", ".join(
+            f"{m} {_fmt(_finite(v))}" for m, v in scores.items())
+            + f" (validation {trainer.cfg.select_metric}) -> {chosen}")
+    return chosen, record, preds[chosen]
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def calibrate(
+    trainer: Trainer, val_loader: Any, run_dir: Path, console: Console,
+) -> tuple[float, str]:
+    """With the best checkpoint, choose the test-time augmentation on the validation split
+    (:func:`choose_tta`), then fit the temperature on the validation probabilities with it
+    (never on test); write both to RUN_DIR/calibration.json; returns the temperature and
+    the test-time augmentation."""
     load_model_state(trainer.net, run_dir / "model.safetensors")
-    probs, labels, _ = trainer.predict(val_loader)
+    tta, tta_record, (probs, labels) = choose_tta(trainer, val_loader, console)
     t = fit_temperature(probs, labels)
     cal = apply_temperature(probs, t)
-    record = {"temperature": t, "fitted_on": "val", "n_val": int(len(labels)),
+    record = {"temperature": t, "fitted_on": "val", "n_val": int(len(labels)), **tta_record,
               "best_epoch": trainer.best_epoch,
               "val_ece_before": ece(labels, probs), "val_ece_after": ece(labels, cal),
               "val_nll_before": nll(labels, probs), "val_nll_after": nll(labels, cal)}
@@ -187,25 +231,26 @@ def calibrate(trainer: Trainer, val_loader: Any, run_dir: Path, console: Console
         atomic_write_text(run_dir / CALIBRATION, json.dumps(record, indent=2))
     console.print(f"calibration: temperature {t:.3f} (validation ECE "
                   f"{record['val_ece_before']:.4f} -> {record['val_ece_after']:.4f})")
-    return t
+    return t, tta
 
 
 def test_once(
     trainer: Trainer, cfg: TrainConfig, source: DataSource, run_dir: Path, console: Console,
-    temperature: float | None = None,
+    temperature: float | None = None, tta: str = "none",
 ) -> dict[str, Any]:
-    """Load the best checkpoint and evaluate the test split — the only time it is read."""
+    """Load the best checkpoint and evaluate the test split — the only time it is read —
+    with the test-time augmentation ``tta`` chosen on validation."""
     load_model_state(trainer.net, run_dir / "model.safetensors")
     test = build_datasets(cfg, source, ("test",))["test"]
     loader = make_loader(test, cfg.batch_size, train=False, num_workers=cfg.num_workers)
-    metrics = evaluate_and_write(trainer, test, loader, run_dir, "test", temperature)
+    metrics = evaluate_and_write(trainer, test, loader, run_dir, "test", temperature, tta)
     cal = metrics["calibration"]
     cal_text = (f"  ECE {cal['ece']:.4f} -> {cal['ece_calibrated']:.4f} calibrated"
                 if "ece_calibrated" in cal else f"  ECE {cal['ece']:.4f}")
     console.print(
         f"test ({metrics['n_scans']} scans, best epoch {trainer.best_epoch}): "
         f"acc {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  auc {_fmt(metrics['auc'])}"
-        f"{_ci_text(metrics, 'auc')}{cal_text}"
+        f"{_ci_text(metrics, 'auc')}{cal_text}" + ("  (TTA flips)" if tta != "none" else "")
     )
     return metrics
 

@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,18 +266,32 @@ class Trainer:
         return n
 
     @torch.no_grad()
-    def predict(self, loader: Iterable) -> tuple[np.ndarray, np.ndarray, float]:
-        """Softmax probabilities, labels and mean loss over a loader (eval mode, no augmentation)."""
+    def predict(
+        self, loader: Iterable,
+        transform: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Softmax probabilities, labels and mean loss over a loader (eval mode, no training
+        augmentation). ``transform`` (test-time augmentation, :mod:`volnas.training.tta`)
+        maps a device batch to several views; the probabilities are then the mean of the
+        views' softmax and the loss the negative log of that mean."""
         probs, labels, loss_sum = [], [], 0.0
         with eval_mode(self.net):
             for x, y in loader:
                 x = to_device(x, self.device, self.channels_last)
                 y = y.to(self.device)
-                with autocast(self.device, self.amp):
-                    logits = self.net(x)
-                logits = logits.float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                probs.append(torch.softmax(logits, 1).cpu().numpy())
+                xs = [x] if transform is None else [
+                    to_device(v, self.device, self.channels_last) for v in transform(x)]
+                outs = []
+                for v in xs:
+                    with autocast(self.device, self.amp):
+                        outs.append(self.net(v).float())
+                if len(outs) == 1:
+                    loss_sum += F.cross_entropy(outs[0], y, reduction="sum").item()
+                    p = torch.softmax(outs[0], 1)
+                else:
+                    p = torch.stack([torch.softmax(z, 1) for z in outs]).mean(0)
+                    loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
+                probs.append(p.cpu().numpy())
                 labels.append(y.cpu().numpy())
         k = len(self.class_names)
         p = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
