@@ -242,3 +242,24 @@ def test_bundle_refuses_an_edited_tta(tta_run, tmp_path: Path) -> None:
     path.write_text(json.dumps(m))
     with pytest.raises(BundleError, match="inference is .* but config.yaml and calibration.json"):
         load_bundle(path.parent)
+
+
+def test_runs_saved_before_tta_resume_and_evaluate_without_it(tmp_path: Path) -> None:
+    """A config.yaml written before the tta field keeps the behaviour it ran with (no TTA),
+    not today's default (auto), so resuming it cannot change its test result."""
+    import yaml
+
+    from volnas.search.config import SearchConfig
+    from volnas.training.config import TrainConfig, load_saved_config
+
+    old = TrainConfig().model_dump(mode="json")
+    old.pop("tta")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert TrainConfig().tta == "auto" and load_saved_config(tmp_path / "config.yaml").tta == "none"
+    old_search = SearchConfig().model_dump(mode="json")
+    for key in ("tta", "aug_prior"):
+        old_search.pop(key)
+    saved = SearchConfig.from_saved(old_search)
+    assert (saved.tta, saved.aug_prior) == ("none", "candidates")
+    new = TrainConfig(tta="flips").model_dump(mode="json")
+    assert TrainConfig.from_saved(new).tta == "flips"  # a saved value always wins

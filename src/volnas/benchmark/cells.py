@@ -163,8 +163,7 @@ def check_cell_settings(cell: Cell, cfg: TrainConfig) -> None:
         return
     try:
         saved_data = yaml.safe_load(cell.config_file.read_text()) or {}
-        saved = (SearchConfig.from_saved(saved_data) if isinstance(cfg, SearchConfig)
-                 else type(cfg).model_validate(saved_data))
+        saved = type(cfg).from_saved(saved_data)
     except (OSError, yaml.YAMLError, ValidationError) as e:
         raise BenchmarkError(f"{cell.config_file}: unreadable ({e})") from e
     a, b = _comparable(saved), _comparable(cfg)

@@ -42,7 +42,7 @@ from volnas.data.preprocess import PreprocessConfig
 from volnas.data.volume import DataError
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
-from volnas.training.config import TrainConfig, dump_config
+from volnas.training.config import TrainConfig, dump_config, load_saved_config
 from volnas.training.evaluate import CALIBRATION, read_temperature, read_tta
 from volnas.training.rundir import GENOTYPE_PREFIX, load_run
 
@@ -450,7 +450,6 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
     augment_policy.json, metrics.json) say; since format version 2, the whole content must
     also match its ``content_sha256`` (so the intensity statistics cannot change either).
     """
-    from volnas.training.config import load_config
 
     manifest_path = model_dir / "bundle.json"
     files = m.get("files") or {}
@@ -462,7 +461,7 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
         return model_dir / name
 
     try:
-        cfg = load_config(listed("config.yaml"), {})
+        cfg = load_saved_config(listed("config.yaml"))
         info = json.loads(listed("run.json").read_text())
         genotype = None
         if cfg.model.startswith(GENOTYPE_PREFIX):

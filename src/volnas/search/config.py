@@ -4,7 +4,7 @@ search's own; written to RUN_DIR/search_config.yaml."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -12,11 +12,13 @@ from volnas.data.preprocess import PreprocessConfig
 from volnas.training.config import TrainConfig
 
 # Settings added after search runs were first saved, with the behaviour of those runs.
-SAVED_BEFORE_FIELD: dict[str, Any] = {"aug_prior": "candidates"}
 
 
 class SearchConfig(TrainConfig):
     """A search run: TrainConfig (used for the retrain) plus the search's own settings."""
+
+    SAVED_BEFORE_FIELD: ClassVar[dict[str, Any]] = {**TrainConfig.SAVED_BEFORE_FIELD,
+                                                    "aug_prior": "candidates"}
 
     model: str = "supernet"
     space: str = "covidnet3d-s"
@@ -59,12 +61,6 @@ class SearchConfig(TrainConfig):
     topk: int = Field(10, ge=1)
     probe_epochs: int = Field(3, ge=1)
     retrain_epochs: int = Field(200, ge=1)
-
-    @classmethod
-    def from_saved(cls, data: dict[str, Any]) -> SearchConfig:
-        """A search_config.yaml written by volnas; settings it lacks predate their field
-        and get the value every search used then (not today's default)."""
-        return cls.model_validate({**SAVED_BEFORE_FIELD, **data})
 
     @property
     def samples(self) -> int:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -44,7 +43,7 @@ from volnas.search.evaluation import (
 from volnas.search.sampler import mean_uniform_entropy
 from volnas.search.search import PairedLoader, SearchTrainer, search_halves
 from volnas.search.supernet import SuperNet
-from volnas.training.config import load_config, merge_settings, resume_config
+from volnas.training.config import load_config, load_saved_config, resume_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.memory import MEMORY_HINT, SEARCH_FLAGS, check_run_memory
 from volnas.training.run import run_training
@@ -69,11 +68,8 @@ def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchCo
 
 
 def load_saved_search_config(path: Path) -> SearchConfig:
-    """The search_config.yaml of a run folder (settings it predates: see SearchConfig.from_saved)."""
-    try:
-        return SearchConfig.from_saved(merge_settings(path, {}))
-    except ValidationError as e:
-        raise ValueError(f"{path}: invalid configuration:\n{e}") from e
+    """The search_config.yaml of a run folder (settings it predates: see SAVED_BEFORE_FIELD)."""
+    return load_saved_config(path, SearchConfig)
 
 
 

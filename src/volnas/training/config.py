@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +18,9 @@ class TrainConfig(BaseModel):
     """Everything a training run depends on; written to RUN_DIR/config.yaml."""
 
     model_config = ConfigDict(extra="forbid")
+    # Settings added after runs were first saved, with the value those runs used: a saved
+    # config.yaml without one resumes and evaluates as it ran (not with today's default).
+    SAVED_BEFORE_FIELD: ClassVar[dict[str, Any]] = {"tta": "none"}
 
     data: str = ""
     model: str = "resnet3d_18"
@@ -57,6 +60,12 @@ class TrainConfig(BaseModel):
     memory_check: bool = True
 
 
+    @classmethod
+    def from_saved(cls: type[C], data: dict[str, Any]) -> C:
+        """A configuration volnas saved; fields it lacks get ``SAVED_BEFORE_FIELD``'s value."""
+        return cls.model_validate({**cls.SAVED_BEFORE_FIELD, **data})
+
+
 def merge_settings(path: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """Raw settings: YAML file <- overrides (None values ignored), preprocessing keys nested."""
     data: dict[str, Any] = {}
@@ -91,6 +100,15 @@ def load_config(path: Path | None, overrides: dict[str, Any], cls: type[C] | Non
     except ValidationError as e:
         where = f"{path}: " if path else ""
         raise ValueError(f"{where}invalid configuration:\n{e}") from e
+
+
+def load_saved_config(path: Path, cls: type[C] | None = None) -> C:
+    """A config volnas wrote into a run folder (settings it predates: ``SAVED_BEFORE_FIELD``)."""
+    model_cls = cls or TrainConfig
+    try:
+        return model_cls.from_saved(merge_settings(path, {}))  # type: ignore[return-value]
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid configuration:\n{e}") from e
 
 
 def dump_config(cfg: TrainConfig) -> str:

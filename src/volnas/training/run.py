@@ -20,7 +20,7 @@ from volnas.core.files import atomic_write_text, remove_stale_temporaries
 from volnas.core.markup import make_console
 from volnas.data.dataset import DataSource, make_loader, open_source
 from volnas.training.checkpoint import load_model_state
-from volnas.training.config import TrainConfig, dump_config, load_config
+from volnas.training.config import TrainConfig, dump_config, load_saved_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.evaluate import CALIBRATION, evaluate_and_write
 from volnas.training.memory import MEMORY_HINT, check_run_memory
@@ -75,7 +75,7 @@ def run_training(
     existed = run_dir.exists()
     if resume:
         prepare_run_dir(run_dir, resume)
-        saved_epochs = load_config(run_dir / "config.yaml", {}).epochs
+        saved_epochs = load_saved_config(run_dir / "config.yaml").epochs
         cfg = resumed_config(run_dir, given)
         if dist_info().is_main:
             remove_stale_temporaries(run_dir)

@@ -43,7 +43,7 @@ from volnas.models.genotype import Genotype
 from volnas.models.profile import count_flops, count_params, size_mb
 from volnas.models.registry import check_model_name, create_model
 from volnas.training.checkpoint import checkpoint_epoch, load_model_state
-from volnas.training.config import TrainConfig, load_config, resume_config
+from volnas.training.config import TrainConfig, load_saved_config, resume_config
 
 
 class RunDirError(RuntimeError):
@@ -194,7 +194,7 @@ def resumed_config(run_dir: Path, given: dict[str, Any] | None) -> TrainConfig:
     """The saved configuration of ``run_dir``, with what ``given`` may change at resume
     (see :func:`volnas.training.config.resume_config`); writes nothing."""
     path = Path(run_dir) / "config.yaml"
-    saved = load_config(path, {})
+    saved = load_saved_config(path)
     finished = checkpoint_epoch(Path(run_dir) / "checkpoint")
     return resume_config(saved, given or {}, path, finished_epochs=finished)
 
@@ -228,7 +228,7 @@ def load_run(run_dir: Path, *, bundle_verified: bool = False
     for name in ("config.yaml", "run.json", "model.safetensors"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished run folder (no {name})")
-    cfg = load_config(run_dir / "config.yaml", {})
+    cfg = load_saved_config(run_dir / "config.yaml")
     info = json.loads((run_dir / "run.json").read_text())
     model = build_model(cfg.model, len(info["classes"]), run_dir)
     load_model_state(model, run_dir / "model.safetensors")
