@@ -93,15 +93,18 @@ def search(settings: Settings, out: str | Path, *, resume: bool = False,
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
-             out: str | Path | None = None, *, quiet: bool = False) -> dict[str, Any]:
+             out: str | Path | None = None, *, tta: str | None = None,
+             quiet: bool = False) -> dict[str, Any]:
     """Metrics of a finished run on a split of any compatible data, in their own folder
-    (``RUN/evaluations/...`` or ``out``); the run's own record is never changed."""
+    (``RUN/evaluations/...`` or ``out``); the run's own record is never changed. ``tta``
+    (``none`` / ``flips``) overrides the test-time augmentation the run chose."""
     is_bundle = (Path(run_dir) / "bundle.json").is_file()
     if is_bundle:
         load_bundle(Path(run_dir))  # verified before it is opened
     return evaluate_run(Path(run_dir), None if data is None else str(data), split,
                         console=make_console(quiet=quiet),
-                        out=None if out is None else Path(out), bundle_verified=is_bundle)
+                        out=None if out is None else Path(out), bundle_verified=is_bundle,
+                        tta=tta)
 
 
 def export(run_dir: str | Path, out: str | Path, *, onnx: bool = False) -> Bundle:
@@ -110,13 +113,15 @@ def export(run_dir: str | Path, out: str | Path, *, onnx: bool = False) -> Bundl
 
 
 def predict(bundle: Bundle | str | Path, scans: Sequence[str | Path], *, batch_size: int = 4,
-            device: str = "auto", strict: bool = True) -> list[dict[str, Any]]:
+            device: str = "auto", tta: str | None = None,
+            strict: bool = True) -> list[dict[str, Any]]:
     """One dict per scan: ``predicted``, ``probability``, ``probabilities`` per class,
-    ``warning``. A scan that cannot be read raises :class:`PredictionError` (with every
+    ``warning`` (``tta``: the bundle's test-time augmentation unless given). A scan that
+    cannot be read raises :class:`PredictionError` (with every
     failure listed) unless ``strict=False``, which returns the predicted ones."""
     b = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
     rows, failures = predict_scans(b, [str(s) for s in scans], console=make_console(quiet=True),
-                                   batch_size=batch_size, device=device)
+                                   batch_size=batch_size, device=device, tta=tta)
     if failures and strict:
         raise PredictionError(failures, rows)
     return rows

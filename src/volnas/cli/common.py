@@ -14,6 +14,7 @@ from volnas.core.markup import make_console, print_error
 from volnas.data.synth import DIFFICULTIES, FORMATS
 from volnas.search.config import SearchConfig
 from volnas.training.config import TrainConfig
+from volnas.training.tta import TTA_MODES
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -72,6 +73,8 @@ SelectMetric = _choices("select_metric", TrainConfig)
 Format = Literal[FORMATS]  # type: ignore[valid-type]
 Difficulty = Literal[DIFFICULTIES]  # type: ignore[valid-type]
 Split = Literal["train", "val", "test"]
+TTAChoice = _choices("tta", TrainConfig)  # none | flips | auto (chosen on validation)
+TTA = Literal[TTA_MODES]  # type: ignore[valid-type]  # a fixed mode, for evaluate and predict
 
 
 def start_run(run: Callable[..., dict[str, Any]], cls: type[TrainConfig], config: Path | None,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from volnas.cli.common import console, err_console, fail, optional_shape
+from volnas.cli.common import TTA, console, err_console, fail, optional_shape
 from volnas.core.markup import esc, print_warning
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def predict_cmd(
                                      help="Folder for --explain [next free ./explain-NNN]."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Scans per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
-    tta: Literal["none", "flips"] = typer.Option(
+    tta: TTA = typer.Option(
         None, "--tta", help="Test-time augmentation, overriding the bundle's choice made on "
         "validation (flips: 4x inference) [the bundle's]."),
 ) -> None:

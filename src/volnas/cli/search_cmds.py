@@ -12,6 +12,7 @@ from volnas.cli.common import (
     ClassWeight,
     Objective,
     Strategy,
+    TTAChoice,
     WeightOptimizer,
     console,
     default,
@@ -85,6 +86,9 @@ def search_cmd(
     device: str = typer.Option(None, "--device", help=f"auto | cpu | cuda[:N] {default('device')}."),
     class_weight: ClassWeight = typer.Option(
         None, "--class-weight", help=f"Loss weights; balanced: n/(k*n_c) {default('class_weight')}."),
+    tta: TTAChoice = typer.Option(
+        None, "--tta", help="Test-time augmentation of the retrained network: none | flips | auto "
+        f"(flips only if better on validation) {default('tta')}."),
 ) -> None:
     """Search (differentiable single-path, or random), probe, retrain the best, test once.
 
@@ -103,7 +107,7 @@ def search_cmd(
         "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
         "cost_weight": cost_weight, "seed": seed, "device": device,
         "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,
-        "fixed_genotype": fixed_genotype, "class_weight": class_weight,
+        "fixed_genotype": fixed_genotype, "class_weight": class_weight, "tta": tta,
     }
     result = start_run(run_search, SearchConfig, config, overrides, out, resume)
     t = result["test"]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 from rich.table import Table
 
 from volnas.cli.common import (
+    TTA,
     ClassWeight,
     Split,
+    TTAChoice,
     console,
     default,
     fail,
@@ -27,8 +28,6 @@ def _d(field: str) -> str:
     return default(field, TrainConfig)
 
 
-TTA = Literal["none", "flips"]
-TTAChoice = Literal["none", "flips", "auto"]
 
 
 def models_cmd(
