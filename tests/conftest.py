@@ -38,3 +38,19 @@ def dicom_series() -> Path:
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never write to the user's ~/.cache/volnas."""
     monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_genotype():
+    """A function saving a small searched-style network (medpipe, every searchable layer
+    'skip') at the path it is given; returns its ``genotype:FILE`` model name."""
+    from volnas.models.genotype import Genotype
+    from volnas.models.spaces import layer_specs
+
+    def make(path: Path) -> str:
+        ops = ["skip" if s.kind == "normal" else ("conv_s2" if i < 3 else "conv_s1")
+               for i, s in enumerate(layer_specs("medpipe"))]
+        Genotype("medpipe", ops).save(path)
+        return f"genotype:{path}"
+
+    return make

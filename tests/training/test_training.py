@@ -13,8 +13,6 @@ import torch
 from volnas.core.files import load_tensors
 from volnas.data.dataset import ScanDataset
 from volnas.data.synth import synthesize
-from volnas.models.genotype import Genotype
-from volnas.models.spaces import layer_specs
 from volnas.training.config import TrainConfig, load_config
 from volnas.training.evaluate import evaluate_run
 from volnas.training.run import run_training
@@ -28,17 +26,10 @@ METRIC_KEYS = {
 }
 
 
-def tiny_genotype(path: Path) -> str:
-    """A small searched-style net: every searchable layer is 'skip'."""
-    specs = layer_specs("medpipe")
-    ops = ["skip" if s.kind == "normal" else ("conv_s2" if i < 3 else "conv_s1")
-           for i, s in enumerate(specs)]
-    Genotype("medpipe", ops).save(path)
-    return f"genotype:{path}"
-
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def tiny_data(tmp_path_factory: pytest.TempPathFactory,
+        tiny_genotype) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("tiny")
     res = synthesize(root / "data", scans=30, fmt="npz", classes=2, shape=(12, 24, 24), seed=3)
     model = tiny_genotype(root / "tiny.json")

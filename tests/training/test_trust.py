@@ -14,8 +14,6 @@ from scipy.stats import norm
 
 from volnas.data.dataset import ScanDataset
 from volnas.data.synth import synthesize
-from volnas.models.genotype import Genotype
-from volnas.models.spaces import layer_specs
 from volnas.training import run as run_module
 from volnas.training.config import TrainConfig
 from volnas.training.evaluate import evaluate_run
@@ -194,21 +192,15 @@ def test_temperature_scaling_fixes_an_over_confident_model() -> None:
 # --------------------------------------------------------------------------- a run
 
 
-def _genotype(path: Path) -> str:
-    specs = layer_specs("medpipe")
-    ops = ["skip" if s.kind == "normal" else ("conv_s2" if i < 3 else "conv_s1")
-           for i, s in enumerate(specs)]
-    Genotype("medpipe", ops).save(path)
-    return f"genotype:{path}"
-
 
 @pytest.fixture(scope="module")
-def calibrated_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def calibrated_run(tmp_path_factory: pytest.TempPathFactory,
+        tiny_genotype) -> dict[str, object]:
     """One tiny run, with every dataset read and every temperature fit recorded."""
     root = tmp_path_factory.mktemp("trust")
     res = synthesize(root / "data", scans=30, fmt="npz", classes=2, shape=(12, 24, 24), seed=3)
     cfg = TrainConfig.model_validate({
-        "data": str(next(res.out.glob("*.npz"))), "model": _genotype(root / "tiny.json"),
+        "data": str(next(res.out.glob("*.npz"))), "model": tiny_genotype(root / "tiny.json"),
         "epochs": 2, "batch_size": 4, "seed": 7, "cache_dir": str(root / "cache"),
         "preprocess": {"slices": 12, "size": (24, 24), "intensity": "range",
                        "window": (0, 255)}})

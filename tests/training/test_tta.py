@@ -18,8 +18,6 @@ from volnas.data.dataset import ScanDataset
 from volnas.data.synth import synthesize
 from volnas.deploy.bundle import BundleError, content_digest, export_bundle, load_bundle
 from volnas.deploy.predict import predict_scans
-from volnas.models.genotype import Genotype
-from volnas.models.spaces import layer_specs
 from volnas.training import run as run_module
 from volnas.training.config import TrainConfig
 from volnas.training.evaluate import evaluate_run
@@ -114,21 +112,15 @@ def test_auto_keeps_flips_only_when_better_on_validation(monkeypatch) -> None:
 # --------------------------------------------------------------------------- a real run
 
 
-def _genotype(path: Path) -> str:
-    specs = layer_specs("medpipe")
-    ops = ["skip" if s.kind == "normal" else ("conv_s2" if i < 3 else "conv_s1")
-           for i, s in enumerate(specs)]
-    Genotype("medpipe", ops).save(path)
-    return f"genotype:{path}"
-
 
 @pytest.fixture(scope="module")
-def tta_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def tta_run(tmp_path_factory: pytest.TempPathFactory,
+        tiny_genotype) -> dict[str, object]:
     """One tiny run with tta auto; every scan read and every TTA pass of the choice recorded."""
     root = tmp_path_factory.mktemp("tta")
     res = synthesize(root / "data", scans=40, fmt="npz", classes=2, shape=(8, 16, 16), seed=5)
     cfg = TrainConfig.model_validate({
-        "data": str(next(res.out.glob("*.npz"))), "model": _genotype(root / "tiny.json"),
+        "data": str(next(res.out.glob("*.npz"))), "model": tiny_genotype(root / "tiny.json"),
         "epochs": 1, "batch_size": 4, "seed": 2, "cache_dir": str(root / "cache"),
         "device": "cpu", "preprocess": {"slices": 8, "size": (16, 16)}})
     events: list[tuple[str, int]] = []
