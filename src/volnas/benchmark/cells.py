@@ -13,10 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from volnas.search.config import SearchConfig
-from volnas.training.config import TrainConfig, merge_settings
-
-# Settings that do not change a cell's result: a cell may be resumed with other values.
-RUNTIME_KEYS = ("device", "num_workers", "cache_dir")
+from volnas.training.config import RESUME_SAFE, TrainConfig, merge_settings
 
 
 class BenchmarkError(ValueError):
@@ -135,7 +132,7 @@ def cell_name(name: str) -> str:
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     d = cfg.model_dump(mode="json")
-    for k in RUNTIME_KEYS:
+    for k in RESUME_SAFE:  # settings that cannot change a result
         d.pop(k, None)
     if str(d.get("model", "")).startswith("genotype:"):
         d.pop("model")  # pinned into the run folder by run_training
