@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from volnas.data.index import assign_splits, build_index, choose_positive_class
+from volnas.data.classes import positive_class as choose_positive_class
+from volnas.data.index import assign_splits, build_index
 from volnas.data.manifest import (
     ManifestRow,
     class_names,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from volnas.data.index import build_index, choose_positive_class
+from volnas.data.classes import positive_class as choose_positive_class
+from volnas.data.index import build_index
 from volnas.data.manifest import ManifestRow, read_manifest, write_manifest
 from volnas.data.volume import DataError
 from volnas.training.metrics import compute_metrics, resolve_positive_class, select_metric

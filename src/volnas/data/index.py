@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from volnas.data.classes import positive_class as choose_positive_class
+from volnas.data import classes as class_rule  # build_index's argument shadows the name
 from volnas.data.manifest import (
     SPLITS,
     IndexResult,
@@ -285,7 +285,7 @@ def build_index(
     return IndexResult(
         rows=rows,
         classes=classes,
-        positive_class=choose_positive_class(classes, positive_class),
+        positive_class=class_rule.positive_class(classes, positive_class),
         source=os.path.abspath(source),
         seed=seed,
         split=fractions,  # type: ignore[arg-type]
