@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from volnas.models.genotype import Genotype
+from volnas.models.mbconv import MBConv3D
 from volnas.models.profile import count_params
 from volnas.models.spaces import layer_specs
 from volnas.search.sampler import ChoiceLogits, TemperatureSchedule, st_gumbel_softmax
@@ -125,12 +126,36 @@ def test_exactly_one_candidate_runs_per_layer() -> None:
 
 
 def test_logits_receive_gradient_through_the_supernet() -> None:
+    """Whole-output weighting: every row gets a gradient. Branch weighting (the default): a
+    row gets what its sampled branch adds (nothing for skip, nothing while a zero-initialised
+    block is still the identity), and the same value of the output either way."""
     torch.manual_seed(0)
     net = SuperNet("covidnet3d-s", 1, 2)
     net.train()
-    loss = F.cross_entropy(net(torch.randn(2, 1, 8, 16, 16)), torch.tensor([0, 1]))
-    grads = torch.autograd.grad(loss, net.arch_parameters())
-    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    x, y = torch.randn(2, 1, 8, 16, 16), torch.tensor([0, 1])
+
+    def grads(branch: bool) -> tuple[torch.Tensor, list]:
+        net.branch_gradient = branch
+        net.generator = torch.Generator().manual_seed(5)
+        out = net(x)
+        return out, list(torch.autograd.grad(F.cross_entropy(out, y), net.arch_parameters(),
+                                             allow_unused=True))
+
+    out_whole, whole = grads(False)
+    assert all(g is not None and g.abs().sum() > 0 for g in whole)
+    out_branch, at_init = grads(True)
+    assert torch.equal(out_whole, out_branch)
+    assert all(g is None or g.abs().sum() == 0 for g in at_init)  # every block is the identity
+    with torch.no_grad():  # blocks that have learnt something
+        for m in net.modules():
+            if isinstance(m, MBConv3D) and m.residual:
+                m.project[1].weight.normal_()
+    _, trained = grads(True)
+    ops = [layer.names[layer.index] for layer in net.choice_layers]
+    assert "skip" in ops and any(op != "skip" for op in ops)
+    for op, g in zip(ops, trained, strict=True):
+        assert (g is None) == (op == "skip"), op
+        assert g is None or g.abs().sum() > 0
 
 
 def test_genotype_round_trip_and_derived_equals_supernet_path(tmp_path) -> None:

@@ -79,7 +79,7 @@ def run_demo(out: Path, *, epochs: int = 10, search: bool = True, seed: int = 0,
         scfg = load_search_config(None, {
             "data": str(manifest), "space": "covidnet3d-s", "search_epochs": 3, "topk": 2,
             "probe_epochs": 1, "retrain_epochs": epochs, "batch_size": 8, "seed": seed,
-            "search_size": (32, 32), "arch_lr": 0.01, "preprocess": PREPROCESS,
+            "search_size": (32, 32), "preprocess": PREPROCESS,
             "cache_dir": cache})
         result = run_search(scfg, root / "search", console=console)
         results["searched " + result["genotype"].split("[")[0]] = result["test"]

@@ -54,7 +54,13 @@ def search_cmd(
                                       help="Search slices (reduced) [the retrain's]."),
     search_size: str = typer.Option(None, "--search-size",
                                     help="Search HxW (reduced), e.g. 64x64 [the retrain's]."),
-    arch_lr: float = typer.Option(None, "--arch-lr", help=f"Adam lr of the logits {default('arch_lr')}."),
+    arch_lr: float = typer.Option(
+        None, "--arch-lr", help="Adam lr of the logits [arch_travel / the search's architecture "
+        f"steps: a logit with a steady gradient moves ~{SearchConfig().arch_travel:g} over the "
+        "search]."),
+    warmup_epochs: int = typer.Option(
+        None, "--warmup-epochs", help="Search epochs that train only the weights, on "
+        "uniformly drawn paths, before the logits move [a third of --epochs]."),
     weight_optimizer: WeightOptimizer = typer.Option(
         None, "--weight-optimizer", help=f"Supernet weight optimiser {default('weight_optimizer')}."),
     weight_lr: float = typer.Option(None, "--weight-lr",
@@ -103,7 +109,7 @@ def search_cmd(
         "slices": slices, "size": optional_shape(size, 2, "--size"),
         "search_slices": search_slices,
         "search_size": optional_shape(search_size, 2, "--search-size"),
-        "arch_lr": arch_lr, "weight_optimizer": weight_optimizer, "weight_lr": weight_lr,
+        "arch_lr": arch_lr, "warmup_epochs": warmup_epochs, "weight_optimizer": weight_optimizer, "weight_lr": weight_lr,
         "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
         "cost_weight": cost_weight, "seed": seed, "device": device,
         "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,

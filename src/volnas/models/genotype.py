@@ -42,7 +42,7 @@ class StackNet(nn.Module):
 
 def build_layer(spec: LayerSpec, op: str, in_channels: int) -> nn.Module:
     """The module for ``op`` at ``spec`` (the stem takes the network's input channels)."""
-    if op not in spec.candidates:
+    if op not in spec.candidates + spec.legacy:
         raise ValueError(f"{spec.name}: {op!r} is not a candidate ({', '.join(spec.candidates)})")
     cin = in_channels if spec.kind == "stem" else spec.cin
     return make_op(op, cin, spec.cout, stride_of(op))
@@ -64,7 +64,7 @@ class Genotype:
         if len(self.ops) != len(specs):
             raise ValueError(f"{self.space} has {len(specs)} layers, genotype gives {len(self.ops)}")
         for spec, op in zip(specs, self.ops, strict=True):
-            if op not in spec.candidates:
+            if op not in spec.candidates + spec.legacy:
                 raise ValueError(f"{spec.name}: {op!r} is not one of {spec.candidates}")
         if self.input_shape is not None:
             self.input_shape = tuple(int(v) for v in self.input_shape)

@@ -30,7 +30,9 @@ class MBConv3D(nn.Module):
     """Mobile inverted bottleneck in 3D (docs/design.md, section 4).
 
     1x1x1 conv C -> eC, BN, ReLU6; depthwise k^3 conv, BN, ReLU6; 1x1x1 conv eC -> C', BN;
-    identity shortcut when input and output shapes match.
+    identity shortcut when input and output shapes match. With the shortcut, the last
+    BatchNorm starts at zero scale: the block starts as the identity, so a deep stack of
+    them trains from the start like a shallow one (and a supernet's candidates start equal).
     """
 
     def __init__(self, cin: int, cout: int, k: int, e: int, stride: int = 1) -> None:
@@ -40,6 +42,8 @@ class MBConv3D(nn.Module):
         self.depthwise = ConvBNAct(mid, mid, k, stride=stride, groups=mid)
         self.project = ConvBNAct(mid, cout, 1, act=False)
         self.residual = stride == 1 and cin == cout
+        if self.residual:
+            nn.init.zeros_(self.project[1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.project(self.depthwise(self.expand(x)))
@@ -60,6 +64,10 @@ def _conv(stride: int) -> Callable[[int, int, int], nn.Module]:
     return lambda cin, cout, _stride: ConvBNAct(cin, cout, 3, stride=stride)
 
 
+def _pointwise(cin: int, cout: int, _stride: int) -> nn.Module:
+    return ConvBNAct(cin, cout, 1)
+
+
 # name -> constructor(cin, cout, stride). Normal layers choose among MBCONV_CANDIDATES;
 # stem and calibration layers choose a stride (MedPipe) or have it fixed (CovidNet3D).
 OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
@@ -73,6 +81,7 @@ OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "skip": _skip,
     "conv_s1": _conv(1),
     "conv_s2": _conv(2),
+    "pw_s1": _pointwise,  # a calibration layer that only changes channels (1x1x1)
 }
 MBCONV_CANDIDATES = ("k3e3", "k3e4", "k3e6", "k5e3", "k5e4", "k7e3", "k7e4", "skip")
 STRIDE_CANDIDATES = ("conv_s1", "conv_s2")
@@ -93,6 +102,9 @@ class LayerSpec:
     cin: int
     cout: int
     candidates: tuple[str, ...]  # one entry: a fixed layer
+    # operations this layer had in earlier versions of its space: genotypes saved then
+    # still build with them; a search never draws them
+    legacy: tuple[str, ...] = ()
 
     @property
     def searchable(self) -> bool:

@@ -48,10 +48,19 @@ def layer_specs(space: str) -> list[LayerSpec]:
             return STRIDE_CANDIDATES
         return (f"conv_s{sd.strides[i]}",)
 
+    def calib_choice(i: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        # (candidates, legacy): a fixed stride-1 calibration layer only changes channels, a
+        # 1x1x1 convolution (the MBConv layers around it see the neighbourhood); before, it
+        # was a full 3^3 convolution (192 -> 320 channels: 1.66 M parameters against 62 k)
+        if sd.strides is not None and sd.strides[i] == 1:
+            return ("pw_s1",), ("conv_s1",)
+        return stride_choice(i), ()
+
     specs.append(LayerSpec("stem", "stem", -1, sd.stem_channels, stride_choice(0)))
     cin = sd.stem_channels
     for c, (cout, n) in enumerate(zip(sd.channels, sd.layers, strict=True), start=1):
-        specs.append(LayerSpec(f"cell{c}.calib", "calib", cin, cout, stride_choice(c)))
+        candidates, legacy = calib_choice(c)
+        specs.append(LayerSpec(f"cell{c}.calib", "calib", cin, cout, candidates, legacy))
         for j in range(1, n + 1):
             specs.append(LayerSpec(f"cell{c}.layer{j}", "normal", cout, cout, MBCONV_CANDIDATES))
         cin = cout

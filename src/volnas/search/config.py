@@ -18,7 +18,8 @@ class SearchConfig(TrainConfig):
     """A search run: TrainConfig (used for the retrain) plus the search's own settings."""
 
     SAVED_BEFORE_FIELD: ClassVar[dict[str, Any]] = {**TrainConfig.SAVED_BEFORE_FIELD,
-                                                    "aug_prior": "candidates"}
+                                                    "aug_prior": "candidates",
+                                                    "branch_gradient": False}
 
     model: str = "supernet"
     space: str = "covidnet3d-s"
@@ -36,10 +37,21 @@ class SearchConfig(TrainConfig):
     search_slices: int | None = None  # reduced resolution for the search (default: retrain's)
     search_size: tuple[int, int] | None = None
     weight_optimizer: Literal["adam", "sgd"] = "adam"
-    weight_lr: float = Field(3e-4, gt=0)  # MedPipe: Adam 3e-4 for the supernet weights
-    arch_lr: float = Field(1e-3, gt=0)  # both papers: Adam 1e-3 for the logits
+    # the supernet's weights train at the retrain's rate: at 3e-4 (the papers') each candidate,
+    # trained on a fraction of the steps, learns too little for the logits to see a difference
+    weight_lr: float = Field(1e-3, gt=0)
+    # Adam lr of the logits. None: arch_travel / (architecture steps of the search), so that
+    # a logit whose gradient keeps its sign moves by about arch_travel over the search,
+    # whatever the dataset size and search length; noise moves it by ~sqrt(steps) less
+    arch_lr: float | None = Field(None, gt=0)
+    arch_travel: float = Field(4.0, gt=0)
     arch_weight_decay: float = 1e-3
-    warmup_epochs: int = Field(0, ge=0)  # weight-only epochs before logits start to move
+    # epochs in which only the weights train, on paths drawn uniformly (the logits are still
+    # at their start), before the logits move. None: a third of search_epochs
+    warmup_epochs: int | None = Field(None, ge=0)
+    # in a layer that can be skipped, the straight-through weight scales what the candidate
+    # adds to its input (x + w (y - x)), not its whole output (w y): volnas.search.supernet
+    branch_gradient: bool = True
     tau_start: float = Field(5.0, gt=0)
     tau_end: float = Field(0.5, gt=0)
     tau_schedule: Literal["exp", "linear", "constant"] = "exp"
@@ -68,6 +80,20 @@ class SearchConfig(TrainConfig):
         if self.random_samples is not None:
             return self.random_samples
         return math.ceil(self.search_epochs / self.probe_epochs) + self.topk
+
+    @property
+    def warmup(self) -> int:
+        """Weight-only epochs at the start of the search."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return self.search_epochs // 3
+
+    def logit_lr(self, steps_per_epoch: int) -> float:
+        """The logits' Adam lr: arch_lr, or arch_travel spread over the architecture steps."""
+        if self.arch_lr is not None:
+            return self.arch_lr
+        steps = max(self.search_epochs - self.warmup, 1) * max(steps_per_epoch, 1)
+        return self.arch_travel / steps
 
     @property
     def aug_mode(self) -> str:

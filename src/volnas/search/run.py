@@ -265,7 +265,7 @@ def undecided_warning(decision: dict[str, dict[str, float]]) -> str | None:
     return ("the search has not decided: " + "; ".join(parts) + ". The exported choice is "
             "close to the start's argmax: a random draw from a uniform start, mostly no "
             "augmentation from aug_prior 'probability'; search "
-            "longer (--search-epochs) or with a larger logit step (arch_lr).")
+            "longer (--search-epochs) or with a larger logit travel (arch_travel in a --config YAML).")
 
 
 def decision_from_log(run_dir: Path, space: str, aug_mode: str | None) -> dict[str, dict[str, float]]:

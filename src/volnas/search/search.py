@@ -224,10 +224,12 @@ class SearchTrainer(Trainer):
         self.aug: AugmentSearch | None = getattr(model, "aug", None)
         # augmentation draws come from their own generator, identical on every rank
         self.aug_generator = torch.Generator()
-        groups = [{"params": self.supernet.arch_parameters(), "lr": search.arch_lr}]
+        # the logits' lr is set per epoch when it follows from the steps (SearchConfig.logit_lr)
+        groups = [{"params": self.supernet.arch_parameters(), "lr": search.logit_lr(1)}]
         if self.aug is not None:
             groups.append({"params": list(self.aug.parameters()),
-                           "lr": search.aug_lr or search.arch_lr})
+                           "lr": search.aug_lr or search.logit_lr(1)})
+        model.branch_gradient = search.branch_gradient
         # weight decay pulls each logit towards its start (the prior), not towards 0; for
         # a uniform start the two are the same, Adam's own L2 term, added in _apply_logit_grads
         self.arch_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999), weight_decay=0.0)
@@ -392,7 +394,7 @@ class SearchTrainer(Trainer):
         self._install_path()
         xw = to_device(xw, self.device, self.channels_last)
         yw = yw.to(self.device)
-        if self.epoch >= self.search.warmup_epochs:
+        if self.epoch >= self.search.warmup:
             xa = to_device(xa, self.device, self.channels_last)
             ya = ya.to(self.device)
             if self.search.objective == "unrolled" and self.aug is not None:
@@ -432,6 +434,10 @@ class SearchTrainer(Trainer):
     def train_epoch(self, loader: Any, epoch: int, total: int | None = None) -> dict[str, float]:
         self.steps_per_epoch = total or 1
         self.step_in_epoch = 0
+        lr = self.search.logit_lr(self.steps_per_epoch)
+        self.arch_optimizer.param_groups[0]["lr"] = lr
+        if self.aug is not None:
+            self.arch_optimizer.param_groups[1]["lr"] = self.search.aug_lr or lr
         return super().train_epoch(loader, epoch, total)
 
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:

@@ -29,13 +29,23 @@ class ChoiceLayer(nn.Module):
         self.names = names
         self.index = 0
         self.weight: Tensor | None = None  # one-hot with straight-through gradient
+        self.branch_gradient = True  # weight what a candidate adds to a skippable layer's input
+        self.skippable = "skip" in names
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.candidates[self.index](x)
+        op = self.candidates[self.index]
         if self.weight is None:
-            return y
-        # The weight is exactly 1.0 in value: the output is unchanged, the logits get a gradient.
-        return y * self.weight[self.index].to(y.dtype)
+            return op(x)
+        # The weight is exactly 1.0 in value: the output is unchanged, the logits get a
+        # gradient. In a layer that can be skipped, the weight scales what the candidate adds
+        # to its input (y - x: an MBConv's branch), so the gradient measures each candidate
+        # against skip, which adds nothing (a sampled skip moves no logit); weighting the
+        # whole output would add the input's candidate-independent share to every gradient.
+        w = self.weight[self.index]
+        y = op(x)
+        if self.branch_gradient and self.skippable:
+            return y + (w - w.detach()).to(y.dtype) * (y - x)
+        return y * w.to(y.dtype)
 
 
 class SuperNet(nn.Module):
@@ -79,6 +89,17 @@ class SuperNet(nn.Module):
         self._max_cost = math.inf
         if stride_budget is not None and len(self._stride_rows) == len(REFERENCE_STRIDES):
             self._max_cost = stride_budget * self.stride_cost(REFERENCE_STRIDES)
+
+    @property
+    def branch_gradient(self) -> bool:
+        """Whether the straight-through weight scales only what a candidate of a skippable
+        layer adds to its input."""
+        return all(layer.branch_gradient for layer in self.choice_layers)
+
+    @branch_gradient.setter
+    def branch_gradient(self, value: bool) -> None:
+        for layer in self.choice_layers:
+            layer.branch_gradient = value
 
     @property
     def choice_layers(self) -> list[ChoiceLayer]:
