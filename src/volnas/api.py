@@ -28,7 +28,7 @@ from torch import nn
 
 from volnas.core.markup import make_console
 from volnas.deploy.bundle import Bundle, export_bundle, load_bundle
-from volnas.deploy.ensemble import Ensemble, evaluate_ensemble, load_any
+from volnas.deploy.ensemble import Ensemble, evaluate_ensemble, load_any, search_ensemble
 from volnas.deploy.predict import predict_scans
 from volnas.explain.api import explain_scans
 from volnas.models.genotype import Genotype
@@ -88,10 +88,15 @@ def train(settings: Settings, out: str | Path, *, resume: bool = False,
 
 def search(settings: Settings, out: str | Path, *, resume: bool = False,
            quiet: bool = False) -> dict[str, Any]:
-    """Search, probe the top-k, retrain the best, test once; what ``result.json`` holds."""
+    """Search, probe the top-k, retrain the best, test once; what ``result.json`` holds.
+    With ``ensemble`` K > 1 in the settings the K best probed architectures are retrained
+    and ``["ensemble"]`` holds their ensemble's test metrics (``OUT/ensemble/``)."""
     cfg, given = _config(settings, SearchConfig)
-    return run_search(cfg, Path(out), resume=resume, given=given if resume else None,
-                      console=make_console(quiet=quiet))
+    console = make_console(quiet=quiet)
+    result = run_search(cfg, Path(out), resume=resume, given=given if resume else None,
+                        console=console)
+    ensemble_metrics = search_ensemble(Path(out), result, console=console)
+    return result if ensemble_metrics is None else result | {"ensemble": ensemble_metrics}
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",

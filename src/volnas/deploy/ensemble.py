@@ -615,6 +615,35 @@ def load_ensemble(folder: Path) -> Ensemble:
                     first.preprocess, flag_spread, flag_entropy, metrics, m)
 
 
+SEARCH_EVALUATION = "evaluation"
+SEARCH_BUNDLE = "bundle"
+
+
+def search_ensemble(run_dir: Path, result: dict[str, Any],
+                    console: Console | None = None) -> dict[str, Any] | None:
+    """After ``volnas search --ensemble K``: the ensemble of the retrained members that
+    ``result`` (the search's result) lists, evaluated on the test split into
+    RUN_DIR/ensemble/evaluation and exported to RUN_DIR/ensemble/bundle. None when there
+    are fewer than two members (and on ranks other than 0 under torchrun). Idempotent: a finished evaluation is read back (a resumed
+    search does not evaluate again) and only a missing bundle is written."""
+    from volnas.core.distributed import info as dist_info
+    from volnas.search.evaluation import ENSEMBLE_DIR
+
+    members = [Path(run_dir) / m for m in result.get("ensemble_members") or []]
+    if len(members) < 2 or not dist_info().is_main:
+        return None
+    folder = Path(run_dir) / ENSEMBLE_DIR
+    out, bundle = folder / SEARCH_EVALUATION, folder / SEARCH_BUNDLE
+    if (out / "metrics.json").is_file():
+        metrics = json.loads((out / "metrics.json").read_text())
+        if not (bundle / "bundle.json").is_file():
+            export_ensemble(load_members(members), bundle, metrics=metrics,
+                            flag_spread=metrics["review"]["flag_spread"],
+                            flag_entropy=metrics["review"]["flag_entropy"])
+        return metrics | {"evaluation_dir": str(out), "bundle": str(bundle)}
+    return evaluate_ensemble(members, out, export=bundle, console=console)
+
+
 def load_any(folder: Path) -> Bundle | Ensemble:
     """A verified bundle or ensemble bundle, whichever FOLDER holds."""
     return load_ensemble(folder) if is_ensemble_bundle(folder) else load_bundle(folder)
@@ -623,4 +652,4 @@ def load_any(folder: Path) -> Bundle | Ensemble:
 __all__ = ["FLAG_ENTROPY", "FLAG_SPREAD", "Ensemble", "EnsembleError", "Member",
            "check_compatible", "evaluate_ensemble", "export_ensemble", "is_ensemble_bundle",
            "load_any", "load_ensemble", "load_member", "load_members", "mean_probabilities",
-           "normalised_entropy", "review_flags", "spread", "uncertainty"]
+           "normalised_entropy", "review_flags", "search_ensemble", "spread", "uncertainty"]
