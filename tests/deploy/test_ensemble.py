@@ -22,7 +22,7 @@ from volnas.core.files import load_tensors, save_tensors, sha256_file
 from volnas.data.index import build_index
 from volnas.data.manifest import write_manifest
 from volnas.data.synth import synthesize
-from volnas.deploy.bundle import BundleError, load_bundle
+from volnas.deploy.bundle import BundleError, content_digest, load_bundle
 from volnas.deploy.ensemble import (
     EnsembleError,
     load_ensemble,
@@ -311,6 +311,19 @@ def test_explain_averages_normalised_member_maps(runs, tmp_path: Path) -> None:
 def test_modified_member_is_refused(runs, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     vn.ensemble([runs["a"], runs["b"]], tmp_path / "ens", export=bundle, quiet=True)
+    # bundle.json edited: caught by its content hash; re-stamped: by what the members say
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    for change, restamp, message in (({"review": {"flag_spread": 0.5, "flag_entropy": 1.0}},
+                                      False, "content differs"),
+                                     ({"classes": ["normal", "covid"]}, True,
+                                      "classes is .* but the members say")):
+        edited = shutil.copytree(bundle, tmp_path / f"edited-{restamp}")
+        m = manifest | change
+        if restamp:
+            m["content_sha256"] = content_digest(m)
+        (edited / "bundle.json").write_text(json.dumps(m))
+        with pytest.raises(EnsembleError, match=message):
+            load_ensemble(edited)
     weights = bundle / "members" / "01" / "model.safetensors"
     tensors = load_tensors(weights)
     key = next(iter(tensors))

@@ -560,7 +560,9 @@ def load_ensemble(folder: Path) -> Ensemble:
     files = m.get("files") or {}
     for name, digest in files.items():
         p = folder / str(name)
-        if Path(str(name)).name != name or not p.is_file():
+        if Path(str(name)).name != name:
+            raise EnsembleError(f"{path}: bad file name {name!r}")
+        if not p.is_file():
             raise EnsembleError(f"{p}: listed in bundle.json but missing")
         if sha256_file(p) != digest:
             raise EnsembleError(f"{p}: sha256 differs from bundle.json; the file was modified "
