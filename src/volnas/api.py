@@ -10,6 +10,7 @@
     bundle = vn.export("runs/r18", "models/r18")
     rows = vn.predict(bundle, ["scan.nii.gz", "dicom_series/"])
     vn.explain("models/r18", ["scan.nii.gz"], "expl")
+    metrics = vn.ensemble(["runs/a", "runs/b", "runs/c"], "ens", export="models/ens")
 
 Settings are the command line's (``volnas train --help``), as a mapping with the config
 field names (``epochs``, ``batch_size``, ``slices``, ``size``...; preprocessing keys may
@@ -27,6 +28,7 @@ from torch import nn
 
 from volnas.core.markup import make_console
 from volnas.deploy.bundle import Bundle, export_bundle, load_bundle
+from volnas.deploy.ensemble import Ensemble, evaluate_ensemble, load_any, search_ensemble
 from volnas.deploy.predict import predict_scans
 from volnas.explain.api import explain_scans
 from volnas.models.genotype import Genotype
@@ -39,9 +41,9 @@ from volnas.training.evaluate import evaluate_run
 from volnas.training.run import run_training
 from volnas.training.rundir import RunDirError
 
-__all__ = ["Bundle", "PredictionError", "RunDirError", "SearchConfig", "TrainConfig", "create_model",
-           "evaluate", "explain", "export", "list_models", "load_bundle", "predict", "search",
-           "train"]
+__all__ = ["Bundle", "Ensemble", "PredictionError", "RunDirError", "SearchConfig", "TrainConfig",
+           "create_model", "ensemble", "evaluate", "explain", "export", "list_models",
+           "load_bundle", "predict", "search", "train"]
 
 C = TypeVar("C", bound=TrainConfig)
 Settings = Mapping[str, Any] | TrainConfig | str | Path
@@ -86,10 +88,15 @@ def train(settings: Settings, out: str | Path, *, resume: bool = False,
 
 def search(settings: Settings, out: str | Path, *, resume: bool = False,
            quiet: bool = False) -> dict[str, Any]:
-    """Search, probe the top-k, retrain the best, test once; what ``result.json`` holds."""
+    """Search, probe the top-k, retrain the best, test once; what ``result.json`` holds.
+    With ``ensemble`` K > 1 in the settings the K best probed architectures are retrained
+    and ``["ensemble"]`` holds their ensemble's test metrics (``OUT/ensemble/``)."""
     cfg, given = _config(settings, SearchConfig)
-    return run_search(cfg, Path(out), resume=resume, given=given if resume else None,
-                      console=make_console(quiet=quiet))
+    console = make_console(quiet=quiet)
+    result = run_search(cfg, Path(out), resume=resume, given=given if resume else None,
+                        console=console)
+    ensemble_metrics = search_ensemble(Path(out), result, console=console)
+    return result if ensemble_metrics is None else result | {"ensemble": ensemble_metrics}
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
@@ -112,16 +119,33 @@ def export(run_dir: str | Path, out: str | Path, *, onnx: bool = False) -> Bundl
     return load_bundle(export_bundle(Path(run_dir), Path(out), onnx=onnx))
 
 
-def predict(bundle: Bundle | str | Path, scans: Sequence[str | Path], *, batch_size: int = 4,
-            device: str = "auto", tta: str | None = None,
-            strict: bool = True) -> list[dict[str, Any]]:
+def ensemble(members: Sequence[str | Path], out: str | Path, *, data: str | Path | None = None,
+             split: str = "test", export: str | Path | None = None,
+             flag_spread: float | None = None, flag_entropy: float | None = None,
+             device: str = "auto", quiet: bool = False) -> dict[str, Any]:
+    """Evaluate the ensemble of several runs or bundles (the mean of their calibrated
+    probabilities) on a split, into ``out`` (never overwritten); ``export``: also write an
+    ensemble bundle that :func:`predict` and :func:`explain` accept. The metrics."""
+    return evaluate_ensemble([Path(m) for m in members], Path(out),
+                             data=None if data is None else str(data), split=split,
+                             export=None if export is None else Path(export),
+                             flag_spread=flag_spread, flag_entropy=flag_entropy, device=device,
+                             console=make_console(quiet=quiet))
+
+
+def predict(bundle: Bundle | Ensemble | str | Path, scans: Sequence[str | Path], *,
+            batch_size: int = 4, device: str = "auto", tta: str | None = None,
+            strict: bool = True, flag_spread: float | None = None,
+            flag_entropy: float | None = None) -> list[dict[str, Any]]:
     """One dict per scan: ``predicted``, ``probability``, ``probabilities`` per class,
-    ``warning`` (``tta``: the bundle's test-time augmentation unless given). A scan that
-    cannot be read raises :class:`PredictionError` (with every
+    ``warning`` (``tta``: the bundle's test-time augmentation unless given); with an
+    ensemble bundle also ``spread``, ``entropy`` and ``review`` (thresholds: the bundle's
+    unless given). A scan that cannot be read raises :class:`PredictionError` (with every
     failure listed) unless ``strict=False``, which returns the predicted ones."""
-    b = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
+    b = bundle if isinstance(bundle, Bundle | Ensemble) else load_any(Path(bundle))
     rows, failures = predict_scans(b, [str(s) for s in scans], console=make_console(quiet=True),
-                                   batch_size=batch_size, device=device, tta=tta)
+                                   batch_size=batch_size, device=device, tta=tta,
+                                   flag_spread=flag_spread, flag_entropy=flag_entropy)
     if failures and strict:
         raise PredictionError(failures, rows)
     return rows

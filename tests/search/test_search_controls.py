@@ -358,3 +358,30 @@ def test_space_ceiling_members_build_with_their_sizes(tmp_path: Path) -> None:
     assert mbv2.ops[0] == "conv_s1" and mbv2.ops[-2] == "conv_s1"  # MedPipe's strides
     size = {p.stem: n for p, n in sizes.items()}
     assert size["covidnet3d-s-all-k3e6"] > size["covidnet3d-s-all-k5e4"] > size["covidnet3d-s-mbv2-like"]
+
+
+def test_search_ensemble_retrains_the_top_k(tmp_path: Path, tiny_space: str) -> None:
+    """--ensemble 2: the second-best probe is retrained beside final/, and their ensemble
+    is evaluated on the test split and exported; a resumed search reads it back."""
+    data = _write_npz(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["search", "--data", str(data), "--space", tiny_space,
+                                   "--out", str(out), *RANDOM, "--ensemble", "2"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    result = json.loads((out / "result.json").read_text())
+    assert result["ensemble_members"] == ["final", "ensemble/member02"]
+    ranked = sorted(result["probes"], key=lambda p: -p["probe_score"])
+    second = json.loads((out / "ensemble" / "member02" / "genotype.json").read_text())
+    assert second["genotype"] == ranked[1]["genotype"] != result["genotype"]
+    assert (out / "ensemble" / "member02" / "metrics.json").is_file()
+    record = json.loads((out / "ensemble" / "evaluation" / "ensemble.json").read_text())
+    assert [m["path"] for m in record["members"]] == [
+        str((out / "final").resolve()), str((out / "ensemble" / "member02").resolve())]
+    metrics = json.loads((out / "ensemble" / "evaluation" / "metrics.json").read_text())
+    assert metrics["n_members"] == 2 and metrics["split"] == "test" and metrics["n_scans"] == 6
+    bundle = json.loads((out / "ensemble" / "bundle" / "bundle.json").read_text())
+    assert bundle["kind"] == "ensemble" and len(bundle["members"]) == 2
+    assert "ensemble of 2: test acc" in "".join(res.output.split("\n"))
+    again = CliRunner().invoke(app, ["search", "--out", str(out), "--resume"])
+    assert again.exit_code == 0, again.output + repr(again.exception)
+    assert json.loads((out / "ensemble" / "evaluation" / "metrics.json").read_text()) == metrics

@@ -77,6 +77,24 @@ TTAChoice = _choices("tta", TrainConfig)  # none | flips | auto (chosen on valid
 TTA = Literal[TTA_MODES]  # type: ignore[valid-type]  # a fixed mode, for evaluate and predict
 
 
+def metrics_table(metrics: dict[str, Any], split: str, title: str = "") -> Any:
+    """A rich table of a split's metrics, each with its bootstrap interval when it has one."""
+    from rich.table import Table
+
+    ci = metrics.get("ci") or {}
+    level = metrics.get("ci_level")
+    table = Table(title=f"{title}{metrics.get('split', split)}: {metrics['n_scans']} scans"
+                  + (f", {level:.0%} interval over resampled patients" if ci else ""))
+    for col in ("metric", "value", "interval"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "f1_weighted", "auc"):
+        value = metrics.get(key) if key != "f1_weighted" else (metrics.get("weighted") or {}).get("f1")
+        lo_hi = ci.get(key)
+        table.add_row(key, "n/a" if value is None else f"{value:.4f}",
+                      "" if not lo_hi or None in lo_hi else f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]")
+    return table
+
+
 def start_run(run: Callable[..., dict[str, Any]], cls: type[TrainConfig], config: Path | None,
               overrides: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
     """``run(cfg, out, resume=, given=, console=)`` with settings from ``--config`` and the

@@ -1,4 +1,4 @@
-"""``volnas export``, ``volnas predict`` and ``volnas benchmark``."""
+"""``volnas export``, ``volnas ensemble``, ``volnas predict`` and ``volnas benchmark``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from volnas.cli.common import TTA, console, err_console, fail, optional_shape
+from volnas.cli.common import (
+    TTA,
+    Split,
+    console,
+    err_console,
+    fail,
+    metrics_table,
+    optional_shape,
+)
 from volnas.core.markup import esc, print_warning
+from volnas.deploy.ensemble import FLAG_ENTROPY, FLAG_SPREAD
 
 if TYPE_CHECKING:
     from volnas.deploy.bundle import Bundle
+    from volnas.deploy.ensemble import Ensemble
     from volnas.deploy.predict import Failure
 
+FLAG_SPREAD_HELP = ("Ensembles: flag a scan for review when the std over members of the "
+                    "predicted class's probability exceeds this")
+FLAG_ENTROPY_HELP = ("Ensembles: flag a scan for review when the entropy of its probabilities "
+                     "/ log K exceeds this")
 
 
 def export_cmd(
@@ -48,8 +62,68 @@ def export_cmd(
         + (", model.onnx" if (m.get("onnx") or {}).get("file") else "") + ")")
 
 
+def ensemble_cmd(
+    members: list[Path] = typer.Argument(
+        ..., help="Two or more finished runs (or search folders) or bundles; an ensemble "
+        "bundle adds all of its members."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Evaluation folder (must not exist or be empty)."),
+    data: str = typer.Option(None, "--data", help="Manifest/npz (default: the members' data)."),
+    split: Split = typer.Option("test", "--split", help="Which split of the data."),
+    export: Path = typer.Option(None, "--export",
+                                help="Also write an ensemble bundle here (for predict, explain)."),
+    flag_spread: float = typer.Option(None, "--flag-spread", help=f"{FLAG_SPREAD_HELP} [{FLAG_SPREAD}]."),
+    flag_entropy: float = typer.Option(None, "--flag-entropy", help=f"{FLAG_ENTROPY_HELP} [{FLAG_ENTROPY}]."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+) -> None:
+    """Average the calibrated probabilities of several networks and evaluate them like a run.
+
+    Each member keeps its own test-time augmentation and temperature. Writes metrics.json
+    (with patient-bootstrap intervals), the predictions with spread, entropy and review
+    flag, plots and ensemble.json; --export also writes an ensemble bundle.
+    """
+    import warnings
+
+    from volnas.data.volume import DataError
+    from volnas.deploy.bundle import BundleError
+    from volnas.deploy.ensemble import evaluate_ensemble
+    from volnas.training.rundir import RunDirError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metrics = evaluate_ensemble(list(members), out, data=data, split=split,
+                                        export=export, flag_spread=flag_spread,
+                                        flag_entropy=flag_entropy, device=device,
+                                        console=console)
+    except (BundleError, DataError, RunDirError, ValueError, FileNotFoundError) as e:
+        fail(e)
+    for w in caught:
+        print_warning(err_console, w.message)
+    members_table = Table(title=f"{len(metrics['members'])} members on {metrics['split']}")
+    for col in ("member", "tta", "temperature", "accuracy", "f1", "auc", "ECE"):
+        members_table.add_column(col, justify="left" if col == "member" else "right")
+    for m in metrics["members"]:
+        t = m.get("temperature")
+        members_table.add_row(esc(m["path"]), esc(m["tta"]), "none" if t is None else f"{t:.3f}",
+                              *["n/a" if m.get(k) is None else f"{m[k]:.4f}"
+                                for k in ("accuracy", "f1", "auc", "ece_calibrated")])
+    console.print(members_table)
+    console.print(metrics_table(metrics, split, title="ensemble, "))
+    cal, review = metrics["calibration"], metrics["review"]
+    console.print(f"ECE {cal['ece_calibrated']:.4f}, Brier {cal['brier_calibrated']:.4f} (members "
+                  f"uncalibrated, averaged: ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f})")
+    console.print(f"review: {review['n_flagged']} of {review['n_scans']} scans flagged (spread > "
+                  f"{review['flag_spread']:g} or entropy > {review['flag_entropy']:g})")
+    console.print(f"evaluation: {esc(metrics['evaluation_dir'])}", soft_wrap=True)
+    if export is not None:
+        console.print(f"ensemble bundle: {esc(export)}", soft_wrap=True)
+
+
 def predict_cmd(
-    model_dir: Path = typer.Argument(..., help="A bundle folder from `volnas export`."),
+    model_dir: Path = typer.Argument(
+        ..., help="A bundle folder from `volnas export` (or an ensemble bundle from "
+        "`volnas ensemble --export`)."),
     scans: list[str] = typer.Argument(
         ..., help="DICOM series folder, NIfTI file, slice folder, file.npz#split/i, a manifest "
         "CSV (all its scans), MANIFEST.csv#scan_id, or a MedMNIST .npz."),
@@ -62,9 +136,17 @@ def predict_cmd(
     tta: TTA = typer.Option(
         None, "--tta", help="Test-time augmentation, overriding the bundle's choice made on "
         "validation (flips: 4x inference) [the bundle's]."),
+    flag_spread: float = typer.Option(None, "--flag-spread", help=FLAG_SPREAD_HELP
+                                      + " [the ensemble bundle's]."),
+    flag_entropy: float = typer.Option(None, "--flag-entropy", help=FLAG_ENTROPY_HELP
+                                       + " [the ensemble bundle's]."),
 ) -> None:
-    """Classify scans with a bundle; exit code 1 when some scan could not be predicted."""
-    from volnas.deploy.bundle import BundleError, load_bundle
+    """Classify scans with a bundle; exit code 1 when some scan could not be predicted.
+
+    With an ensemble bundle each scan also gets its ensemble spread, normalised entropy and
+    a review flag."""
+    from volnas.deploy.bundle import BundleError
+    from volnas.deploy.ensemble import Ensemble, load_any
     from volnas.deploy.predict import INTENSITY_CHECK_UNAVAILABLE, predict_scans, write_predictions
 
     if out is not None:
@@ -79,30 +161,45 @@ def predict_cmd(
 
         explain_dir = next_free(Path.cwd(), "explain")
     try:
-        bundle = load_bundle(model_dir)
+        bundle = load_any(model_dir)
+        ensemble = isinstance(bundle, Ensemble)
+        if not ensemble and (flag_spread is not None or flag_entropy is not None):
+            raise ValueError("--flag-spread and --flag-entropy need an ensemble bundle")
         rows, failures = predict_scans(bundle, scans, console=console,
-                                       batch_size=batch_size, device=device, tta=tta)
+                                       batch_size=batch_size, device=device, tta=tta,
+                                       flag_spread=flag_spread, flag_entropy=flag_entropy)
         if explain and rows:
             failures += explain_predicted(bundle, [r["arg"] for r in rows], explain_dir, console)
     except (BundleError, ValueError, FileNotFoundError) as e:
         fail(e)
     table = Table(title=f"{len(rows)} scan(s), bundle {esc(str(model_dir))}")
     labelled = any(r["label"] for r in rows)
+    extra = ["spread", "entropy", "review"] if ensemble else []
     for col in ("scan", *(["label"] if labelled else []), "predicted",
-                *[f"p({c})" for c in bundle.classes]):
-        table.add_column(esc(col), justify="right" if col.startswith("p(") else "left")
+                *[f"p({c})" for c in bundle.classes], *extra):
+        table.add_column(esc(col), justify="right" if col.startswith("p(") or col in extra[:2]
+                         else "left")
     for r in rows:
         table.add_row(esc(r["scan"]), *([esc(r["label"] or "")] if labelled else []),
                       esc(r["predicted"]),
-                      *[f"{r['probabilities'][c]:.4f}" for c in bundle.classes])
+                      *[f"{r['probabilities'][c]:.4f}" for c in bundle.classes],
+                      *([f"{r['spread']:.3f}", f"{r['entropy']:.3f}",
+                         "REVIEW" if r["review"] else ""] if ensemble else []))
     console.print(table)
+    if ensemble and rows:
+        s_flag = bundle.flag_spread if flag_spread is None else flag_spread
+        h_flag = bundle.flag_entropy if flag_entropy is None else flag_entropy
+        console.print(f"{sum(r['review'] for r in rows)} of {len(rows)} scan(s) flagged for "
+                      f"review (spread > {s_flag:g} or entropy > {h_flag:g})")
     if bundle.intensity_reference is None:
         err_console.print(f"note: intensity check {esc(INTENSITY_CHECK_UNAVAILABLE)}", soft_wrap=True)
     for r in rows:
         if r["warning"]:
             print_warning(err_console, f"{r['path']}: {r['warning']}")
     if out is not None:
-        write_predictions(out, rows, failures, bundle)
+        write_predictions(out, rows, failures, bundle, flags=(
+            bundle.flag_spread if flag_spread is None else flag_spread,
+            bundle.flag_entropy if flag_entropy is None else flag_entropy) if ensemble else None)
         console.print(f"predictions: {esc(out)}")
     if failures:
         err_console.print(f"[red]{len(failures)} could not be predicted:[/]")
@@ -156,7 +253,7 @@ def benchmark_cmd(
 
 
 def explain_predicted(
-    bundle: Bundle, scans: list[str], out: Path, console: Console
+    bundle: Bundle | Ensemble, scans: list[str], out: Path, console: Console
 ) -> list[Failure]:
     """Explanations (montage, heatmap NIfTI, JSON) of the predicted ``scans`` in ``out``;
     returns the failure, if any, instead of raising: the predictions stand."""

@@ -10,7 +10,8 @@ from volnas.cli.common import console, fail
 
 
 def explain_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished training run folder."),
+    run_dir: Path = typer.Argument(..., help="A finished training run folder, a bundle, or an "
+                                   "ensemble bundle (the members' maps averaged)."),
     scans: list[str] = typer.Argument(
         ..., help="DICOM series folder, NIfTI file, slice folder, file.npz#split/i, "
         "or a manifest row MANIFEST.csv#scan_id."),

@@ -1,6 +1,6 @@
 """``volnas``: one command, a sub-command per stage of the pipeline.
 
-data (synth, index) -> models -> train / evaluate -> search / genotype -> export / predict
+data (synth, index) -> models -> train / evaluate -> search / genotype -> export / ensemble / predict
 -> explain -> benchmark; ``demo`` runs the main job on built-in data.
 """
 
@@ -10,7 +10,7 @@ import typer
 
 from volnas.cli.data_cmds import data_app
 from volnas.cli.demo import demo_cmd
-from volnas.cli.deploy_cmds import benchmark_cmd, export_cmd, predict_cmd
+from volnas.cli.deploy_cmds import benchmark_cmd, ensemble_cmd, export_cmd, predict_cmd
 from volnas.cli.explain_cmd import explain_cmd
 from volnas.cli.search_cmds import genotype_app, search_cmd
 from volnas.cli.train_cmds import evaluate_cmd, models_cmd, train_cmd
@@ -29,6 +29,7 @@ app.command("evaluate")(evaluate_cmd)
 app.command("search")(search_cmd)
 app.add_typer(genotype_app, name="genotype")
 app.command("export")(export_cmd)
+app.command("ensemble")(ensemble_cmd)
 app.command("predict")(predict_cmd)
 app.command("explain")(explain_cmd)
 app.command("benchmark")(benchmark_cmd)

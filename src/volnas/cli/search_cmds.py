@@ -20,6 +20,7 @@ from volnas.cli.common import (
     optional_shape,
     start_run,
 )
+from volnas.core.distributed import info as dist_info
 from volnas.core.markup import esc
 from volnas.search.config import SearchConfig
 
@@ -95,6 +96,9 @@ def search_cmd(
     tta: TTAChoice = typer.Option(
         None, "--tta", help="Test-time augmentation of the retrained network: none | flips | auto "
         f"(flips only if better on validation) {default('tta')}."),
+    ensemble: int = typer.Option(
+        None, "--ensemble", min=1, help="Retrain the K best probed architectures and evaluate "
+        f"and export their ensemble (ensemble/evaluation, ensemble/bundle) {default('ensemble')}."),
 ) -> None:
     """Search (differentiable single-path, or random), probe, retrain the best, test once.
 
@@ -114,11 +118,25 @@ def search_cmd(
         "cost_weight": cost_weight, "seed": seed, "device": device,
         "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,
         "fixed_genotype": fixed_genotype, "class_weight": class_weight, "tta": tta,
+        "ensemble": ensemble,
     }
     result = start_run(run_search, SearchConfig, config, overrides, out, resume)
     t = result["test"]
     console.print(f"searched {esc(result['genotype'])}\ntest: acc {t['accuracy']:.4f}, "
                   f"f1 {t['f1']:.4f}; run folder {esc(out)}")
+    if len(result.get("ensemble_members") or []) > 1 and dist_info().is_main:
+        from volnas.deploy.bundle import BundleError
+        from volnas.deploy.ensemble import search_ensemble
+
+        try:
+            e = search_ensemble(out, result, console=console)
+        except (BundleError, ValueError, FileNotFoundError) as err:
+            fail(err)
+        assert e is not None
+        auc = "n/a" if e.get("auc") is None else f"{e['auc']:.4f}"
+        console.print(f"ensemble of {e['n_members']}: test acc {e['accuracy']:.4f}, f1 "
+                      f"{e['f1']:.4f}, auc {auc}; {esc(e['evaluation_dir'])}, bundle "
+                      f"{esc(e['bundle'])}", soft_wrap=True)
 
 
 @genotype_app.command("show")

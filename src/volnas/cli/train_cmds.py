@@ -15,6 +15,7 @@ from volnas.cli.common import (
     console,
     default,
     fail,
+    metrics_table,
     optional_shape,
     parse_shape,
     start_run,
@@ -124,17 +125,7 @@ def evaluate_cmd(
                                bundle_verified=is_bundle, tta=tta)
     except (DataError, RunDirError, ValueError, FileNotFoundError) as e:
         fail(e)
-    ci = metrics.get("ci") or {}
-    level = metrics.get("ci_level")
-    table = Table(title=f"{metrics.get('split', split)}: {metrics['n_scans']} scans"
-                  + (f", {level:.0%} interval over resampled patients" if ci else ""))
-    for col in ("metric", "value", "interval"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "f1_weighted", "auc"):
-        value = metrics.get(key) if key != "f1_weighted" else (metrics.get("weighted") or {}).get("f1")
-        lo_hi = ci.get(key)
-        table.add_row(key, "n/a" if value is None else f"{value:.4f}",
-                      "" if not lo_hi or None in lo_hi else f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]")
+    table = metrics_table(metrics, split)
     cal = metrics.get("calibration") or {}
     console.print(table)
     if cal.get("temperature") is not None:

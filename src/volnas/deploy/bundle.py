@@ -365,6 +365,11 @@ def load_bundle(model_dir: Path) -> Bundle:
         raise BundleError(f"{manifest_path}: not valid JSON ({e})") from e
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BundleError(f"{manifest_path}: not a volnas bundle manifest (format != {FORMAT!r})")
+    if m.get("kind", "model") != "model":
+        raise BundleError(f"{manifest_path}: a bundle of kind {m.get('kind')!r} (several "
+                          "networks); `volnas predict` and `volnas explain` open it, and "
+                          "`volnas ensemble` re-evaluates it (volnas.deploy.ensemble."
+                          "load_ensemble from Python)")
     version = m.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BundleError(f"{manifest_path}: bundle format version {version!r} is not supported "

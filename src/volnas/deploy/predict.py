@@ -30,6 +30,12 @@ from volnas.data.readers import read_scan
 from volnas.data.scans import resolve_scans
 from volnas.data.volume import DataError
 from volnas.deploy.bundle import Bundle
+from volnas.deploy.ensemble import (
+    Ensemble,
+    check_flags,
+    mean_probabilities,
+    uncertainty,
+)
 from volnas.deploy.intensity import check, describe, scan_stats
 from volnas.training.device import autocast, prepare_model, resolve_device, to_device
 from volnas.training.metrics import apply_temperature
@@ -43,6 +49,10 @@ INTENSITY_CHECK_UNAVAILABLE = (
 CALIBRATED = ("calibrated: softmax(log p / temperature), temperature fitted on the training "
               "run's validation split; probabilities_raw are the model's own")
 UNCALIBRATED = "uncalibrated: the bundle has no temperature (exported before volnas calibrated)"
+ENSEMBLE = ("the mean of the members' calibrated probabilities (each member's test-time "
+            "augmentation, then its temperature); probabilities_raw: the mean of their own")
+REVIEW = ("review: spread (std over members of the predicted class's probability) above "
+          "flag_spread, or entropy / log K above flag_entropy")
 
 
 @dataclass
@@ -90,13 +100,15 @@ def failure_from(name: str, path: str, e: BaseException) -> Failure:
 
 
 def predict_scans(
-    bundle: Bundle,
+    bundle: Bundle | Ensemble,
     scans: Sequence[str | Path],
     console: Console | None = None,
     *,
     batch_size: int = 4,
     device: str = "auto",
     tta: str | None = None,
+    flag_spread: float | None = None,
+    flag_entropy: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
     """Class probabilities of every scan; unreadable scans are returned, not raised.
 
@@ -106,55 +118,86 @@ def predict_scans(
     with the bundle's training statistics (when it has them).
 
     Args:
-        bundle: from :func:`volnas.deploy.bundle.load_bundle`.
+        bundle: from :func:`volnas.deploy.bundle.load_bundle`, or an ensemble from
+            :func:`volnas.deploy.ensemble.load_ensemble`.
         scans: SCAN arguments (module docstring).
         console: where the progress bar goes (None: a default console).
         batch_size: scans per forward pass.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         tta: test-time augmentation (:mod:`volnas.training.tta`); None: the bundle's
-            choice (made on the training run's validation split). Applied to the model's
-            probabilities before the temperature.
+            choice (made on the training run's validation split; in an ensemble, each
+            member's own). Applied to the model's probabilities before the temperature.
+        flag_spread, flag_entropy: an ensemble's review thresholds (None: those stored in
+            the ensemble bundle).
 
     Returns:
         ``(rows, failures)``: one row per predicted scan, in input order, with ``scan``,
         ``path``, ``label``, ``predicted``, ``probability``, ``probabilities`` per class
         (calibrated by the bundle's temperature, when it has one), ``probabilities_raw``
         (the model's own softmax, averaged over the TTA views), ``temperature``, ``tta``
-        and ``warning`` (None, or why the scan
-        looks unlike the training scans).
+        and ``warning`` (None, or why the scan looks unlike the training scans). For an
+        ensemble, ``probabilities`` is the mean of the members' calibrated probabilities,
+        ``probabilities_raw`` the mean of their own, ``temperature`` and ``tta`` list each
+        member's, and the row adds ``spread``, ``entropy``, ``review`` and ``members``
+        (each member's calibrated probabilities); see :mod:`volnas.deploy.ensemble`.
     """
     console = console or make_console()
     items, failures = expand_scans(scans)
     dev = resolve_device(device)
-    model = prepare_model(bundle.model, dev, bundle.channels_last).eval()
-    amp = bundle.amp and dev.type == "cuda"
+    ensemble = isinstance(bundle, Ensemble)
+    members = bundle.members if isinstance(bundle, Ensemble) else [bundle]
+    nets = [prepare_model(b.model, dev, b.channels_last).eval() for b in members]
+    modes = [check_mode(b.tta if tta is None else tta, "--tta") for b in members]
+    if isinstance(bundle, Ensemble):
+        flag_spread = bundle.flag_spread if flag_spread is None else flag_spread
+        flag_entropy = bundle.flag_entropy if flag_entropy is None else flag_entropy
+        check_flags(flag_spread, flag_entropy)
     reference = bundle.intensity_reference
-    temperature = bundle.temperature
-    mode = check_mode(bundle.tta if tta is None else tta, "--tta")
     rows: list[dict[str, Any]] = []
     pending: list[tuple[ScanItem, np.ndarray, str | None]] = []
 
-    def flush() -> None:
-        x = to_device(torch.from_numpy(np.stack([p[1] for p in pending])), dev,
-                      bundle.channels_last)
+    def classify(b: Bundle, net: torch.nn.Module, x: torch.Tensor, mode: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """One network's calibrated and raw probabilities of the batch ``x``."""
+        x = to_device(x, dev, b.channels_last)
         logits = []
         for v in views(x, mode):
-            with torch.no_grad(), autocast(dev, amp):
-                logits.append(model(to_device(v, dev, bundle.channels_last)))
+            with torch.no_grad(), autocast(dev, b.amp and dev.type == "cuda"):
+                logits.append(net(to_device(v, dev, b.channels_last)))
         raw = mean_softmax(logits).cpu().numpy()
-        probs = raw if temperature is None else apply_temperature(raw, temperature)
-        for (item, _, warning), p, r in zip(pending, probs, raw, strict=True):
+        t = b.temperature
+        return (raw if t is None else apply_temperature(raw, t)), raw
+
+    def flush() -> None:
+        x = torch.from_numpy(np.stack([p[1] for p in pending]))
+        outs = [classify(b, net, x, mode)
+                for b, net, mode in zip(members, nets, modes, strict=True)]
+        classes = bundle.classes
+        if ensemble:
+            u = uncertainty([o[0] for o in outs], float(flag_spread), float(flag_entropy))
+            probs, raw = u["probs"], mean_probabilities([o[1] for o in outs])
+        else:
+            probs, raw = outs[0]
+        for i, (item, _, warning) in enumerate(pending):
+            p, r = probs[i], raw[i]
             k = int(p.argmax())
-            rows.append({
+            row: dict[str, Any] = {
                 "scan": item.name, "arg": item.arg, "path": item.path, "label": item.label,
-                "predicted": bundle.classes[k], "probability": float(p[k]),
-                "probabilities": {c: float(v) for c, v in zip(bundle.classes, p, strict=True)},
-                "probabilities_raw": {c: float(v)
-                                      for c, v in zip(bundle.classes, r, strict=True)},
-                "temperature": temperature,
-                "tta": mode,
+                "predicted": classes[k], "probability": float(p[k]),
+                "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+                "probabilities_raw": {c: float(v) for c, v in zip(classes, r, strict=True)},
+                "temperature": members[0].temperature,
+                "tta": modes[0],
                 "warning": warning,
-            })
+            }
+            if ensemble:
+                row.update({
+                    "temperature": [b.temperature for b in members], "tta": list(modes),
+                    "spread": float(u["spread"][i]), "entropy": float(u["entropy"][i]),
+                    "review": bool(u["review"][i]),
+                    "members": [{c: float(v) for c, v in zip(classes, o[0][i], strict=True)}
+                                for o in outs]})
+            rows.append(row)
         pending.clear()
 
     with Progress(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -189,25 +232,38 @@ def predict_scans(
 
 
 def write_predictions(
-    path: Path, rows: Sequence[dict[str, Any]], failures: Sequence[Failure], bundle: Bundle
+    path: Path, rows: Sequence[dict[str, Any]], failures: Sequence[Failure],
+    bundle: Bundle | Ensemble, flags: tuple[float, float] | None = None,
 ) -> Path:
-    """Predictions (and failures) as ``.csv`` (one line per scan) or ``.json``."""
+    """Predictions (and failures) as ``.csv`` (one line per scan) or ``.json``. For an
+    ensemble the CSV adds ``spread``, ``entropy`` and ``review`` (``yes`` or empty), and its
+    ``temperature`` / ``tta`` columns list the members' values, separated by ``;``; the
+    JSON records the review thresholds (``flags``: those used, default the bundle's)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    ensemble = isinstance(bundle, Ensemble)
     if suffix == ".json":
-        payload = {
+        payload: dict[str, Any] = {
             "bundle": str(bundle.path.resolve()),
             "model": bundle.model_name,
             "classes": bundle.classes,
             "positive_class": bundle.positive_class,
-            "probabilities": CALIBRATED if bundle.temperature is not None else UNCALIBRATED,
-            "temperature": bundle.temperature,
-            "tta": rows[0]["tta"] if rows else bundle.tta,
             "intensity_check": INTENSITY_CHECK_UNAVAILABLE if bundle.intensity_reference is None
             else "on",
-            "predictions": list(rows),
-            "failures": [asdict(f) for f in failures],
         }
+        if isinstance(bundle, Ensemble):
+            payload.update({"probabilities": ENSEMBLE,
+                            "temperature": [b.temperature for b in bundle.members],
+                            "tta": rows[0]["tta"] if rows else [b.tta for b in bundle.members],
+                            "review": REVIEW,
+                            "flag_spread": (flags or bundle.flags)[0],
+                            "flag_entropy": (flags or bundle.flags)[1]})
+        else:
+            payload.update({
+                "probabilities": CALIBRATED if bundle.temperature is not None else UNCALIBRATED,
+                "temperature": bundle.temperature,
+                "tta": rows[0]["tta"] if rows else bundle.tta})
+        payload.update({"predictions": list(rows), "failures": [asdict(f) for f in failures]})
         atomic_write_text(path, json.dumps(payload, indent=2))
         return path
     if suffix != ".csv":
@@ -215,18 +271,31 @@ def write_predictions(
     buf = io.StringIO()
     w = csv.writer(buf)
     k = len(bundle.classes)
+    extra = ["spread", "entropy", "review"] if ensemble else []
     w.writerow(["scan", "path", "label", "predicted", "probability",
-                *[f"p_{c}" for c in bundle.classes], "temperature", "tta",
+                *[f"p_{c}" for c in bundle.classes], *extra, "temperature", "tta",
                 *[f"p_raw_{c}" for c in bundle.classes], "warning", "error"])
     for r in rows:
-        t = r.get("temperature")
+        values = ([f"{r['spread']:.6f}", f"{r['entropy']:.6f}", "yes" if r["review"] else ""]
+                  if ensemble else [])
         w.writerow([r["scan"], r["path"], r["label"] or "", r["predicted"],
                     f"{r['probability']:.6f}",
-                    *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes],
-                    "none (uncalibrated)" if t is None else f"{t:.6g}", r.get("tta", ""),
+                    *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes], *values,
+                    _temperatures(r.get("temperature")), _joined(r.get("tta", "")),
                     *[f"{r['probabilities_raw'][c]:.6f}" for c in bundle.classes],
                     r.get("warning") or "", ""])
     for f in failures:
-        w.writerow([f.scan, f.path, "", "", "", *[""] * k, "", "", *[""] * k, "", f.reason])
+        w.writerow([f.scan, f.path, "", "", "", *[""] * k, *[""] * len(extra), "", "",
+                    *[""] * k, "", f.reason])
     atomic_write_text(path, buf.getvalue())
     return path
+
+
+def _temperatures(t: float | list[float | None] | None) -> str:
+    if isinstance(t, list):
+        return ";".join(_temperatures(v) for v in t)
+    return "none (uncalibrated)" if t is None else f"{t:.6g}"
+
+
+def _joined(value: str | list[str]) -> str:
+    return ";".join(value) if isinstance(value, list) else value

@@ -47,7 +47,9 @@ from volnas.data.readers import read_nifti, read_scan, split_npz_path
 from volnas.data.scans import resolve_scans
 from volnas.data.volume import DataError, Volume
 from volnas.deploy.bundle import load_run_or_bundle
+from volnas.deploy.ensemble import is_ensemble_bundle, load_ensemble
 from volnas.explain.cam import make_explainer
+from volnas.explain.ensemble import EnsembleExplainer
 from volnas.explain.faithfulness import faithfulness, summarize
 from volnas.explain.geometry import to_source_grid
 from volnas.explain.render import render_montage, top_slices, write_heatmap_nifti, write_json
@@ -202,7 +204,8 @@ def explain_scans(
     """Explain ``scans`` with the best model of ``run_dir``; write files under ``out``.
 
     Args:
-        run_dir: a finished training run.
+        run_dir: a finished training run, a bundle, or an ensemble bundle (the members' maps
+            averaged, :mod:`volnas.explain.ensemble`).
         scans: SCAN arguments (module docstring).
         out: output folder; must not exist or be empty.
         method: ``cam``, ``gradcam`` or ``gradcampp``.
@@ -226,30 +229,44 @@ def explain_scans(
     names = safe_names(refs)
     mask_table = load_mask_table(masks) if masks is not None else None
 
-    model, cfg, info = load_run_or_bundle(Path(run_dir))
-    classes: list[str] = list(info["classes"])
+    explainer, pre, model_name, classes = _explainer_of(Path(run_dir), method, target_layer,
+                                                        device)
     target = None
     if target_class is not None:
         if target_class not in classes:
             raise ValueError(f"unknown class {target_class!r}; the run's classes: {classes}")
         target = classes.index(target_class)
-    model = model.to(device).eval()
-    explainer = make_explainer(model, method, target_layer, cfg.model)
     out.mkdir(parents=True, exist_ok=True)
 
     results: list[dict[str, Any]] = []
     for start in range(0, len(refs), batch_size):
         chunk = list(range(start, min(start + batch_size, len(refs))))
         volumes = [read_scan(refs[i].path, refs[i].fmt) for i in chunk]
-        explained = explain_volumes(explainer, volumes, cfg.preprocess, target, device)
+        explained = explain_volumes(explainer, volumes, pre, target, device)
         for i, vol, ex in zip(chunk, volumes, explained, strict=True):
             results.append(_write_scan(out / names[i], refs[i], names[i], vol, ex, classes,
                                        method, explainer.target_layer, mask_table,
                                        montage_count))
-    summary = _write_summary(out, run_dir, cfg.model, method, explainer.target_layer, classes,
+    summary = _write_summary(out, run_dir, model_name, method, explainer.target_layer, classes,
                              results)
     _print(console, results, summary, out)
     return results
+
+
+def _explainer_of(folder: Path, method: str, target_layer: str | None, device: str | torch.device
+                  ) -> tuple[Any, PreprocessConfig, str, list[str]]:
+    """The explainer of a run, bundle or ensemble bundle (members' maps averaged, see
+    :mod:`volnas.explain.ensemble`), its preprocessing, model name and classes."""
+    if is_ensemble_bundle(folder):
+        ens = load_ensemble(folder)
+        explainers = [make_explainer(b.model.to(device).eval(), method, target_layer,
+                                     b.model_name) for b in ens.members]
+        return (EnsembleExplainer(explainers, [b.temperature for b in ens.members]),
+                ens.preprocess, ens.model_name, list(ens.classes))
+    model, cfg, info = load_run_or_bundle(folder)
+    model = model.to(device).eval()
+    return (make_explainer(model, method, target_layer, cfg.model), cfg.preprocess, cfg.model,
+            list(info["classes"]))
 
 
 def _write_scan(

@@ -73,6 +73,10 @@ class SearchConfig(TrainConfig):
     topk: int = Field(10, ge=1)
     probe_epochs: int = Field(3, ge=1)
     retrain_epochs: int = Field(200, ge=1)
+    # retrain the best `ensemble` probed architectures from scratch (1: only the best, in
+    # final/; more: the others in ensemble/memberNN/), then `volnas search` evaluates their
+    # ensemble (volnas.deploy.ensemble); probes never see the test split
+    ensemble: int = Field(1, ge=1)
 
     @property
     def samples(self) -> int:

@@ -86,6 +86,42 @@ def best_probe(probes: list[dict[str, Any]]) -> dict[str, Any]:
     return max(probes, key=lambda p: p["probe_score"])
 
 
+ENSEMBLE_DIR = "ensemble"
+
+
+def retrain_ensemble(
+    cfg: SearchConfig, probes: list[dict[str, Any]], run_dir: Path, k: int, console: Console,
+    *, resume: bool,
+) -> list[str]:
+    """Retrain the 2nd to ``cfg.ensemble``-th best probes from scratch (the best is
+    ``final/``) into ``ensemble/memberNN`` (NN = its place, 02...), each tested once like
+    the final retrain. Returns the members' folders relative to ``run_dir``, ``final``
+    first; just ``["final"]`` when ``cfg.ensemble`` is 1 or only one architecture was
+    probed. The order is the probes' validation score (the first of equals first, as
+    :func:`best_probe`)."""
+    ranked = sorted(probes, key=lambda p: -p["probe_score"])  # stable: the first of equals
+    members = ["final"]
+    if cfg.ensemble > 1 and len(ranked) < cfg.ensemble:
+        console.print(f"[bold yellow]note:[/] --ensemble {cfg.ensemble} but {len(ranked)} "
+                      "distinct architecture(s) were probed; the ensemble has "
+                      f"{len(ranked)} member(s)")
+    for place, probe in enumerate(ranked[1:cfg.ensemble], start=2):
+        folder = run_dir / ENSEMBLE_DIR
+        geno_file = folder / f"member{place:02d}.json"
+        if dist_info().is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            candidate_genotype(probe, k, cfg).save(geno_file)
+        barrier()
+        mdir = folder / f"member{place:02d}"
+        console.print(f"[bold]ensemble member {place}/{cfg.ensemble}[/] (probe {probe['rank']}, "
+                      f"{cfg.select_metric} {probe['probe_score']:.4f})")
+        mcfg = retrain_config(cfg, "genotype:" + str(geno_file), cfg.retrain_epochs)
+        run_training(mcfg, mdir, resume=resume and (mdir / "config.yaml").exists(),
+                     console=console)
+        members.append(str(mdir.relative_to(run_dir)))
+    return members
+
+
 def write_probe_table(path: Path, probes: list[dict[str, Any]]) -> None:
     """probes.csv: rank, the strategy's own columns, probe score, parameters, genotype."""
     own = [k for k in probes[0] if k not in ("rank", "genotype", "policy_json", "probe_score",

@@ -45,6 +45,7 @@ from volnas.search.evaluation import (
     candidate_genotype,
     probe_candidates,
     retrain_config,
+    retrain_ensemble,
 )
 from volnas.search.supernet import SuperNet
 from volnas.training.device import seed_everything
@@ -178,6 +179,7 @@ def run_random_search(
     final_dir = run_dir / "final"
     final_resume = resume and (final_dir / "config.yaml").exists()
     metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console)
+    members = retrain_ensemble(cfg, probes, run_dir, k, console, resume=resume)
     times = _run_seconds(run_dir, float(json.loads(done.read_text())["seconds"]))
     result = {
         "strategy": "random",
@@ -189,6 +191,7 @@ def run_random_search(
         **times,
         "probes": probes,
         "test": metrics,
+        "ensemble_members": members,
     }
     if main:
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))

@@ -39,6 +39,7 @@ from volnas.search.evaluation import (
     candidate_genotype,
     probe_candidates,
     retrain_config,
+    retrain_ensemble,
 )
 from volnas.search.sampler import mean_uniform_entropy
 from volnas.search.search import PairedLoader, SearchTrainer, search_halves
@@ -209,6 +210,7 @@ def _run_search(
     final_dir = run_dir / "final"
     final_resume = resume and (final_dir / "config.yaml").exists()
     metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console)
+    members = retrain_ensemble(cfg, probes, run_dir, k, console, resume=resume)
     result = {
         "space": cfg.space,
         "genotype": chosen.to_string(),
@@ -219,6 +221,7 @@ def _run_search(
         **search_run_seconds(run_dir),
         "probes": probes,
         "test": metrics,
+        "ensemble_members": members,
     }
     if main:
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))

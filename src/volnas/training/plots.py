@@ -242,16 +242,18 @@ def plot_reliability(
     title: str = "Reliability",
     calibrated: Any | None = None,
     bins: int = 15,
+    names: tuple[str, str] = ("raw", "temperature-scaled"),
 ) -> Path:
     """Reliability diagram: accuracy against top-label confidence per bin, for the raw
-    probabilities (blue) and, when given, the temperature-scaled ones (orange); the
-    diagonal is perfect calibration. The legend gives each curve's ECE."""
+    probabilities (blue) and, when given, the temperature-scaled ones (orange), named in
+    the legend by ``names``; the diagonal is perfect calibration. The legend gives each
+    curve's ECE."""
     fig = _new_figure(RELIABILITY_SIZE)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
-    curves = [("raw", probs, "C0")]
+    curves = [(names[0], probs, "C0")]
     if calibrated is not None:
-        curves.append(("temperature-scaled", calibrated, "C1"))
+        curves.append((names[1], calibrated, "C1"))
     for name, p, colour in curves:
         conf, acc, _ = reliability_curve(labels, p, bins)
         ax.plot(conf, acc, marker="o", lw=2, ms=5, color=colour,
