@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from volnas.cli.main import app
 from volnas.data.augment import Policy
 from volnas.data.synth import synthesize
+from volnas.models.genotype import Genotype
+from volnas.models.spaces import layer_specs
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
 from volnas.search.search import SearchTrainer
@@ -153,6 +155,12 @@ def test_every_mode_end_to_end(manifest: Path, tmp_path: Path, monkeypatch, mode
                              if mode == "off" else {"architecture", "augmentation"})
     # (above 1 where a prior start has moved towards uniform)
     assert all(0.9 < d["entropy_ratio"] < 1.1 for d in decision.values()), decision
+    if "architecture" in decision:  # skip layers of the exported (argmax) architecture
+        last = list(csv.DictReader((run / "search" / "search_log.csv").open()))[-1]
+        ops = Genotype.from_string(last["genotype"]).ops
+        assert decision["architecture"]["skip_layers"] == ops.count("skip")
+        assert decision["architecture"]["skippable_layers"] == sum(
+            "skip" in sp.candidates for sp in layer_specs("covidnet3d-s")) == 21
     if mode == "off":
         assert logits == {} and result["policy"] is None
         return

@@ -168,7 +168,9 @@ def _ci(run: Mapping[str, Any], key: str) -> str:
 
 def _decided(run: Mapping[str, Any]) -> str:
     d = run.get("decision") or {}
-    parts = [f"{name} entropy {v['entropy_ratio']:.1%} of its start" for name, v in d.items()]
+    parts = [f"{name} entropy {v['entropy_ratio']:.1%} of its start"
+             + (f", {v['skip_layers']}/{v['skippable_layers']} layers skip"
+                if "skip_layers" in v else "") for name, v in d.items()]
     return f" ({', '.join(parts)})" if parts else ""
 
 

@@ -253,6 +253,11 @@ def search_decision(trainer: SearchTrainer) -> dict[str, dict[str, float]]:
     out = {}
     if trainer.mode != "only":
         out["architecture"] = trainer.supernet.alpha.decision()
+        # collapsing onto skip is the known failure of differentiable searches: count them
+        ops = trainer.supernet.genotype().ops
+        out["architecture"]["skip_layers"] = sum(op == "skip" for op in ops)
+        out["architecture"]["skippable_layers"] = sum(
+            "skip" in spec.candidates for spec in trainer.supernet.specs)
     if trainer.aug is not None:
         out["augmentation"] = trainer.aug.alpha.decision()
     return out

@@ -44,6 +44,8 @@ class ChoiceLayer(nn.Module):
         w = self.weight[self.index]
         y = op(x)
         if self.branch_gradient and self.skippable:
+            if y is x:  # skip: nothing added, no gradient (not a gradient of zeros)
+                return y
             return y + (w - w.detach()).to(y.dtype) * (y - x)
         return y * w.to(y.dtype)
 
