@@ -106,8 +106,12 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
                 d = r["decision"]
                 assert set(d) == ({"architecture"} if r["augment_search"] == "off"
                                   else {"architecture", "augmentation"})
-                shares = ", ".join(f"{k} entropy {v['entropy_ratio']:.1%} of its start"
-                                   for k, v in d.items())
+                assert 0 <= d["architecture"]["skip_layers"] <= d["architecture"]["skippable_layers"]
+                assert d["architecture"]["skip_layers"] == r["genotype"].count("skip")
+                shares = ", ".join(
+                    f"{k} entropy {v['entropy_ratio']:.1%} of its start"
+                    + (f", {v['skip_layers']}/{v['skippable_layers']} layers skip"
+                       if k == "architecture" else "") for k, v in d.items())
                 assert f"`{r['genotype']}` ({shares})" in md
         assert row["summary"]["seconds"]["mean"] == pytest.approx(np.mean(secs))
 
