@@ -148,20 +148,24 @@ class UniformPaths:
                 for n in self.sizes]
         paths = [[int(c[t]) for c in cols] for t in range(self.block)]
         f = self.filter
-        for t in range(self.block):
-            bad = f.violation(paths[t])
-            for _ in range(REPAIR_TRIES):
-                if bad == 0.0:
-                    break
-                u, layer = int(rng.integers(self.block)), int(rng.integers(len(self.sizes)))
-                if u == t:
-                    continue
-                a, o = list(paths[t]), list(paths[u])
-                a[layer], o[layer] = o[layer], a[layer]
-                after = f.violation(a)
-                if after < bad and (f.ok(o) or u > t):  # later paths get repaired in turn
-                    paths[t], paths[u], bad = a, o, after
-            if bad > 0.0:
+        bad = [f.violation(p) for p in paths]
+        # swap one layer's choices between a refused path and another path of the block
+        # when that does not raise their summed violation: the block's counts stay equal
+        for _ in range(REPAIR_TRIES * self.block):
+            refused = [t for t, v in enumerate(bad) if v > 0.0]
+            if not refused:
+                break
+            t = refused[int(rng.integers(len(refused)))]
+            u, layer = int(rng.integers(self.block)), int(rng.integers(len(self.sizes)))
+            if u == t or paths[t][layer] == paths[u][layer]:
+                continue
+            a, o = list(paths[t]), list(paths[u])
+            a[layer], o[layer] = o[layer], a[layer]
+            va, vo = f.violation(a), f.violation(o)
+            if va + vo <= bad[t] + bad[u]:
+                paths[t], paths[u], bad[t], bad[u] = a, o, va, vo
+        for t, v in enumerate(bad):
+            if v > 0.0:
                 paths[t] = self._redraw(rng)
         return paths
 
