@@ -51,13 +51,30 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def time_forward(module: nn.Module, x: torch.Tensor, *, warmup: int = 2, repeats: int = 7) -> float:
+_FLUSH: list[torch.Tensor] = []
+FLUSH_MB = 64  # more than the last-level cache of the CPUs this runs on
+
+
+def flush_cpu_caches() -> None:
+    """Write a buffer larger than the CPU caches, so the next run reads its weights from
+    memory as it does inside a whole network (where the other layers evicted them)."""
+    if not _FLUSH:
+        _FLUSH.append(torch.zeros(FLUSH_MB * 2**20 // 4))
+    _FLUSH[0].add_(1.0)
+
+
+def time_forward(module: nn.Module, x: torch.Tensor, *, warmup: int = 2, repeats: int = 7,
+                 cold: bool = True) -> float:
     """Median seconds of ``module(x)`` over ``repeats`` runs after ``warmup`` (no gradient;
-    CUDA synchronised around each run)."""
+    CUDA synchronised around each run). ``cold`` (CPU): the caches are flushed before each
+    run, untimed: a layer timed alone with warm caches runs several times faster than the
+    same layer inside a network, whose weights do not stay in cache from run to run."""
     cuda = x.device.type == "cuda"
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
+            if cold and not cuda:
+                flush_cpu_caches()
             if cuda:
                 torch.cuda.synchronize(x.device)
             t0 = time.perf_counter()
@@ -217,7 +234,7 @@ class LatencyTable:
 
     def calibrate(self, networks: Sequence[tuple[Sequence[str], nn.Module]]) -> dict[str, float]:
         """Fit ``measured = a * sum + b`` on whole networks ``(ops, built network)`` (at least
-        2) and keep it in the table. Returns the fit."""
+        2; relative least squares) and keep it in the table. Returns the fit."""
         if len(networks) < 2:
             raise ValueError(f"calibrate: needs at least 2 networks, got {len(networks)}")
         sums = np.array([self.predict(ops, calibrated=False) for ops, _ in networks])
@@ -225,7 +242,9 @@ class LatencyTable:
         if np.ptp(sums) == 0:
             a, b = 1.0, float(np.mean(measured - sums))
         else:
-            a, b = (float(v) for v in np.polyfit(sums, measured, 1))
+            # least squares on the relative error (weights 1 / measured): the table is judged
+            # by its error in %, and small networks count as much as large ones
+            a, b = (float(v) for v in np.polyfit(sums, measured, 1, w=1.0 / measured))
         self.calibration = {"a": a, "b": b, "n": len(networks)}
         self._dirty = True
         return self.calibration
