@@ -52,7 +52,7 @@ from rich.console import Console
 from rich.markup import escape
 from torch import Tensor, nn
 
-from volnas.core.distributed import barrier
+from volnas.core.distributed import barrier, broadcast_object
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text, load_tensors, sha256_file
 from volnas.data.cache import StackCache
@@ -322,7 +322,12 @@ class Scorer:
                 rec["latency_ms"] = self.latency.predict(g.ops, calibrated=False)
             out.append(rec)
         if self.latency is not None:
-            self.latency.save()
+            # each rank times on its own: rank 0's latencies decide, so all ranks agree
+            lat = broadcast_object([r["latency_ms"] for r in out])
+            for r, v in zip(out, lat, strict=True):
+                r["latency_ms"] = v
+            if main_rank():
+                self.latency.save()
         return out
 
 
