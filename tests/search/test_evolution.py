@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
+from volnas.cli.main import app
 from volnas.models.genotype import Genotype, StackNet
 from volnas.models.latency import LatencyTable
 from volnas.models.profile import count_params
@@ -29,7 +31,7 @@ from volnas.search.pareto import (
     pick,
     select,
 )
-from volnas.search.run import load_search_config, run_search
+from volnas.search.run import load_saved_search_config, load_search_config, run_search
 from volnas.search.supernet import SuperNet
 
 TINY = (4, (4, 6, 6, 8, 8, 8), (1, 1, 1, 1, 1, 1), None, "test: medpipe's structure, narrow")
@@ -247,15 +249,31 @@ def test_resumed_evolution_equals_an_unbroken_one(tmp_path: Path, tiny_space: st
     assert len({tuple(r["path"]) for r in rec_a}) == len(rec_a)  # nothing scored twice
 
 
-def test_real_run_resumes_mid_evolution(tmp_path: Path, tiny_space: str) -> None:
+def test_real_run_resumes_mid_evolution(tmp_path: Path, tiny_space: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A run stopped between generations (as a kill leaves it: gen files are atomic)
-    continues to the unbroken run's generations and pick."""
+    continues to the unbroken run's generations and pick; the CLI's evolution flags reach
+    the run (latency cost, --pick, a baseline drawn by its cost)."""
+    monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "c"))
     data = _write_npz(tmp_path / "d.npz")
-    cfg = load_search_config(None, {
-        "data": str(data), "space": tiny_space, "strategy": "evolution", "slices": 8,
-        "size": (16, 16), "batch_size": 8, "search_epochs": 1, "generations": 3,
-        "population": 4, "retrain_epochs": 1, "bn_batches": 2, "cache_dir": str(tmp_path / "c")})
-    a = run_search(cfg, tmp_path / "a")
+    res = CliRunner().invoke(app, [
+        "search", "--data", str(data), "--space", tiny_space, "--out", str(tmp_path / "a"),
+        "--strategy", "evolution", "--slices", "8", "--size", "16x16", "--batch-size", "8",
+        "--epochs", "1", "--generations", "3", "--population", "4", "--retrain-epochs", "1",
+        "--costs", "params,latency", "--pick", "fastest-within 0.05",
+        "--baselines", "resnet3d_18"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    cfg = load_saved_search_config(tmp_path / "a" / "search_config.yaml")
+    assert (cfg.costs, cfg.pick, cfg.generations) == (["params", "latency"],
+                                                      "fastest-within 0.05", 3)
+    a = json.loads((tmp_path / "a" / "result.json").read_text())
+    pareto = json.loads((tmp_path / "a" / "pareto.json").read_text())
+    (base,) = pareto["baselines"]
+    assert base["name"] == "resnet3d_18" and base["score"] is None
+    assert base["params"] > 30e6 and base["latency_ms"] > 0
+    assert a["picked"] == pick(a["front"], "fastest-within 0.05")
+    assert all(r["latency_ms"] > 0 for r in a["front"])
+    assert (tmp_path / "a" / "pareto.png").stat().st_size > 1000
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     b_dir = tmp_path / "b"
     for name in ("gen_002.json", "gen_003.json"):
@@ -324,3 +342,16 @@ def test_budgeted_run_stops_on_time_and_writes_metrics(tmp_path: Path, tiny_spac
     assert 2 <= len(retrain) < 501
     with pytest.raises(ValueError, match="differentiable"):
         run_search(cfg.model_copy(update={"strategy": "differentiable"}), tmp_path / "d")
+
+
+def test_budgeted_random_search_probes_what_fits(tmp_path: Path, tiny_space: str) -> None:
+    """The random strategy under a budget probes fewer draws than asked, then retrains."""
+    data = _write_npz(tmp_path / "d.npz")
+    cfg = load_search_config(None, {
+        "data": str(data), "space": tiny_space, "strategy": "random", "slices": 8,
+        "size": (16, 16), "batch_size": 8, "random_samples": 40, "probe_epochs": 1,
+        "retrain_epochs": 500, "time_budget": 5.0, "cache_dir": str(tmp_path / "c")})
+    result = run_search(cfg, tmp_path / "run")
+    assert 1 <= len(result["probes"]) < 40
+    assert (tmp_path / "run" / "final" / "metrics.json").is_file()
+    assert set(result["budget"]["spent_seconds"]) == {"probes", "retrain"}
