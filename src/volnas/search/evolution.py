@@ -79,7 +79,6 @@ from volnas.training.config import TrainConfig
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.run import run_training
 from volnas.training.rundir import history_seconds, positive_of
-from volnas.training.trainer import epochs_mean_seconds
 
 EVO_STREAM = 5  # random streams: the search's 1-3, random search's 4
 UNIFORM_STREAM = 6
@@ -580,8 +579,9 @@ def run_evolution_search(
     deadline = None
     if budget:
         deadline = budget.start("retrain")
+        splits = (len(source.split("train")), len(source.split("val")))
         final_cfg = final_cfg.model_copy(update={"epochs": budgeted_epochs(
-            cfg, sdir, budget.left("retrain"), final_dir)})
+            final_cfg, chosen.build(), splits, budget.left("retrain"), final_dir)})
     metrics = run_training(final_cfg, final_dir, resume=resume and (final_dir / "config.yaml").exists(),
                            console=console, deadline=deadline)
     front_runs = retrain_front(cfg, front, picked, run_dir, k, console, resume=resume,
@@ -614,22 +614,47 @@ def run_evolution_search(
     return result
 
 
-def budgeted_epochs(cfg: SearchConfig, supernet_dir: Path, seconds: float, final_dir: Path) -> int:
-    """Retrain epochs that fit ``seconds`` (at most ``retrain_epochs``), so the cosine
-    schedule ends with the budget: a supernet epoch's mean time, scaled by the ratio of
-    retrain to search input voxels, estimates a retrain epoch. A retrain already started
-    keeps its epochs."""
+def budgeted_epochs(cfg: TrainConfig, net: nn.Module, splits: tuple[int, int], seconds: float,
+                    final_dir: Path) -> int:
+    """Retrain epochs of ``net`` that fit ``seconds`` (at most ``cfg.epochs``), so the
+    cosine schedule ends with the budget (:func:`estimate_epoch_seconds`; ``splits``: the
+    training and validation scans). A retrain already started keeps its epochs."""
     if (final_dir / "config.yaml").exists():
         from volnas.training.config import load_saved_config
 
         return load_saved_config(final_dir / "config.yaml").epochs
-    history = supernet_dir / "history.csv"
-    rows: list[dict[str, Any]] = []
-    if history.is_file():
-        with history.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    voxels = math.prod(cfg.preprocess.input_shape) / math.prod(cfg.search_preprocess().input_shape)
-    return fit_epochs(epochs_mean_seconds(rows) * voxels, seconds, cfg.retrain_epochs)
+    per_epoch = estimate_epoch_seconds(net, cfg, *splits)
+    return fit_epochs(per_epoch, seconds, cfg.epochs)
+
+
+def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
+                           timed_steps: int = 3) -> float:
+    """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
+    random batches at ``cfg``'s input (after one untimed) times the epoch's steps, plus the
+    BatchNorm re-estimation and validation batches at a third of a step each. Data loading
+    is not counted: the Trainer's deadline catches what this misses."""
+    device = resolve_device(cfg.device)
+    net = net.to(device).train()
+    bs = cfg.batch_size
+    x = torch.randn((bs, *cfg.preprocess.input_shape), device=device)
+    y = torch.zeros(bs, dtype=torch.long, device=device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-6)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(x).float(), y).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(timed_steps):
+        step()
+    per_step = (time.perf_counter() - t0) / timed_steps
+    steps = max(n_train // bs, 1)
+    light = min(cfg.bn_recalibration, steps) + math.ceil(n_val / bs)
+    return per_step * (steps + light / 3)
 
 
 def retrain_front(cfg: SearchConfig, front: list[dict[str, Any]], picked: dict[str, Any],
