@@ -346,7 +346,9 @@ def evolve(
     main: bool, deadline: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """Run (or continue, from ``folder``'s gen_NNN.json) the evolution. Returns the final
-    population, every architecture scored, and the last generation done."""
+    population, every architecture scored, and the last generation done. With ``deadline``
+    (``time.time()``) no generation is started that would end after it by the mean
+    generation so far (generation 0 always runs)."""
     pf = PathFilter(supernet, cfg.target_params)
     archive: dict[tuple[int, ...], dict[str, Any]] = {}
     population: list[dict[str, Any]] = []
@@ -368,8 +370,10 @@ def evolve(
         _save_gen(folder, 0, population, new, time.perf_counter() - t0, main)
         _report(console, 0, population, cfg)
         g = 1
+    gen_times: list[float] = []
     while g <= cfg.generations:
-        if deadline is not None and time.time() >= deadline:
+        mean = sum(gen_times) / len(gen_times) if gen_times else 0.0
+        if deadline is not None and time.time() + mean > deadline:
             console.print(f"time budget: evolution stopped after generation {g - 1}")
             break
         crash_point("evolution.generation")
@@ -384,7 +388,8 @@ def evolve(
         pool = population + new
         keep = select([objectives(r, cfg.costs) for r in pool], cfg.population)
         population = [pool[i] for i in keep]
-        _save_gen(folder, g, population, new, time.perf_counter() - t0, main)
+        gen_times.append(time.perf_counter() - t0)
+        _save_gen(folder, g, population, new, gen_times[-1], main)
         _report(console, g, population, cfg)
         g += 1
     return population, list(archive.values()), g - 1
