@@ -477,6 +477,7 @@ def plot_pareto(path: Path, front: list[dict[str, Any]], records: list[dict[str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     key = {"params": "params", "flops": "flops", "latency": "latency_ms"}
     label = {"params": "parameters (M)", "flops": "GFLOPs per scan", "latency": "latency (ms)"}
@@ -486,8 +487,9 @@ def plot_pareto(path: Path, front: list[dict[str, Any]], records: list[dict[str,
         k, s = key[cost], scale[cost]
         ax.scatter([r[k] * s for r in records], [r["score"] for r in records], s=10,
                    c="0.75", label="scored")
-        f = sorted(front, key=lambda r: r[k])
-        ax.plot([r[k] * s for r in f], [r["score"] for r in f], "o-", c="C0", ms=4, label="front")
+        # the front is non-dominated in all objectives at once: points, not a line
+        ax.scatter([r[k] * s for r in front], [r["score"] for r in front], s=18, c="C0",
+                   label="front")
         ax.scatter([picked[k] * s], [picked["score"]], marker="*", s=160, c="C3", zorder=5,
                    label="picked")
         for i, b in enumerate(baselines):
@@ -498,6 +500,8 @@ def plot_pareto(path: Path, front: list[dict[str, Any]], records: list[dict[str,
             else:
                 ax.scatter([b[k] * s], [b["score"]], marker="s", c=f"C{i + 4}", label=b["name"])
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label[cost])
         ax.set_ylabel(f"validation {cfg.select_metric} (inherited weights)")
         ax.grid(alpha=0.3)
