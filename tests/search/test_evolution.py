@@ -342,6 +342,11 @@ def test_budgeted_run_stops_on_time_and_writes_metrics(tmp_path: Path, tiny_spac
     assert 2 <= len(retrain) < 501
     with pytest.raises(ValueError, match="differentiable"):
         run_search(cfg.model_copy(update={"strategy": "differentiable"}), tmp_path / "d")
+    for bad, match in (({"costs": []}, "--costs"), ({"costs": ["params", "params"]}, "--costs"),
+                       ({"pick": "slowest"}, "--pick"), ({"ensemble": 2}, "--ensemble")):
+        with pytest.raises(ValueError, match=match):
+            run_search(cfg.model_copy(update=bad), tmp_path / "e")
+        assert not (tmp_path / "e").exists()  # refused before the folder is made
 
 
 def test_budgeted_random_search_probes_what_fits(tmp_path: Path, tiny_space: str) -> None:

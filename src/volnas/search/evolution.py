@@ -123,8 +123,9 @@ class UniformPaths:
     Steps come in blocks of ``B`` = the least common multiple of the layers' candidate
     counts; in a block, each layer runs ``B / n`` shuffled cycles of its ``n`` candidates, so
     every candidate runs exactly ``B / n`` times. Paths the filter refuses are repaired by
-    swapping a layer's choice with another path of the block (both must pass); a path no
-    swap repairs is replaced by a uniform draw that passes (counted in ``redrawn``).
+    swapping a layer's choice with another path of the block, kept when the two paths'
+    summed excess over the filter does not grow; a path no swap repairs is replaced by a
+    uniform draw that passes (counted in ``redrawn``, per process).
     """
 
     def __init__(self, supernet: SuperNet, seed: int, target_params: float | None = None) -> None:
@@ -523,6 +524,9 @@ def _check_evolution(cfg: SearchConfig) -> None:
         raise ValueError(f"--augment-search {cfg.augment_search}: the evolution strategy "
                          "searches architectures only (use --augment-search off)")
     parse_pick(cfg.pick)
+    if not cfg.costs or len(set(cfg.costs)) != len(cfg.costs):
+        raise ValueError(f"--costs {','.join(cfg.costs)!r}: give one or more of params, flops, "
+                         "latency, each once")
     if cfg.ensemble > 1:
         raise ValueError("--ensemble: not available with --strategy evolution (use "
                          "--front-topk to retrain more members of the front)")
