@@ -360,3 +360,31 @@ def test_budgeted_random_search_probes_what_fits(tmp_path: Path, tiny_space: str
     assert 1 <= len(result["probes"]) < 40
     assert (tmp_path / "run" / "final" / "metrics.json").is_file()
     assert set(result["budget"]["spent_seconds"]) == {"probes", "retrain"}
+
+
+def test_front_topk_retrains_the_next_members_of_the_front(
+        tmp_path: Path, tiny_space: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--front-topk K retrains the K best-scored front members other than the pick, each in
+    front/rankNN from its own genotype file; none once the deadline has passed."""
+    from rich.console import Console
+
+    import volnas.search.evolution as evo
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(evo, "run_training",
+                        lambda cfg, d, **kw: calls.append((cfg.model, d.name)) or {})
+    net = SuperNet(tiny_space, 1, 2)
+    paths = [[0] * 13, [1] * 13, [0, 1] * 6 + [0]]
+    front = [{"genotype": net.genotype(p).to_string(), "score": s, "params": 1}
+             for p, s in zip(paths, (0.9, 0.8, 0.7), strict=True)]
+    cfg = SearchConfig(space=tiny_space, front_topk=2)
+    quiet = Console(quiet=True)
+    out = evo.retrain_front(cfg, front, front[1], tmp_path, 2, quiet, resume=False, deadline=None)
+    assert out == ["front/rank01", "front/rank02"]
+    assert [d for _, d in calls] == ["rank01", "rank02"]
+    for i, rec in zip((1, 2), (front[0], front[2]), strict=True):
+        saved = Genotype.load(tmp_path / "front" / f"rank{i:02d}.json")
+        assert saved.to_string() == rec["genotype"]
+    calls.clear()
+    assert evo.retrain_front(cfg, front, front[1], tmp_path, 2, quiet, resume=False,
+                             deadline=time.time() - 1) == [] and calls == []
