@@ -313,8 +313,9 @@ def test_benchmark_runs_a_random_search_cell(tmp_path: Path, tiny_space: str) ->
     cfg = search_config({}, "d.npz", f"{tiny_space}:random", 0)
     assert (cfg.space, cfg.strategy) == (tiny_space, "random")
     assert search_config({}, "d.npz", tiny_space, 0).strategy == "differentiable"
-    with pytest.raises(BenchmarkError, match="unknown strategy 'evolution'"):
-        check_names([], [f"{tiny_space}:evolution"])
+    with pytest.raises(BenchmarkError, match="unknown strategy 'genetic'"):
+        check_names([], [f"{tiny_space}:genetic"])
+    assert search_config({}, "d.npz", f"{tiny_space}:evolution", 0).strategy == "evolution"
     data = _write_npz(tmp_path / "d.npz")
     report = run_benchmark(data, [], [f"{tiny_space}:random"], seeds=1, out=tmp_path / "b",
                            overrides={"random_samples": 2, "probe_epochs": 1, "epochs": 1,

@@ -47,7 +47,11 @@ def _worker(rank: int, world: int, port: int, kind: str, cfg: dict, out: str) ->
     from volnas.training.run import run_training
 
     report: dict = {"rank": rank}
-    if kind == "train":
+    if kind == "evolution":
+        result = run_search(load_search_config(None, cfg), Path(out) / "run")
+        report.update(genotype=result["genotype"], front=result["front"],
+                      generations=result["generations"])
+    elif kind == "train":
         m = run_training(TrainConfig.model_validate(cfg), Path(out) / "run", model=_gn_model())
         report["metrics"] = {k: m[k] for k in ("accuracy", "auc", "loss", "n_scans")}
     else:
@@ -130,6 +134,24 @@ def test_search_logits_identical_on_both_ranks(tiny_npz: Path, tmp_path: Path) -
     assert r0["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)  # synchronised gradients
     assert (tmp_path / "run" / "final" / "metrics.json").exists()
     assert len(list((tmp_path / "run" / "search" / "genotypes").glob("*.json"))) == 2
+
+
+def test_evolution_decides_alike_on_both_ranks(tiny_npz: Path, tmp_path: Path) -> None:
+    """Under 2 ranks the evolution's scores (gathered), fronts and pick are the same on
+    both, and rank 0 writes the generations."""
+    cfg = {"data": str(tiny_npz), "space": "covidnet3d-s", "strategy": "evolution",
+           "search_epochs": 1, "generations": 2, "population": 4, "retrain_epochs": 1,
+           "batch_size": 2, "seed": 1, "bn_batches": 2,
+           "preprocess": {"slices": 8, "size": [16, 16], "intensity": "range", "window": [0, 255]},
+           "cache_dir": str(tmp_path / "cache")}
+    mp.spawn(_worker, args=(2, _free_port(), "evolution", cfg, str(tmp_path)), nprocs=2,
+             join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["generations"] == r1["generations"] == 2
+    assert r0["genotype"] == r1["genotype"] and r0["front"] == r1["front"]
+    gens = sorted((tmp_path / "run" / "search" / "generations").glob("gen_*.json"))
+    assert [g.name for g in gens] == ["gen_000.json", "gen_001.json", "gen_002.json"]
+    assert (tmp_path / "run" / "final" / "metrics.json").exists()
 
 
 def test_torchrun_cli_train(tiny_npz: Path, tmp_path: Path) -> None:

@@ -35,8 +35,28 @@ def search_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (never overwritten)."),
     strategy: Strategy = typer.Option(
         None, "--strategy", help="differentiable: the supernet search; random: probe --samples "
-        "architectures drawn uniformly (same cost filter), retrain the best: the baseline "
-        f"{default('strategy')}."),
+        "architectures drawn uniformly (same cost filter), retrain the best: the baseline; "
+        "evolution: a supernet trained on uniform paths, then NSGA-II over validation score "
+        f"and --costs {default('strategy')}."),
+    generations: int = typer.Option(None, "--generations",
+                                    help=f"Evolution generations {default('generations')}."),
+    population: int = typer.Option(None, "--population",
+                                   help=f"Evolution population {default('population')}."),
+    costs: str = typer.Option(
+        None, "--costs", help="Evolution objectives besides the validation score, comma "
+        "separated: params, flops, latency (this machine's latency table) [params]."),
+    pick: str = typer.Option(
+        None, "--pick", help="Network taken from the evolution's front: best | "
+        "'smallest-within 0.01' | 'fastest-within 0.01' (score tolerance) [best]."),
+    front_topk: int = typer.Option(
+        None, "--front-topk", help="Front networks retrained and tested besides the pick "
+        f"(evolution) {default('front_topk')}."),
+    baselines: str = typer.Option(
+        None, "--baselines", help="Models drawn on pareto.png, comma separated, NAME or "
+        "NAME=RUN_DIR (its validation score from RUN_DIR), e.g. resnet3d_18,mc3_18."),
+    time_budget: str = typer.Option(
+        None, "--time-budget", help="Wall-clock budget of the whole run, e.g. 45m, 90s, 2h "
+        "(random, evolution): split between stages, see search/budget.json."),
     samples: int = typer.Option(
         None, "--samples", help="Architectures a random search probes [about the "
         "differentiable search's cost: ceil(search epochs / probe epochs) + topk]."),
@@ -100,7 +120,7 @@ def search_cmd(
         None, "--ensemble", min=1, help="Retrain the K best probed architectures and evaluate "
         f"and export their ensemble (ensemble/evaluation, ensemble/bundle) {default('ensemble')}."),
 ) -> None:
-    """Search (differentiable single-path, or random), probe, retrain the best, test once.
+    """Search (differentiable single-path, random, or evolution), retrain the best, test once.
 
     --resume continues the search in --out with its saved configuration; only --device
     (and cache_dir, num_workers in --config) may be given with it."""
@@ -118,7 +138,9 @@ def search_cmd(
         "cost_weight": cost_weight, "seed": seed, "device": device,
         "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,
         "fixed_genotype": fixed_genotype, "class_weight": class_weight, "tta": tta,
-        "ensemble": ensemble,
+        "ensemble": ensemble, "generations": generations, "population": population,
+        "costs": _csv_list(costs), "pick": pick, "front_topk": front_topk,
+        "baselines": _csv_list(baselines), "time_budget": _duration(time_budget),
     }
     result = start_run(run_search, SearchConfig, config, overrides, out, resume)
     t = result["test"]
@@ -137,6 +159,21 @@ def search_cmd(
         console.print(f"ensemble of {e['n_members']}: test acc {e['accuracy']:.4f}, f1 "
                       f"{e['f1']:.4f}, auc {auc}; {esc(e['evaluation_dir'])}, bundle "
                       f"{esc(e['bundle'])}", soft_wrap=True)
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from volnas.search.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 @genotype_app.command("show")

@@ -26,7 +26,9 @@ class SearchConfig(TrainConfig):
     # differentiable: the supernet search below; random: draw random_samples architectures
     # uniformly from the space (stride budget and target_params as a hard filter), probe each
     # for probe_epochs, retrain the best (the baseline a search must beat)
-    strategy: Literal["differentiable", "random"] = "differentiable"
+    # evolution: a supernet trained on uniformly sampled paths, then an NSGA-II evolution
+    # scored with inherited weights (volnas.search.evolution)
+    strategy: Literal["differentiable", "random", "evolution"] = "differentiable"
     # K, the architectures a random search probes. None: the differentiable search's cost in
     # training epochs, ceil(search_epochs / probe_epochs) + topk (one search epoch, an
     # architecture and a weight step over half the training split each, costs about one
@@ -77,6 +79,18 @@ class SearchConfig(TrainConfig):
     # final/; more: the others in ensemble/memberNN/), then `volnas search` evaluates their
     # ensemble (volnas.deploy.ensemble); probes never see the test split
     ensemble: int = Field(1, ge=1)
+
+    # ---- evolution (volnas.search.evolution); the supernet trains for search_epochs
+    generations: int = Field(10, ge=0)
+    population: int = Field(16, ge=2)
+    # objectives besides the validation score (select_metric); params is always recorded
+    costs: list[Literal["params", "flops", "latency"]] = Field(default_factory=lambda: ["params"])
+    pick: str = "best"  # best | smallest-within TOL | fastest-within TOL
+    bn_batches: int = Field(8, ge=1)  # training batches re-estimating each candidate's BN
+    front_topk: int = Field(0, ge=0)  # front networks retrained besides the pick
+    baselines: list[str] = Field(default_factory=list)  # NAME or NAME=RUN_DIR, drawn on pareto.png
+    # seconds for the whole run (random, evolution), split between stages: volnas.search.budget
+    time_budget: float | None = Field(None, gt=0)
 
     @property
     def samples(self) -> int:

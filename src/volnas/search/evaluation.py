@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,29 @@ def candidate_genotype(cand: dict[str, Any], k: int, cfg: SearchConfig) -> Genot
 
 
 def probe_candidates(
-    cfg: SearchConfig, candidates: list[dict[str, Any]], run_dir: Path, k: int, console: Console
+    cfg: SearchConfig, candidates: list[dict[str, Any]], run_dir: Path, k: int, console: Console,
+    *, deadline: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train each candidate for ``probe_epochs`` at the retrain input; score it on validation.
 
     A candidate holds ``genotype``, ``params``, optionally ``policy_json``, and in ``record``
     what its strategy reports beside the probe (search epoch and score, or draw number).
+    With ``deadline`` (``time.time()``), no probe is started that would end after it by the
+    mean time of the probes this process ran (the first always runs).
     """
     probes = []
+    times: list[float] = []
     for rank, cand in enumerate(candidates, start=1):
         pdir = run_dir / "probes" / f"rank{rank:02d}"
         result_file = pdir / "probe.json"
         if result_file.exists():
             probes.append(json.loads(result_file.read_text()))
             continue
+        mean = sum(times) / len(times) if times else 0.0
+        if deadline is not None and probes and time.time() + mean > deadline:
+            console.print(f"time budget: probed {len(probes)} of {len(candidates)} architectures")
+            break
+        t0 = time.time()
         geno = candidate_genotype(cand, k, cfg)
         geno_file = run_dir / "probes" / f"rank{rank:02d}_candidate.json"
         if dist_info().is_main:
@@ -76,6 +86,7 @@ def probe_candidates(
         if dist_info().is_main:
             atomic_write_text(result_file, json.dumps(rec, indent=2))
         probes.append(rec)
+        times.append(time.time() - t0)
     if dist_info().is_main:
         write_probe_table(run_dir / "probes.csv", probes)
     return probes

@@ -39,6 +39,7 @@ from volnas.core.distributed import barrier
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text
 from volnas.data.dataset import open_source
+from volnas.search.budget import Budget, fit_epochs
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
     best_probe,
@@ -164,8 +165,13 @@ def run_random_search(
                      if cfg.target_params else "") + ")")
     crash_point("search.done")
 
+    budget = (Budget(search_dir / "budget.json", cfg.time_budget, "random", write=main)
+              if cfg.time_budget else None)
+    deadline = budget.start("probes") if budget else None
     probes = probe_candidates(cfg, [d | {"record": {"draw": d["draw"]}} for d in draws],
-                              run_dir, k, console)
+                              run_dir, k, console, deadline=deadline)
+    if budget:
+        budget.finish("probes")
     if main:
         _write_log(search_dir / "draws.csv", probes)
     best = best_probe(probes)  # the first draw wins ties
@@ -178,7 +184,19 @@ def run_random_search(
     final_cfg = retrain_config(cfg, "genotype:" + str(run_dir / "genotype.json"), cfg.retrain_epochs)
     final_dir = run_dir / "final"
     final_resume = resume and (final_dir / "config.yaml").exists()
-    metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console)
+    deadline = None
+    if budget:
+        deadline = budget.start("retrain")
+        if not final_resume:  # the retrain's cosine schedule ends with the budget
+            per_epoch = [s / cfg.probe_epochs for p in probes
+                         if (s := history_seconds(run_dir / "probes" / f"rank{p['rank']:02d}"))]
+            final_cfg = final_cfg.model_copy(update={"epochs": fit_epochs(
+                sum(per_epoch) / len(per_epoch) if per_epoch else 0.0,
+                budget.left("retrain"), cfg.retrain_epochs)})
+    metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console,
+                           deadline=deadline)
+    if budget:
+        budget.finish("retrain")
     members = retrain_ensemble(cfg, probes, run_dir, k, console, resume=resume)
     times = _run_seconds(run_dir, float(json.loads(done.read_text())["seconds"]))
     result = {
@@ -189,6 +207,7 @@ def run_random_search(
         "samples": len(draws),
         "target_params": cfg.target_params,
         **times,
+        "budget": budget.summary() if budget else None,
         "probes": probes,
         "test": metrics,
         "ensemble_members": members,

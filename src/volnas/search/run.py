@@ -86,6 +86,17 @@ def check_search_start(cfg: SearchConfig) -> None:
     if cfg.fixed_genotype:
         Genotype.load(cfg.fixed_genotype)  # its errors name the file
     check_augment(cfg.augment)
+    if cfg.time_budget is not None and cfg.strategy == "differentiable":
+        raise ValueError("--time-budget: not available for --strategy differentiable (its "
+                         "temperature and warm-up follow --epochs); use --strategy random or "
+                         "evolution, or set --epochs")
+    if cfg.time_budget is not None and cfg.ensemble > 1:
+        raise ValueError("--time-budget with --ensemble > 1: not supported (the budget plans "
+                         "one retrain)")
+    if cfg.strategy == "evolution":
+        from volnas.search.evolution import _check_evolution
+
+        _check_evolution(cfg)
 
 
 def run_search(
@@ -126,7 +137,8 @@ def run_search(
         return _run_search(cfg, run_dir, resume=False, console=console, main=main)
     except Exception:
         started = [run_dir / "search" / "checkpoint" / "last.json",
-                   run_dir / "search" / "done.json"]  # done.json: a random search's draws
+                   run_dir / "search" / "done.json",  # done.json: a random search's draws
+                   run_dir / "search" / "supernet" / "checkpoint" / "last.json"]  # evolution
         if main and not any(p.exists() for p in started):
             remove_failed_start(run_dir, existed)
         raise
@@ -139,6 +151,10 @@ def _run_search(
         from volnas.search.random_search import run_random_search
 
         return run_random_search(cfg, run_dir, resume=resume, console=console, main=main)
+    if cfg.strategy == "evolution":
+        from volnas.search.evolution import run_evolution_search
+
+        return run_evolution_search(cfg, run_dir, resume=resume, console=console, main=main)
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
     positive = positive_of(cfg, source)

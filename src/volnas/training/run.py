@@ -59,6 +59,7 @@ def run_training(
     console: Console | None = None,
     test: bool = True,
     model: torch.nn.Module | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Train, pick the best validation checkpoint, test it once; returns the test metrics.
 
@@ -68,6 +69,8 @@ def run_training(
     before its first checkpoint removes what it made, so the same ``run_dir`` can be retried.
     With ``test=False`` (architecture probes) the test split is not touched and the best
     validation metrics are returned instead. ``model`` overrides building ``cfg.model``.
+    ``deadline`` (``time.time()``) stops the training before an epoch that would end after
+    it (:class:`Trainer`); the best checkpoint so far is then tested.
     """
     console = console or make_console()
     run_dir = Path(run_dir)
@@ -80,11 +83,12 @@ def run_training(
         if dist_info().is_main:
             remove_stale_temporaries(run_dir)
         return _train(cfg, run_dir, resume=True, console=console, test=test, model=model,
-                      saved_epochs=saved_epochs)
+                      saved_epochs=saved_epochs, deadline=deadline)
     check_start(cfg, model_given=model is not None)
     prepare_run_dir(run_dir, resume)
     try:
-        return _train(cfg, run_dir, resume=False, console=console, test=test, model=model)
+        return _train(cfg, run_dir, resume=False, console=console, test=test, model=model,
+                      deadline=deadline)
     except Exception:
         if dist_info().is_main and not (run_dir / "checkpoint" / "last.json").exists():
             remove_failed_start(run_dir, existed)
@@ -100,6 +104,7 @@ def _train(
     test: bool,
     model: torch.nn.Module | None,
     saved_epochs: int | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     if not resume:  # a resumed run's files are pinned already
         if dist_info().is_main:
@@ -155,6 +160,7 @@ def _train(
                          hint=MEMORY_HINT)
     trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
                       device=device, run_dir=run_dir, console=console, class_counts=counts)
+    trainer.deadline = deadline
     trainer.fit(train_loader, val_loader, resume=resume)
     if dist_info().is_main:
         plot_history(trainer.history, run_dir / "curves.png", best_epoch=trainer.best_epoch)

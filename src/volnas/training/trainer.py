@@ -128,7 +128,8 @@ class Trainer:
         if self.dist.enabled:
             self.model = DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=self.find_unused_parameters)
+                find_unused_parameters=self.find_unused_parameters
+                or getattr(self.net, "find_unused_parameters", False))
         self.class_names = class_names
         self.positive_class = positive_class
         self.run_dir = Path(run_dir)
@@ -145,6 +146,9 @@ class Trainer:
         self.stale = 0  # epochs since the best validation score
         self.amp = cfg.amp and device.type == "cuda"
         self.policy = load_policy(cfg.augment, self.run_dir)
+        # a wall-clock time (time.time()): no epoch is started that would end after it,
+        # judged by the mean epoch so far; at least one epoch always runs (--time-budget)
+        self.deadline: float | None = None
 
     find_unused_parameters = False  # the supernet runs one path per step: True there
 
@@ -324,6 +328,10 @@ class Trainer:
             self._resume(ckpt_dir)
             self.console.print(f"resumed after epoch {self.epoch} (best epoch {self.best_epoch})")
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+            if self._out_of_time():
+                self.console.print(f"time budget: stopped after epoch {self.epoch} of "
+                                   f"{self.cfg.epochs}")
+                break
             t0 = time.perf_counter()
             self._seed_epoch(epoch)
             for ds in (getattr(train_loader, "dataset", None),):
@@ -373,6 +381,16 @@ class Trainer:
                 break
         return self.history
 
+    def _out_of_time(self) -> bool:
+        """Would the next epoch end after :attr:`deadline`? (Never before one epoch ran.)"""
+        if self.deadline is None or not self.history:
+            return False
+        mean = epochs_mean_seconds(self.history)
+        out = time.time() + mean > self.deadline
+        if self.dist.enabled:  # every rank stops at the same epoch
+            out = any(all_gather_objects(out))
+        return out
+
     def _resume(self, ckpt_dir: Path) -> None:
         epoch, extra, tensors = load_training_state(ckpt_dir, self.net, self.optimizer, self.scheduler)
         self.epoch = epoch
@@ -396,6 +414,12 @@ class Trainer:
         w.writeheader()
         w.writerows(self.history)
         atomic_write_text(self.run_dir / "history.csv", "".join(lines))
+
+
+def epochs_mean_seconds(history: list[dict[str, Any]]) -> float:
+    """Mean wall time of the epochs of a history (0 without one)."""
+    times = [float(r["seconds"]) for r in history if r.get("seconds") not in (None, "")]
+    return sum(times) / len(times) if times else 0.0
 
 
 def _fmt(v: Any) -> str:
