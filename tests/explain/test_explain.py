@@ -31,10 +31,10 @@ from volnas.explain.cam import (
     GradCAMpp,
     default_target_layer,
     find_linear_head,
-    make_explainer,
 )
 from volnas.explain.faithfulness import energy_fraction, faithfulness, pointing_game
 from volnas.explain.geometry import to_source_grid, unsample
+from volnas.explain.methods import make_explainer
 from volnas.models.genotype import Genotype
 from volnas.training.checkpoint import model_state
 from volnas.training.config import TrainConfig, dump_config
