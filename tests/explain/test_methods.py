@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from volnas.data.preprocess import PreprocessConfig
 from volnas.data.readers import read_scan
 from volnas.explain.api import explain_volumes
-from volnas.explain.cam import ClassArg, Explanation, ExplainError, normalize_maps
+from volnas.explain.cam import ClassArg, ExplainError, Explanation, normalize_maps
 from volnas.explain.faithfulness import model_probs, saliency_curve
 from volnas.explain.methods import (
     DEFAULT_METHOD,
@@ -146,7 +146,7 @@ def test_deletion_curve_faster_for_true_evidence() -> None:
     i_rand = saliency_curve(prob, x, rand_map, 1, "insertion", baseline=zeros)
     assert i_true.auc > 0.9 and i_rand.auc < i_true.auc - 0.3
     # integrated gradients on this model finds the box: its deletion AUC is the true map's
-    ig = make_explainer(model, "intgrad", samples=8)(x, 1)
+    ig = make_explainer(model, "intgrad", samples=8, smooth=1)(x, 1)
     d_ig = saliency_curve(prob, x, ig.maps[0].numpy(), 1, "deletion", steps=20)
     assert d_ig.auc == pytest.approx(d_true.auc, abs=1e-3)
 
@@ -187,6 +187,18 @@ def test_sanity_check_fails_a_weight_ignoring_method() -> None:
     head_only = randomized_copy(model, "cascading", depth=1)
     assert not torch.equal(head_only.fc.weight, model.fc.weight)
     torch.testing.assert_close(head_only.layers[0].weight, model.layers[0].weight)
+
+
+def test_smooth_averages_the_attribution_over_a_cube() -> None:
+    model = SmallNet(seed=4).eval()
+    x = torch.rand(1, 1, 6, 12, 12)
+    fine = make_explainer(model, "intgrad", samples=4, smooth=1)(x, 1).raw
+    cube = make_explainer(model, "intgrad", samples=4)(x, 1).raw  # default smooth=3
+    assert float(cube[0, 2, 5, 5]) == pytest.approx(float(fine[0, 1:4, 4:7, 4:7].mean()),
+                                                    rel=1e-5)
+    assert float(cube[0, 0, 0, 0]) == pytest.approx(float(fine[0, :2, :2, :2].mean()), rel=1e-5)
+    with pytest.raises(ExplainError, match="odd"):
+        make_explainer(model, "intgrad", smooth=2)
 
 
 def test_rank_correlation() -> None:

@@ -45,6 +45,9 @@ def explain_cmd(
     stride: str = typer.Option(None, "--stride", help="occlusion: step D,H,W [half the box]."),
     samples: int = typer.Option(None, "--samples", min=1,
                                 help="smoothgrad: noisy copies; intgrad: path steps [16]."),
+    smooth: int = typer.Option(None, "--smooth", min=1,
+                               help="smoothgrad, intgrad: odd cube size (voxels) the map is "
+                               "averaged over [3]; 1: per voxel."),
     curves: bool = typer.Option(False, "--curves", help="Write each scan's deletion / "
                                 "insertion curves (curves.png) and their AUCs."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Scans per forward pass."),
@@ -58,7 +61,7 @@ def explain_cmd(
         raise typer.BadParameter(f"unknown method {method!r}; choose {', '.join(METHODS)}",
                                  param_hint="--method")
     options = {"box": _triple(box, "--box"), "stride": _triple(stride, "--stride"),
-               "samples": samples}
+               "samples": samples, "smooth": smooth}
     try:
         explain_scans(run_dir, list(scans), out, method=method, target_class=cls, masks=masks,
                       console=console, target_layer=layer, batch_size=batch_size,

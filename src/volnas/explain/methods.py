@@ -22,7 +22,8 @@ Methods (``METHODS``):
 * ``smoothgrad``: mean absolute input gradient of the class logit over noisy copies.
 * ``intgrad``: integrated gradients from a background (zero) input: ``(x - x0)`` times the
   mean gradient along the straight path, midpoint rule with ``samples`` steps, batched.
-  Its attributions sum to ``logit(x) - logit(x0)`` up to the quadrature error.
+  Its attributions sum to ``logit(x) - logit(x0)`` up to the quadrature error; the map is
+  the attribution of the 3x3x3 cube around each voxel (``smooth``).
 
 ``DEFAULT_METHOD`` is the method that measured best on lesion masks
 (``docs/results/explanations.md``).
@@ -209,15 +210,24 @@ def _check_input(model: nn.Module, x: Tensor) -> None:
 
 
 class _InputExplainer:
-    """Base of the methods that attribute to input voxels (the map is already full size)."""
+    """Base of the methods that attribute to input voxels (the map is already full size).
+
+    ``smooth`` > 1 averages the attribution over a ``smooth``-voxel cube around each voxel
+    (edges: over the part inside the scan). For integrated gradients, whose attributions
+    add up, this is the attribution of the cube around the voxel: a single voxel's value is
+    noisy, so without it the map's maximum is often a stray voxel beside the lesion.
+    """
 
     target_layer = "input"
 
-    def __init__(self, model: nn.Module, batch_size: int = 16) -> None:
+    def __init__(self, model: nn.Module, batch_size: int = 16, smooth: int = 1) -> None:
         if batch_size < 1:
             raise ExplainError(f"batch size must be >= 1, got {batch_size}")
+        if smooth < 1 or smooth % 2 == 0:
+            raise ExplainError(f"smooth must be an odd size >= 1, got {smooth}")
         self.model = model
         self.batch_size = batch_size
+        self.smooth = smooth
 
     def __call__(self, x: Tensor, class_idx: ClassArg = None) -> Explanation:
         """Explain ``x`` (B, C, D, H, W) for ``class_idx`` (None: each item's prediction)."""
@@ -228,6 +238,9 @@ class _InputExplainer:
         classes = _class_indices(class_idx, logits)
         raw = torch.stack([self._attribute(x[i : i + 1], int(classes[i]))
                            for i in range(len(x))])
+        if self.smooth > 1:
+            raw = F.avg_pool3d(raw[:, None], self.smooth, stride=1, padding=self.smooth // 2,
+                               count_include_pad=False)[:, 0]
         return Explanation(normalize_maps(raw), raw, logits, classes)
 
     def _attribute(self, x: Tensor, cls: int) -> Tensor:
@@ -250,8 +263,8 @@ class IntegratedGradients(_InputExplainer):
     """Integrated gradients from a constant baseline (``baseline``, 0 = background)."""
 
     def __init__(self, model: nn.Module, samples: int = 16, baseline: float = 0.0,
-                 batch_size: int = 16) -> None:
-        super().__init__(model, batch_size)
+                 batch_size: int = 16, smooth: int = 3) -> None:
+        super().__init__(model, batch_size, smooth)
         if samples < 1:
             raise ExplainError(f"samples must be >= 1, got {samples}")
         self.samples = samples
@@ -273,8 +286,8 @@ class SmoothGrad(_InputExplainer):
     """Mean absolute input gradient over ``samples`` noisy copies (noise: ``sigma`` x range)."""
 
     def __init__(self, model: nn.Module, samples: int = 16, sigma: float = 0.15,
-                 batch_size: int = 16, seed: int = 0) -> None:
-        super().__init__(model, batch_size)
+                 batch_size: int = 16, seed: int = 0, smooth: int = 3) -> None:
+        super().__init__(model, batch_size, smooth)
         if samples < 1:
             raise ExplainError(f"samples must be >= 1, got {samples}")
         self.samples, self.sigma, self.seed = samples, sigma, seed
@@ -389,16 +402,19 @@ def _occlusion(model: nn.Module, target_layer: str | None, model_name: str | Non
 
 @register_method("smoothgrad", "SmoothGrad", "mean |input gradient| over noisy copies", False)
 def _smoothgrad(model: nn.Module, target_layer: str | None, model_name: str | None, *,
-                samples: int | None = None, batch_size: int = 16, **_: Any) -> SmoothGrad:
-    return SmoothGrad(model, samples or 16, batch_size=batch_size)
+                samples: int | None = None, batch_size: int = 16, smooth: int | None = None,
+                **_: Any) -> SmoothGrad:
+    return SmoothGrad(model, samples or 16, batch_size=batch_size,
+                      smooth=3 if smooth is None else smooth)
 
 
 @register_method("intgrad", "Integrated gradients",
                  "input x mean gradient on the path from a background input", False)
 def _intgrad(model: nn.Module, target_layer: str | None, model_name: str | None, *,
-             samples: int | None = None, batch_size: int = 16,
+             samples: int | None = None, batch_size: int = 16, smooth: int | None = None,
              **_: Any) -> IntegratedGradients:
-    return IntegratedGradients(model, samples or 16, batch_size=batch_size)
+    return IntegratedGradients(model, samples or 16, batch_size=batch_size,
+                               smooth=3 if smooth is None else smooth)
 
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
@@ -420,7 +436,8 @@ def make_explainer(
             default: CAM's pooled map, else the registry's ``cam_layer``; ignored by the
             input-space methods (occlusion, smoothgrad, intgrad).
         model_name: registry name, used to find the default layer.
-        options: ``box``, ``stride`` (occlusion), ``samples`` (smoothgrad, intgrad),
+        options: ``box``, ``stride`` (occlusion), ``samples`` and ``smooth`` (smoothgrad,
+            intgrad; ``smooth``: odd cube size the map is averaged over, default 3),
             ``batch_size`` (inputs per forward pass of the input-space methods).
     """
     info = method_info(method)
