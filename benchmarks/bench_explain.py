@@ -64,6 +64,7 @@ CONFIGS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("layercam", "layer2", {}),
     ("layercam-fused", None, {}),
     ("smoothgrad", None, {"samples": 16}),
+    ("intgrad", None, {"samples": 16, "smooth": 1}),
     ("intgrad", None, {"samples": 16}),
     ("occlusion", None, {"box": (4, 8, 8), "stride": (2, 4, 4)}),
 ]
@@ -180,7 +181,11 @@ def main() -> None:
                            sanity_items, cfg.preprocess, target, curves=False)
             s["rank_corr"] = float(np.mean([rank_correlation(a, b)
                                             for a, b in zip(maps, ref, strict=False)]))
-        results.append({"network": "trained", "method": method, "layer": ex.target_layer,
+        shown = {k: v for k, v in opts.items() if k != "samples"}
+        layer_cell = ex.target_layer + "".join(
+            f" {k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in shown.items())
+        results.append({"network": "trained", "method": method, "layer": layer_cell,
                         "n": len(subset), **s})
     for name, net in (("untrained", untrained), ("randomised", randomised)):
         for method in (DEFAULT_METHOD, "layercam-fused"):

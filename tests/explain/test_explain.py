@@ -493,6 +493,11 @@ def test_cli_explain_with_masks(tmp_path: Path, formats: dict[str, Path]) -> Non
                               "--class", "covid", "--masks", str(root), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "hit rate" in res.output and "uniform map" in res.output
+    assert "deletion AUC" in res.output
+    (record,) = json.loads((out / "summary.json").read_text())["scans"]
+    dele = record["curves"]["deletion"]
+    assert len(dele["probability"]) == 21 and dele["fractions"][-1] == 1.0
+    assert 0.0 <= record["faithfulness"]["deletion_auc"] == dele["auc"] <= 1.0
     (name,) = [p.name for p in out.iterdir() if p.is_dir()]
     assert {"montage.png", "heatmap.nii.gz", "explanation.json"} <= {
         p.name for p in (out / name).iterdir()}
