@@ -222,7 +222,8 @@ def main() -> None:
             "(a smoke-test-length training run)",
             "",
             f"Test accuracy {metrics['accuracy']:.3f}, AUC {metrics.get('auc', float('nan')):.3f}. "
-            f"{len(items)} correctly classified positive test scans of {n_pos} (occlusion: "
+            f"The first {len(items)} correctly classified positive test scans (of {n_pos} "
+            f"positives; occlusion: "
             f"the first {min(args.occlusion_scans, len(items))}); lesions are "
             f"~{np.median(lesion_input_vox):.0f} voxels at the 16x48x48 network input "
             f"(median; {np.min(lesion_input_vox):.0f}-{np.max(lesion_input_vox):.0f}); a "
