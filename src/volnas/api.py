@@ -31,6 +31,7 @@ from volnas.deploy.bundle import Bundle, export_bundle, load_bundle
 from volnas.deploy.ensemble import Ensemble, evaluate_ensemble, load_any, search_ensemble
 from volnas.deploy.predict import predict_scans
 from volnas.explain.api import explain_scans
+from volnas.explain.methods import DEFAULT_METHOD
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model as _create
 from volnas.models.registry import list_models
@@ -152,9 +153,10 @@ def predict(bundle: Bundle | Ensemble | str | Path, scans: Sequence[str | Path],
 
 
 def explain(run_or_bundle: str | Path, scans: Sequence[str | Path], out: str | Path, *,
-            method: str = "cam", target_class: str | None = None,
+            method: str = DEFAULT_METHOD, target_class: str | None = None,
             masks: str | Path | None = None, quiet: bool = False) -> list[dict[str, Any]]:
-    """Heatmaps of ``scans`` (montage PNG, NIfTI on the scan's grid, JSON) under ``out``."""
+    """Heatmaps of ``scans`` (montage PNG, NIfTI on the scan's grid, JSON) under ``out``;
+    ``method``: a name of :func:`volnas.explain.methods.list_methods`."""
     return explain_scans(Path(run_or_bundle), [str(s) for s in scans], Path(out), method=method,
                          target_class=target_class,
                          masks=None if masks is None else Path(masks),

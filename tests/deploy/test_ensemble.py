@@ -30,8 +30,9 @@ from volnas.deploy.ensemble import (
     spread,
     uncertainty,
 )
-from volnas.explain.cam import make_explainer, normalize_maps
+from volnas.explain.cam import normalize_maps
 from volnas.explain.ensemble import EnsembleExplainer
+from volnas.explain.methods import make_explainer
 from volnas.training.config import TrainConfig
 from volnas.training.metrics import apply_temperature
 from volnas.training.run import run_training

@@ -31,10 +31,10 @@ from volnas.explain.cam import (
     GradCAMpp,
     default_target_layer,
     find_linear_head,
-    make_explainer,
 )
 from volnas.explain.faithfulness import energy_fraction, faithfulness, pointing_game
 from volnas.explain.geometry import to_source_grid, unsample
+from volnas.explain.methods import make_explainer
 from volnas.models.genotype import Genotype
 from volnas.training.checkpoint import model_state
 from volnas.training.config import TrainConfig, dump_config
@@ -493,6 +493,11 @@ def test_cli_explain_with_masks(tmp_path: Path, formats: dict[str, Path]) -> Non
                               "--class", "covid", "--masks", str(root), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "hit rate" in res.output and "uniform map" in res.output
+    assert "deletion AUC" in res.output
+    (record,) = json.loads((out / "summary.json").read_text())["scans"]
+    dele = record["curves"]["deletion"]
+    assert len(dele["probability"]) == 21 and dele["fractions"][-1] == 1.0
+    assert 0.0 <= record["faithfulness"]["deletion_auc"] == dele["auc"] <= 1.0
     (name,) = [p.name for p in out.iterdir() if p.is_dir()]
     assert {"montage.png", "heatmap.nii.gz", "explanation.json"} <= {
         p.name for p in (out / name).iterdir()}

@@ -37,9 +37,10 @@ def next_free(root: Path, stem: str) -> Path:
 
 def _explain(run_dir: Path, manifest: Path, out: Path, masks: Path, console: Console) -> dict:
     from volnas.explain.api import explain_test_scans
+    from volnas.explain.methods import DEFAULT_METHOD
 
-    results = explain_test_scans(run_dir, manifest, out, n=3, method="cam", masks=masks,
-                                 console=console)
+    results = explain_test_scans(run_dir, manifest, out, n=3, method=DEFAULT_METHOD,
+                                 masks=masks, console=console)
     hits = [r["faithfulness"]["pointing_hit"] for r in results
             if r.get("faithfulness") and "pointing_hit" in r["faithfulness"]]
     return {"n": len(results), "hits": sum(hits), "with_mask": len(hits)}
@@ -85,21 +86,25 @@ def run_demo(out: Path, *, epochs: int = 10, search: bool = True, seed: int = 0,
         results["searched " + result["genotype"].split("[")[0]] = result["test"]
         run_dirs["searched " + result["genotype"].split("[")[0]] = root / "search" / "final"
 
-    console.rule(f"[bold]{steps}/{steps} explain test scans (CAM; PNG montage + NIfTI on the scan grid)")
+    from volnas.explain.methods import DEFAULT_METHOD, method_info
+
+    label = method_info(DEFAULT_METHOD).label
+    console.rule(f"[bold]{steps}/{steps} explain test scans ({label}; PNG montage + NIfTI on "
+                 "the scan grid)")
     explained = {}
     for name, run_dir in run_dirs.items():
         explained[name] = _explain(run_dir, manifest, root / "explain" / name.split()[-1],
                                    data_dir, console)
 
     table = Table(title=f"volnas demo — test split read once per model ({time.perf_counter() - t0:.0f} s)")
-    for col in ("model", "params", "size MB", "accuracy", "F1", "AUC", "CAM pointing hits"):
+    for col in ("model", "params", "size MB", "accuracy", "F1", "AUC", f"{label} pointing hits"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in results.items():
         e = explained[name]
         auc = "n/a" if m.get("auc") is None else f"{m['auc']:.3f}"
         table.add_row(escape(name), f"{m['params']:,}", f"{m['model_size_mb']:.2f}",
                       f"{m['accuracy']:.3f}", f"{m['f1']:.3f}", auc,
-                      f"{e['hits']}/{e['with_mask']}")
+                      f"{e['hits']:g}/{e['with_mask']}")
     console.print(table)
     console.print(f"everything is under [bold]{escape(str(root))}[/]: baseline/ and search/final/ are run folders "
                   "(metrics.json, curves.png, confusion_test.png, roc_test.png, model.safetensors); "

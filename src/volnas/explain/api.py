@@ -48,13 +48,23 @@ from volnas.data.scans import resolve_scans
 from volnas.data.volume import DataError, Volume
 from volnas.deploy.bundle import load_run_or_bundle
 from volnas.deploy.ensemble import is_ensemble_bundle, load_ensemble
-from volnas.explain.cam import make_explainer
 from volnas.explain.ensemble import EnsembleExplainer
-from volnas.explain.faithfulness import faithfulness, summarize
+from volnas.explain.faithfulness import (
+    Curve,
+    faithfulness,
+    model_probs,
+    saliency_curve,
+    summarize,
+)
 from volnas.explain.geometry import to_source_grid
-from volnas.explain.render import render_montage, top_slices, write_heatmap_nifti, write_json
-
-METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
+from volnas.explain.methods import DEFAULT_METHOD, make_explainer, method_info
+from volnas.explain.render import (
+    render_curves,
+    render_montage,
+    top_slices,
+    write_heatmap_nifti,
+    write_json,
+)
 
 
 class OutputExistsError(FileExistsError):
@@ -149,6 +159,7 @@ class VolumeExplanation:
     geometry: StackGeometry
     raw_max: float = 0.0  # peak of the map before normalisation (<= 0: no positive evidence)
     raw_shape: tuple[int, ...] = ()  # the map at the target layer, before upsampling
+    model_input: np.ndarray | None = None  # (C, T, H', W') what the network saw
 
 
 def prepare_input(volume: Volume, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, StackGeometry]:
@@ -168,7 +179,7 @@ def explain_volumes(
     """Explain volumes in one batch and map every map back to its source grid.
 
     Args:
-        explainer: from :func:`volnas.explain.cam.make_explainer`.
+        explainer: from :func:`volnas.explain.methods.make_explainer`.
         volumes: scans as read.
         pre: the run's preprocessing.
         target: class index to explain; None: each scan's predicted class.
@@ -183,7 +194,8 @@ def explain_volumes(
         model_map = exp.maps[i].cpu().numpy()
         out.append(VolumeExplanation(to_source_grid(model_map, idx, geom), model_map, probs[i],
                                      int(exp.classes[i]), idx, geom, float(exp.raw[i].max()),
-                                     tuple(int(n) for n in exp.raw[i].shape)))
+                                     tuple(int(n) for n in exp.raw[i].shape),
+                                     x[i].cpu().numpy()))
     return out
 
 
@@ -191,7 +203,7 @@ def explain_scans(
     run_dir: Path,
     scans: list[str],
     out: Path,
-    method: str = "cam",
+    method: str = DEFAULT_METHOD,
     target_class: str | None = None,
     masks: Path | None = None,
     console: Console | None = None,
@@ -200,6 +212,9 @@ def explain_scans(
     batch_size: int = 4,
     device: str = "cpu",
     montage_count: int = 12,
+    options: dict[str, Any] | None = None,
+    curves: bool = False,
+    curve_steps: int = 20,
 ) -> list[dict[str, Any]]:
     """Explain ``scans`` with the best model of ``run_dir``; write files under ``out``.
 
@@ -208,13 +223,19 @@ def explain_scans(
             averaged, :mod:`volnas.explain.ensemble`).
         scans: SCAN arguments (module docstring).
         out: output folder; must not exist or be empty.
-        method: ``cam``, ``gradcam`` or ``gradcampp``.
+        method: a name of :func:`volnas.explain.methods.list_methods`.
         target_class: class name to explain; None: each scan's predicted class.
-        masks: folder with ``masks.csv``; adds pointing game and energy fraction.
+        masks: folder with ``masks.csv``; adds pointing game, energy fraction and the
+            deletion / insertion AUCs (:func:`volnas.explain.faithfulness.saliency_curve`).
         console: where to print the summary (None: a default console).
         target_layer: dotted module name overriding the default layer.
         batch_size: scans per forward pass.
         device: torch device for the model.
+        options: method options (``box``, ``stride``, ``samples``; see
+            :func:`volnas.explain.methods.make_explainer`).
+        curves: also compute the deletion / insertion curves of every scan (without masks
+            too) and write ``curves.png`` beside each montage.
+        curve_steps: portions of voxels per curve.
 
     Returns:
         One dict per scan (what ``explanation.json`` holds).
@@ -229,8 +250,9 @@ def explain_scans(
     names = safe_names(refs)
     mask_table = load_mask_table(masks) if masks is not None else None
 
+    method_info(method)  # unknown method: ExplainError before any work
     explainer, pre, model_name, classes = _explainer_of(Path(run_dir), method, target_layer,
-                                                        device)
+                                                        device, options or {})
     target = None
     if target_class is not None:
         if target_class not in classes:
@@ -244,29 +266,45 @@ def explain_scans(
         volumes = [read_scan(refs[i].path, refs[i].fmt) for i in chunk]
         explained = explain_volumes(explainer, volumes, pre, target, device)
         for i, vol, ex in zip(chunk, volumes, explained, strict=True):
+            curve_pair = None
+            if curves or mask_table is not None:
+                curve_pair = deletion_insertion(explainer, ex, device, curve_steps)
             results.append(_write_scan(out / names[i], refs[i], names[i], vol, ex, classes,
                                        method, explainer.target_layer, mask_table,
-                                       montage_count))
+                                       montage_count, curve_pair, curves))
     summary = _write_summary(out, run_dir, model_name, method, explainer.target_layer, classes,
                              results)
     _print(console, results, summary, out)
     return results
 
 
-def _explainer_of(folder: Path, method: str, target_layer: str | None, device: str | torch.device
+def deletion_insertion(explainer: Any, ex: VolumeExplanation, device: str | torch.device,
+                       steps: int = 20) -> tuple[Curve, Curve]:
+    """Deletion and insertion curves of one explained scan, on the network input grid."""
+    prob_fn = (explainer.probabilities if isinstance(explainer, EnsembleExplainer)
+               else model_probs(explainer.model))
+    if ex.model_input is None:
+        raise ValueError("the explanation holds no network input")
+    x = torch.from_numpy(ex.model_input).to(device)
+    return (saliency_curve(prob_fn, x, ex.model_map, ex.target, "deletion", steps),
+            saliency_curve(prob_fn, x, ex.model_map, ex.target, "insertion", steps))
+
+
+def _explainer_of(folder: Path, method: str, target_layer: str | None, device: str | torch.device,
+                  options: dict[str, Any] | None = None
                   ) -> tuple[Any, PreprocessConfig, str, list[str]]:
     """The explainer of a run, bundle or ensemble bundle (members' maps averaged, see
     :mod:`volnas.explain.ensemble`), its preprocessing, model name and classes."""
     if is_ensemble_bundle(folder):
         ens = load_ensemble(folder)
         explainers = [make_explainer(b.model.to(device).eval(), method, target_layer,
-                                     b.model_name) for b in ens.members]
+                                     b.model_name, **(options or {})) for b in ens.members]
         return (EnsembleExplainer(explainers, [b.temperature for b in ens.members]),
                 ens.preprocess, ens.model_name, list(ens.classes))
     model, cfg, info = load_run_or_bundle(folder)
     model = model.to(device).eval()
-    return (make_explainer(model, method, target_layer, cfg.model), cfg.preprocess, cfg.model,
-            list(info["classes"]))
+    return (make_explainer(model, method, target_layer, cfg.model, **(options or {})),
+            cfg.preprocess, cfg.model, list(info["classes"]))
 
 
 def _write_scan(
@@ -280,6 +318,8 @@ def _write_scan(
     layer: str,
     mask_table: dict[str, Path] | None,
     montage_count: int,
+    curve_pair: tuple[Curve, Curve] | None = None,
+    write_curves: bool = False,
 ) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=False)
     pred = int(np.argmax(ex.probs))
@@ -289,10 +329,18 @@ def _write_scan(
         mask = read_mask(mask_path, volume.shape)
     title = (f"{name}: predicted {classes[pred]} (p={ex.probs[pred]:.2f})"
              + (f", label {ref.label}" if ref.label else "")
-             + f"\n{METHOD_NAMES.get(method, method)} for '{classes[ex.target]}' ({layer})")
+             + f"\n{method_info(method).label} for '{classes[ex.target]}' ({layer})")
     shown = render_montage(folder / "montage.png", volume, ex.heatmap, title, mask,
                            count=montage_count)
     write_heatmap_nifti(folder / "heatmap.nii.gz", ex.heatmap, volume)
+    files = {"montage": "montage.png", "heatmap": "heatmap.nii.gz", "json": "explanation.json"}
+    if curve_pair is not None and write_curves:
+        render_curves(folder / "curves.png", curve_pair, f"{name}: {method_info(method).label}")
+        files["curves"] = "curves.png"
+    faith = faithfulness(ex.heatmap, mask) if mask is not None and mask.any() else None
+    if faith is not None and curve_pair is not None:
+        faith["deletion_auc"] = curve_pair[0].auc
+        faith["insertion_auc"] = curve_pair[1].auc
     record: dict[str, Any] = {
         "name": name,
         "scan": ref.arg,
@@ -312,17 +360,21 @@ def _write_scan(
         "sampled_slices": [int(i) for i in ex.indices],
         "slices": top_slices(ex.heatmap),
         "montage_slices": shown,
-        "files": {"montage": "montage.png", "heatmap": "heatmap.nii.gz",
-                  "json": "explanation.json"},
+        "files": files,
         "mask": str(mask_path) if mask_path is not None else None,
-        "faithfulness": faithfulness(ex.heatmap, mask) if mask is not None and mask.any() else None,
+        "faithfulness": faith,
+        "curves": None if curve_pair is None else {
+            c.kind: {"fractions": [round(float(f), 6) for f in c.fractions],
+                     "probability": [round(float(p), 6) for p in c.probs], "auc": c.auc}
+            for c in curve_pair},
     }
     write_json(folder / "explanation.json", record)
     return record
 
 
 _CSV_COLUMNS = ("name", "scan", "label", "predicted", "probability", "target_class",
-                "pointing_hit", "energy_in_lesion", "lesion_fraction")
+                "pointing_hit", "energy_in_lesion", "lesion_fraction", "deletion_auc",
+                "insertion_auc")
 
 
 def _write_summary(
@@ -354,24 +406,30 @@ def _write_summary(
 
 def _print(console: Console, results: list[dict[str, Any]], summary: dict[str, Any],
            out: Path) -> None:
-    table = Table(title=f"{METHOD_NAMES.get(summary['method'], summary['method'])} "
+    table = Table(title=f"{method_info(summary['method']).label} "
                         f"({esc(summary['model'])}, layer {esc(summary['target_layer'])})")
-    for col in ("scan", "label", "predicted", "p", "map for", "top slices", "hit", "energy"):
-        table.add_column(col, justify="right" if col in ("p", "hit", "energy") else "left")
+    for col in ("scan", "label", "predicted", "p", "map for", "top slices", "hit", "energy",
+                "deletion AUC"):
+        table.add_column(col, justify="left" if col in ("scan", "label", "predicted", "map for",
+                                                        "top slices") else "right")
     for r in results:
         f = r["faithfulness"]
         table.add_row(esc(r["name"]), esc(r["label"] or ""), esc(r["predicted"]),
                       f"{r['probability']:.3f}", esc(r["target_class"]),
                       ", ".join(str(t["slice"]) for t in r["slices"]["top"][:3]),
                       f"{f['pointing_hit']:.2f}" if f else "",
-                      f"{f['energy_in_lesion']:.3f}" if f else "")
+                      f"{f['energy_in_lesion']:.3f}" if f else "",
+                      f"{r['curves']['deletion']['auc']:.3f}" if r.get("curves") else "")
     console.print(table)
     fs = summary["faithfulness"]
     if fs:
         console.print(
             f"faithfulness over {fs['n_scans']} scans with lesion masks: pointing-game hit rate "
             f"[bold]{fs['hit_rate']:.3f}[/] (uniform map {fs['uniform_pointing']:.3f}), energy in "
-            f"lesions [bold]{fs['energy_in_lesion']:.3f}[/] (uniform map {fs['uniform_energy']:.3f})"
+            f"lesions [bold]{fs['energy_in_lesion']:.3f}[/] (uniform map {fs['uniform_energy']:.3f}"
+            f", {fs['energy_in_lesion'] / max(fs['uniform_energy'], 1e-12):.1f}x)"
+            + (f", deletion AUC [bold]{fs['deletion_auc']:.3f}[/] (lower: the model used the "
+               f"map), insertion AUC {fs['insertion_auc']:.3f}" if "deletion_auc" in fs else "")
         )
     console.print(f"explanations: {esc(out)}")
 
@@ -381,7 +439,7 @@ def explain_test_scans(
     manifest: Path,
     out: Path,
     n: int = 3,
-    method: str = "cam",
+    method: str = DEFAULT_METHOD,
     masks: Path | None = None,
     console: Console | None = None,
 ) -> list[dict[str, Any]]:

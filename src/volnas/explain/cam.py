@@ -16,20 +16,19 @@ Normalisation of the upsampled map (per item): negative values are dropped (they
 evidence *against* the class), then the map is divided by its maximum, so maps lie in
 [0, 1]. A map with no positive value (the class has no positive evidence anywhere) is
 min-max scaled instead, so it still shows where the evidence is least negative.
+
+The factory by method name is :func:`volnas.explain.methods.make_explainer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Method = Literal["cam", "gradcam", "gradcampp"]
-METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp")
 ClassArg = int | Sequence[int] | Tensor | None
 
 
@@ -239,29 +238,6 @@ class GradCAMpp(_Explainer):
         alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
         w = (alpha * F.relu(g)).sum(dim=(2, 3, 4), keepdim=True)
         return F.relu((w * act).sum(dim=1))
-
-
-def make_explainer(
-    model: nn.Module,
-    method: str = "cam",
-    target_layer: str | None = None,
-    model_name: str | None = None,
-) -> _Explainer:
-    """The explainer for ``method`` with its target layer resolved.
-
-    Args:
-        model: network in eval mode.
-        method: ``cam``, ``gradcam`` or ``gradcampp``.
-        target_layer: dotted module name; default: CAM's pooled map, else
-            :func:`default_target_layer`.
-        model_name: registry name, used to find the default Grad-CAM layer.
-    """
-    if method == "cam":
-        return CAM(model, target_layer)
-    if method in ("gradcam", "gradcampp"):
-        layer = target_layer or default_target_layer(model, model_name)
-        return (GradCAM if method == "gradcam" else GradCAMpp)(model, layer)
-    raise ExplainError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 
 
 # --------------------------------------------------------------------------- helpers

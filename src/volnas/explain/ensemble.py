@@ -22,7 +22,7 @@ from volnas.explain.cam import ClassArg, Explanation, normalize_maps
 
 class EnsembleExplainer:
     """Called like an explainer (``explainer(x, class_idx)``), for several networks:
-    ``explainers`` from :func:`volnas.explain.cam.make_explainer`, one per member."""
+    ``explainers`` from :func:`volnas.explain.methods.make_explainer`, one per member."""
 
     def __init__(self, explainers: Sequence[Any],
                  temperatures: Sequence[float | None]) -> None:

@@ -143,3 +143,29 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def render_curves(path: Path, curves: Any, title: str) -> None:
+    """Deletion and insertion curves (fraction of voxels changed -> class probability) as PNG.
+
+    ``curves``: :class:`volnas.explain.faithfulness.Curve` objects (``kind``, ``fractions``,
+    ``probs``, ``auc``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for c in curves:
+        ax.plot(c.fractions, c.probs, marker=".", label=f"{c.kind} (AUC {c.auc:.3f})")
+    ax.set_xlabel("fraction of voxels, most salient first")
+    ax.set_ylabel("probability of the explained class")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(Path(path), buf.getvalue())
