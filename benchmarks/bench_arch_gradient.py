@@ -13,7 +13,8 @@ sum, (2 / SNR)^2. The cost penalty's gradient (``--target-params``) beside the l
 gradient's mean shows which of the two a search with a parameter target follows.
 
     python benchmarks/bench_arch_gradient.py --search-run RUN --data adrenalmnist3d.npz \
-        [--draws 200] [--tau 0.5] [--target-params 3.0] [--out arch_gradient.json]
+        [--draws 200] [--tau 0.5] [--target-params 3.0] [--estimator st|score --paths 4] \
+        [--out arch_gradient.json]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.search.ranking import load_supernet
 from volnas.search.run import load_saved_search_config
+from volnas.search.sampler import score_function_gradient
 from volnas.search.search import search_halves
 from volnas.training.device import seed_everything
 
@@ -48,6 +50,10 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--tau", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--estimator", choices=("st", "score"), default="st",
+                    help="st: the search's straight-through gradient, one path per draw; "
+                         "score: REINFORCE over --paths paths on the same batch")
+    ap.add_argument("--paths", type=int, default=4, help="paths per draw (score)")
     ap.add_argument("--target-params", type=float, default=None, help="millions; the penalty")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
@@ -79,8 +85,18 @@ def main() -> None:
             except StopIteration:
                 batches = iter(loader)
                 x, y = next(batches)
-            loss = loss_fn(supernet(x), y)
-            g = torch.autograd.grad(loss, params, allow_unused=True)
+            if args.estimator == "score":
+                paths, losses = [], []
+                with torch.no_grad():
+                    for _ in range(args.paths):
+                        paths.append(supernet.sample_path())
+                        supernet.fixed_path = paths[-1]
+                        losses.append(loss_fn(supernet(x), y))
+                supernet.fixed_path = None
+                g = score_function_gradient(params, paths, torch.stack(losses))
+            else:
+                loss = loss_fn(supernet(x), y)
+                g = torch.autograd.grad(loss, params, allow_unused=True)
             rows.append(torch.cat([torch.zeros_like(p) if gi is None else gi
                                    for p, gi in zip(params, g, strict=True)]))
             status.update(f"architecture gradients {d + 1}/{args.draws}")
@@ -94,7 +110,9 @@ def main() -> None:
     snr = mean.abs() / std
     sizes = [p.numel() for p in params]
     names = supernet.alpha.names if hasattr(supernet.alpha, "names") else None
-    table = Table(title=f"architecture gradient, {args.draws} draws at tau {args.tau}, "
+    how = (f"REINFORCE over {args.paths} paths" if args.estimator == "score"
+           else "straight-through, 1 path")
+    table = Table(title=f"architecture gradient ({how}), {args.draws} draws at tau {args.tau}, "
                         f"batch {args.batch_size}")
     for col in ("layer", "max |t|", "noise 95 %", "steps to decide", "|mean| loss",
                 "std loss", "|penalty|"):
@@ -133,6 +151,7 @@ def main() -> None:
                       f"params against the target {args.target_params} M")
     if args.out is not None:
         args.out.write_text(json.dumps({"search_run": str(args.search_run), "draws": args.draws,
+                                        "estimator": args.estimator, "paths": args.paths,
                                         "tau": args.tau, "batch_size": args.batch_size,
                                         "layers_with_signal": with_signal, "layers": out_layers}, indent=2))
 

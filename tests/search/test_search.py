@@ -13,7 +13,12 @@ from volnas.models.genotype import Genotype
 from volnas.models.mbconv import MBConv3D
 from volnas.models.profile import count_params
 from volnas.models.spaces import layer_specs
-from volnas.search.sampler import ChoiceLogits, TemperatureSchedule, st_gumbel_softmax
+from volnas.search.sampler import (
+    ChoiceLogits,
+    TemperatureSchedule,
+    score_function_gradient,
+    st_gumbel_softmax,
+)
 from volnas.search.supernet import ChoiceLayer, SuperNet
 
 
@@ -73,6 +78,36 @@ def test_logits_move_to_the_better_candidate_and_indifferent_layer_stays_uniform
     assert p_good[0] > 0.8, p_good
     h_same = alpha.entropy()[1]
     assert h_same > 0.9 * math.log(3), p_same
+
+
+def test_score_function_gradient_is_the_gradient_of_the_expected_loss() -> None:
+    """Averaged over many groups of paths, the leave-one-out REINFORCE estimate equals the
+    analytic gradient of E[loss] = sum_c p_c L_c (row 0), and a row the loss ignores gets a
+    gradient of about zero (row 1)."""
+    torch.manual_seed(0)
+    logits = [torch.tensor([0.5, -0.2, 0.1, 0.0]), torch.zeros(3)]
+    cost = torch.tensor([1.0, 0.2, 0.6, 0.9])
+    p = torch.softmax(logits[0], -1)
+    exact = p * (cost - (p * cost).sum())
+    gen = torch.Generator().manual_seed(1)
+    total = [torch.zeros(4), torch.zeros(3)]
+    groups = 6000
+    for _ in range(groups):
+        paths = [[int(torch.multinomial(torch.softmax(a, -1), 1, generator=gen)) for a in logits]
+                 for _ in range(4)]
+        losses = torch.stack([cost[q[0]] + 0.3 * torch.randn((), generator=gen) for q in paths])
+        for t, g in zip(total, score_function_gradient(logits, paths, losses), strict=True):
+            t += g / groups
+    assert torch.allclose(total[0], exact, atol=0.01), (total[0], exact)
+    assert total[1].abs().max() < 0.01, total[1]
+    # the batch's difficulty (a constant added to every path's loss) changes nothing
+    paths = [[0, 1], [2, 0], [1, 2]]
+    losses = torch.tensor([0.3, 0.7, 0.4])
+    for a, b in zip(score_function_gradient(logits, paths, losses),
+                    score_function_gradient(logits, paths, losses + 5.0), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match=">= 2 paths"):
+        score_function_gradient(logits, paths[:1], losses[:1])
 
 
 def test_decision_measures_distance_from_uniform_and_warns_when_undecided() -> None:

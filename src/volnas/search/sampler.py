@@ -129,3 +129,28 @@ class ChoiceLogits(nn.Module):
 
 def _entropy(p: torch.Tensor) -> float:
     return float(-(p * p.clamp_min(1e-12).log()).sum())
+
+
+def score_function_gradient(
+    logits: list[torch.Tensor], paths: list[list[int]], losses: torch.Tensor
+) -> list[torch.Tensor]:
+    """Gradient of the expected loss w.r.t. each row of logits from K >= 2 paths drawn from
+    ``softmax(logits)`` and scored on the same batch (REINFORCE with a leave-one-out
+    baseline: unbiased, and the batch's difficulty cancels).
+
+    It compares candidates by the loss of the networks that use them, where the
+    straight-through gradient only asks whether the sampled branch should be scaled, which
+    weights trained to an optimum of that scale answer with about zero for every candidate.
+    """
+    k = len(paths)
+    if k < 2 or losses.shape != (k,):
+        raise ValueError(f"need >= 2 paths and one loss per path, got {k} and {tuple(losses.shape)}")
+    losses = losses.detach().float()
+    advantage = losses - (losses.sum() - losses) / (k - 1)
+    grads = []
+    for r, a in enumerate(logits):
+        p = torch.softmax(a.detach().float(), -1)
+        chosen = torch.tensor([path[r] for path in paths], device=p.device)
+        onehot = torch.nn.functional.one_hot(chosen, p.numel()).float()
+        grads.append((advantage.to(p.device)[:, None] * (onehot - p)).mean(0).to(a.dtype))
+    return grads
