@@ -10,9 +10,9 @@ sqrt(draws)) against what noise alone reaches (the 95 % quantile of the largest 
 layer's |t| under a zero mean, Bonferroni), and, for a layer with a signal, how many
 steps a logit with that signal needs before its summed mean exceeds twice the noise of the
 sum, (2 / SNR)^2. The cost penalty's gradient (``--target-params``) beside the loss
-gradient's mean shows which of the two a search with a parameter target follows. ``--estimator score`` measures the REINFORCE
-alternative instead: ``--paths`` paths scored on the same batch, leave-one-out baseline
-(``volnas.search.sampler.score_function_gradient``).
+gradient's mean shows which of the two a search with a parameter target follows.
+``--estimator score`` measures the REINFORCE alternative instead: ``--paths`` paths scored
+on the same batch, leave-one-out baseline (``volnas.search.sampler.score_function_gradient``).
 
     python benchmarks/bench_arch_gradient.py --search-run RUN --data adrenalmnist3d.npz \
         [--draws 200] [--tau 0.5] [--target-params 3.0] [--estimator st|score --paths 4] \
