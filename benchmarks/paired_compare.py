@@ -1,8 +1,9 @@
-"""Compare finished runs on the same test scans: each run's test metrics with their 95 %
-intervals, and the paired bootstrap difference of AUC against the first run (patients
-resampled together), which says whether a difference is within noise.
+"""Compare finished runs on the same test scans: test metrics (one run: with its 95 %
+intervals; several seeds: mean +- std), and the paired bootstrap difference of AUC against
+the first name (patients resampled together; for several seeds, of the seeds' mean AUCs),
+which says whether a difference is within noise.
 
-    python benchmarks/paired_compare.py resnet=RUN_A searched=RUN_B random=RUN_C \
+    python benchmarks/paired_compare.py resnet=RUN_A searched=RUN_B1,RUN_B2,RUN_B3 \
         [--out compare.md]
 
 A run is a training run folder or a search folder (its ``final/`` is used); each must hold
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -37,51 +39,68 @@ def probs_of(rows: list[dict[str, str]], classes: list[str]) -> np.ndarray:
     return np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
 
 
-def fmt_ci(m: dict, key: str) -> str:
-    ci = (m.get("ci") or {}).get(key)
-    v = m.get(key)
-    if v is None:
+def metric(m: dict, key: str) -> float | None:
+    if key == "f1_weighted":
+        return (m.get("weighted") or {}).get("f1")
+    if key in ("ece", "ece_calibrated"):
+        return (m.get("calibration") or {}).get(key)
+    if key == "params":
+        return m.get("params", 0) / 1e6
+    return m.get(key)
+
+
+def cell(runs: list[dict], key: str) -> str:
+    """One run: value (95 % CI); several: mean +- std over them."""
+    vals = [metric(m, key) for m in runs]
+    if any(v is None for v in vals):
         return "-"
-    return f"{v:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+    if len(vals) == 1:
+        ci = (runs[0].get("ci") or {}).get(key)
+        return f"{vals[0]:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+    return f"{statistics.mean(vals):.3f} +- {statistics.stdev(vals):.3f}"
+
+
+COLUMNS = (("params", "params (M)"), ("auc", "test AUC"), ("accuracy", "ACC"), ("f1", "F1"),
+           ("f1_weighted", "weighted F1"), ("ece", "ECE raw"),
+           ("ece_calibrated", "ECE calibrated"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="NAME=RUN_FOLDER, the first is the reference")
+    ap.add_argument("runs", nargs="+",
+                    help="NAME=RUN[,RUN...] (seeds of one name), the first name is the reference")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown)")
     args = ap.parse_args()
     named = []
     for item in args.runs:
-        name, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"{item!r}: expected NAME=RUN_FOLDER")
-        named.append((name, *load_run(Path(path))))
-    ref_name, ref_m, ref_rows = named[0]
-    classes = list(ref_m["class_names"])
+        name, _, paths = item.partition("=")
+        if not paths:
+            raise SystemExit(f"{item!r}: expected NAME=RUN_FOLDER[,RUN_FOLDER...]")
+        named.append((name, [load_run(Path(p)) for p in paths.split(",")]))
+    ref_name, ref_runs = named[0]
+    classes = list(ref_runs[0][0]["class_names"])
+    ref_rows = ref_runs[0][1]
     ids = [r["scan_id"] for r in ref_rows]
     labels = np.array([classes.index(r["label"]) for r in ref_rows])
     groups = np.array([r["patient_id"] for r in ref_rows])
-    ref_p = probs_of(ref_rows, classes)
-    lines = ["| run | params | test AUC (95 % CI) | ACC | F1 | weighted F1 | ECE raw -> calibrated "
-             f"| AUC - {ref_name} (95 % CI, paired) |", "|---|---|---|---|---|---|---|---|"]
-    for name, m, rows in named:
-        if [r["scan_id"] for r in rows] != ids:
-            raise SystemExit(f"{name}: its test scans differ from {ref_name}'s")
-        cal = m.get("calibration") or {}
-        ece = (f"{cal['ece']:.3f} -> {cal['ece_calibrated']:.3f}"
-               if "ece" in cal and "ece_calibrated" in cal else "-")
+    ref_p = [probs_of(rows, classes) for _, rows in ref_runs]
+    lines = ["| run | seeds | " + " | ".join(h for _, h in COLUMNS)
+             + f" | AUC - {ref_name} (95 % CI, paired) |",
+             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
+    for name, runs in named:
+        for _, rows in runs:
+            if [r["scan_id"] for r in rows] != ids:
+                raise SystemExit(f"{name}: its test scans differ from {ref_name}'s")
         if name == ref_name:
             diff = "-"
         else:
-            d = paired_bootstrap_auc(labels, probs_of(rows, classes), ref_p, classes,
-                                     m.get("positive_class"), groups)
+            d = paired_bootstrap_auc(labels, [probs_of(rows, classes) for _, rows in runs],
+                                     ref_p, classes, runs[0][0].get("positive_class"), groups)
             diff = (f"{d['diff']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})"
                     + (", within noise" if d["within_noise"] else ""))
-        wf1 = (m.get("weighted") or {}).get("f1")  # its CI: ci["f1_weighted"]
-        lines.append(f"| {name} | {m.get('params', 0) / 1e6:.2f} M | {fmt_ci(m, 'auc')} | "
-                     f"{fmt_ci(m, 'accuracy')} | {fmt_ci(m, 'f1')} | "
-                     f"{'-' if wf1 is None else fmt_ci({**m, 'f1_weighted': wf1}, 'f1_weighted')} | "
-                     f"{ece} | {diff} |")
+        metrics = [m for m, _ in runs]
+        lines.append(f"| {name} | {len(runs)} | "
+                     + " | ".join(cell(metrics, k) for k, _ in COLUMNS) + f" | {diff} |")
     text = "\n".join(lines)
     print(text)
     if args.out is not None:
