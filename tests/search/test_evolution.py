@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_search import write_tiny_npz
 from torch import nn
 from typer.testing import CliRunner
 
@@ -20,7 +21,6 @@ from volnas.cli.main import app
 from volnas.models.genotype import Genotype, StackNet
 from volnas.models.latency import LatencyTable
 from volnas.models.profile import count_params
-from volnas.models.spaces import SPACES, SpaceDef
 from volnas.search.budget import Budget, fit_epochs, parse_duration
 from volnas.search.config import SearchConfig
 from volnas.search.evolution import PathFilter, UniformPaths, evolve
@@ -33,27 +33,6 @@ from volnas.search.pareto import (
 )
 from volnas.search.run import load_saved_search_config, load_search_config, run_search
 from volnas.search.supernet import SuperNet
-
-TINY = (4, (4, 6, 6, 8, 8, 8), (1, 1, 1, 1, 1, 1), None, "test: medpipe's structure, narrow")
-
-
-@pytest.fixture
-def tiny_space(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(SPACES, "tiny-strides", SpaceDef(*TINY))
-    return "tiny-strides"
-
-
-def _write_npz(path: Path, n_train: int = 16) -> Path:
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", n_train), ("val", 6), ("test", 6)):
-        y = np.arange(n) % 2
-        x = rng.integers(0, 80, (n, 8, 16, 16)).astype(np.uint8)
-        x[y == 1, :, 4:12, 4:12] += 100
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y[:, None]
-    np.savez(path, **arrays)
-    return path
-
 
 # ------------------------------------------------------------------ uniform sampling
 
@@ -255,7 +234,7 @@ def test_real_run_resumes_mid_evolution(tmp_path: Path, tiny_space: str,
     continues to the unbroken run's generations and pick; the CLI's evolution flags reach
     the run (latency cost, --pick, a baseline drawn by its cost)."""
     monkeypatch.setenv("VOLNAS_CACHE_DIR", str(tmp_path / "c"))
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     res = CliRunner().invoke(app, [
         "search", "--data", str(data), "--space", tiny_space, "--out", str(tmp_path / "a"),
         "--strategy", "evolution", "--slices", "8", "--size", "16x16", "--batch-size", "8",
@@ -319,7 +298,7 @@ def test_budgeted_run_stops_on_time_and_writes_metrics(tmp_path: Path, tiny_spac
     each stage on time, still retrains and tests its pick, and records the split and the
     time taken. The bound is loose: the CPU is shared, one epoch can take seconds more than
     the last (the benchmark in docs/results measures the precision)."""
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     cfg = load_search_config(None, {
         "data": str(data), "space": tiny_space, "strategy": "evolution", "slices": 8,
         "size": (16, 16), "batch_size": 8, "search_epochs": 500, "generations": 500,
@@ -351,7 +330,7 @@ def test_budgeted_run_stops_on_time_and_writes_metrics(tmp_path: Path, tiny_spac
 
 def test_budgeted_random_search_probes_what_fits(tmp_path: Path, tiny_space: str) -> None:
     """The random strategy under a budget probes fewer draws than asked, then retrains."""
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     cfg = load_search_config(None, {
         "data": str(data), "space": tiny_space, "strategy": "random", "slices": 8,
         "size": (16, 16), "batch_size": 8, "random_samples": 40, "probe_epochs": 1,

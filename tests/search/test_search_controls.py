@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_search import TINY, write_tiny_npz
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from volnas.cli.main import app
-from volnas.models.spaces import SPACES, SpaceDef
 from volnas.search.config import SearchConfig
 from volnas.search.random_search import PARAMS_TOLERANCE, draw_paths
 from volnas.search.ranking import kendall_tau
@@ -27,27 +27,6 @@ from volnas.search.search import PairedLoader, SearchTrainer
 from volnas.search.supernet import SuperNet
 
 REPO = Path(__file__).resolve().parents[2]
-# medpipe's structure (searched strides under the stride budget), narrow and one layer per cell
-TINY = (4, (4, 6, 6, 8, 8, 8), (1, 1, 1, 1, 1, 1), None, "test: medpipe's structure, narrow")
-
-
-@pytest.fixture
-def tiny_space(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(SPACES, "tiny-strides", SpaceDef(*TINY))
-    return "tiny-strides"
-
-
-def _write_npz(path: Path, n_train: int = 16) -> Path:
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", n_train), ("val", 6), ("test", 6)):
-        y = np.arange(n) % 2
-        x = rng.integers(0, 80, (n, 8, 16, 16)).astype(np.uint8)
-        x[y == 1, :, 4:12, 4:12] += 100
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y[:, None]
-    np.savez(path, **arrays)
-    return path
-
 
 # ------------------------------------------------------------------ random search
 
@@ -58,7 +37,7 @@ RANDOM = ["--strategy", "random", "--samples", "3", "--slices", "8", "--size", "
 def test_random_search_end_to_end(tmp_path: Path, tiny_space: str) -> None:
     """volnas search --strategy random writes the run folder contract: the drawn genotypes
     and a log under search/, one probe per draw, the best probe chosen and retrained."""
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["search", "--data", str(data), "--space", tiny_space,
                                    "--out", str(out), *RANDOM])
@@ -127,7 +106,7 @@ def test_failed_random_search_keeps_its_finished_probes(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ev, "run_training", failing_second)
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     cfg = SearchConfig.model_validate({
         "data": str(data), "space": tiny_space, "strategy": "random", "random_samples": 3,
         "preprocess": {"slices": 8, "size": (16, 16)}, "batch_size": 8, "probe_epochs": 1})
@@ -143,7 +122,7 @@ def test_failed_random_search_keeps_its_finished_probes(
 def test_random_search_resumes_after_kill(tmp_path: Path, tiny_space: str) -> None:
     """kill -9 in the second probe; --resume keeps the seed's draws, reads the first probe
     back (not rerun), finishes the others and chooses the best probe."""
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     runner = (f"import sys\nfrom volnas.models.spaces import SPACES, SpaceDef\n"
               f"SPACES['tiny-strides'] = SpaceDef(*{TINY!r})\n"
               "from volnas.cli.main import main\nsys.argv = ['volnas', *sys.argv[1:]]\nmain()\n")
@@ -316,7 +295,7 @@ def test_benchmark_runs_a_random_search_cell(tmp_path: Path, tiny_space: str) ->
     with pytest.raises(BenchmarkError, match="unknown strategy 'genetic'"):
         check_names([], [f"{tiny_space}:genetic"])
     assert search_config({}, "d.npz", f"{tiny_space}:evolution", 0).strategy == "evolution"
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     report = run_benchmark(data, [], [f"{tiny_space}:random"], seeds=1, out=tmp_path / "b",
                            overrides={"random_samples": 2, "probe_epochs": 1, "epochs": 1,
                                       "batch_size": 8, "slices": 8, "size": (16, 16)})
@@ -364,7 +343,7 @@ def test_space_ceiling_members_build_with_their_sizes(tmp_path: Path) -> None:
 def test_search_ensemble_retrains_the_top_k(tmp_path: Path, tiny_space: str) -> None:
     """--ensemble 2: the second-best probe is retrained beside final/, and their ensemble
     is evaluated on the test split and exported; a resumed search reads it back."""
-    data = _write_npz(tmp_path / "d.npz")
+    data = write_tiny_npz(tmp_path / "d.npz")
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["search", "--data", str(data), "--space", tiny_space,
                                    "--out", str(out), *RANDOM, "--ensemble", "2"])

@@ -25,11 +25,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_search import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 
-# (stem channels, cell channels, layers per cell, strides: None = searched, description)
-TINY = (4, (4, 6, 6, 8, 8, 8), (1, 1, 1, 1, 1, 1), None, "test: medpipe's structure, narrow")
 
 RUNNER = f"""
 import sys
