@@ -65,11 +65,39 @@ COLUMNS = (("params", "params (M)"), ("auc", "test AUC"), ("accuracy", "ACC"), (
            ("ece_calibrated", "ECE calibrated"))
 
 
+def plot(named: list[tuple[str, list[tuple[dict, list]]]], path: Path) -> None:
+    """Test AUC against parameters (log scale), one colour per name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (name, runs) in enumerate(named):
+        colour = f"C{i}"
+        xs = [metric(m, "params") for m, _ in runs]
+        ys = [metric(m, "auc") for m, _ in runs]
+        ax.scatter(xs, ys, color=colour, alpha=0.5, s=22)
+        ax.scatter([statistics.mean(xs)], [statistics.mean(ys)], color=colour, marker="X",
+                   s=90, label=f"{name} (n={len(runs)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("test AUC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+",
                     help="NAME=RUN[,RUN...] (seeds of one name), the first name is the reference")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown)")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="also plot test AUC against parameters (PNG): a dot per run, "
+                         "a cross per name at its mean")
     args = ap.parse_args()
     named = []
     for item in args.runs:
@@ -103,6 +131,8 @@ def main() -> None:
                      + " | ".join(cell(metrics, k) for k, _ in COLUMNS) + f" | {diff} |")
     text = "\n".join(lines)
     print(text)
+    if args.plot is not None:
+        plot(named, args.plot)
     if args.out is not None:
         args.out.write_text(text + "\n")
 
