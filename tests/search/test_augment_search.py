@@ -121,7 +121,8 @@ def _search(manifest: Path, out: Path, *extra: str) -> dict:
     # covidnet3d-s keeps the supernet cheap (fixed strides); medpipe runs in test_cli
     args = ["search", "--data", str(manifest), "--space", "covidnet3d-s", "--out", str(out),
             "--epochs", "2", "--topk", "1", "--probe-epochs", "1", "--retrain-epochs", "1",
-            "--slices", "8", "--size", "16x16", "--batch-size", "4", "--arch-lr", "0.05", *extra]
+            "--slices", "8", "--size", "16x16", "--batch-size", "4", "--arch-lr", "0.05",
+            "--strategy", "differentiable", *extra]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
     return json.loads((out / "result.json").read_text())

@@ -294,3 +294,19 @@ def test_stride_budget_bounds_sampled_and_exported_paths() -> None:
     free = SuperNet("medpipe", 1, 2, stride_budget=None)
     assert free.feasible([0] * len(free.alpha))
     assert not net.feasible([0] * len(net.alpha))
+
+
+def test_top_k_leaves_out_the_warm_up_epochs_argmax() -> None:
+    """During warm-up the logits are at their start: the argmax is a tie-break, not a pick."""
+    from volnas.search.run import top_k
+
+    log = [{"epoch": 1, "score": 0.90, "genotype": "first-candidates"},
+           {"epoch": 2, "score": 0.90, "genotype": "first-candidates"},
+           {"epoch": 3, "score": 0.70, "genotype": "a"},
+           {"epoch": 4, "score": 0.80, "genotype": "b"},
+           {"epoch": 5, "score": 0.80, "genotype": "a"}]
+    picked = top_k(log, 2, warmup=2)
+    assert [r["genotype"] for r in picked] == ["a", "b"]  # tie 0.80: the later epoch first
+    assert picked[0]["record"] == {"search_epoch": 5, "search_score": 0.80}
+    # a search that is all warm-up still returns its candidates
+    assert [r["genotype"] for r in top_k(log[:2], 3, warmup=2)] == ["first-candidates"]

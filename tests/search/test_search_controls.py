@@ -365,3 +365,18 @@ def test_search_ensemble_retrains_the_top_k(tmp_path: Path, tiny_space: str) -> 
     again = CliRunner().invoke(app, ["search", "--out", str(out), "--resume"])
     assert again.exit_code == 0, again.output + repr(again.exception)
     assert json.loads((out / "ensemble" / "evaluation" / "metrics.json").read_text()) == metrics
+
+
+def test_default_strategy_is_random_unless_the_policy_is_searched() -> None:
+    """Random search is the default for architecture searches (the differentiable one did not
+    beat it: docs/results/strategies-adrenal28.md); a policy search needs the differentiable
+    one; a saved run from before the default changed resumes as what it was."""
+    from volnas.search.config import SearchConfig
+
+    assert SearchConfig(data="d.npz").strategy == "random"
+    assert SearchConfig(data="d.npz", space="medpipe").strategy == "differentiable"  # joint
+    assert SearchConfig(data="d.npz", space="medpipe", augment_search="off").strategy == "random"
+    assert SearchConfig(data="d.npz", strategy="evolution").strategy == "evolution"
+    old = SearchConfig(data="d.npz").model_dump(mode="json")
+    del old["strategy"]
+    assert SearchConfig.from_saved(old).strategy == "differentiable"

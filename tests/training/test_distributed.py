@@ -119,7 +119,8 @@ def _worker_single(cfg: dict, out: Path) -> None:
 
 
 def test_search_logits_identical_on_both_ranks(tiny_npz: Path, tmp_path: Path) -> None:
-    cfg = {"data": str(tiny_npz), "space": "covidnet3d-s", "search_epochs": 2, "topk": 1,
+    cfg = {"data": str(tiny_npz), "space": "covidnet3d-s", "strategy": "differentiable",
+           "search_epochs": 2, "topk": 1,
            "probe_epochs": 1, "retrain_epochs": 1, "batch_size": 2, "seed": 1, "arch_lr": 0.05,
            "preprocess": {"slices": 8, "size": [16, 16], "intensity": "range", "window": [0, 255]},
            "cache_dir": str(tmp_path / "cache")}

@@ -7,12 +7,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from volnas.search.config import SearchConfig
+from volnas.search.config import STRATEGIES, SearchConfig
 from volnas.training.config import RESUME_SAFE, TrainConfig, merge_settings
 
 
@@ -69,25 +69,25 @@ def train_config(settings: Mapping[str, Any], data: str, model: str, seed: int) 
 
 def parse_search(name: str) -> tuple[str, str | None]:
     """A benchmark search name, ``SPACE`` or ``SPACE:STRATEGY`` (``covidnet3d-s:random``):
-    the space and the strategy (None: the settings' strategy)."""
+    the space and the strategy (None: the settings' strategy, else differentiable)."""
     space, sep, strategy = name.partition(":")
     if not sep:
         return name, None
-    strategies = get_args(SearchConfig.model_fields["strategy"].annotation)
-    if strategy not in strategies:
+    if strategy not in STRATEGIES:
         raise BenchmarkError(f"search {name!r}: unknown strategy {strategy!r}; known: "
-                             f"{', '.join(strategies)}")
+                             f"{', '.join(STRATEGIES)}")
     return space, strategy
 
 
 def search_config(settings: Mapping[str, Any], data: str, name: str, seed: int) -> SearchConfig:
     """The settings of the search ``name`` (``SPACE[:STRATEGY]``); the retrain gets the
-    baselines' epochs unless told otherwise."""
+    baselines' epochs unless told otherwise. A bare ``SPACE`` is the differentiable search,
+    as it was when the committed benchmark cells ran (``volnas search``'s own default is
+    random since 2026-12-05), so that resuming a benchmark never changes what a cell means."""
     space, strategy = parse_search(name)
     base = dict(settings)
     base.setdefault("retrain_epochs", settings.get("epochs", TrainConfig.model_fields["epochs"].default))
-    if strategy is not None:
-        base["strategy"] = strategy
+    base["strategy"] = strategy or base.get("strategy") or "differentiable"
     return validate_settings(SearchConfig, base | {"data": data, "space": space, "seed": seed})
 
 

@@ -37,7 +37,8 @@ def search_cmd(
         None, "--strategy", help="differentiable: the supernet search; random: probe --samples "
         "architectures drawn uniformly (same cost filter), retrain the best: the baseline; "
         "evolution: a supernet trained on uniform paths, then NSGA-II over validation score "
-        f"and --costs {default('strategy')}."),
+        "and --costs. Default: random; differentiable when the augmentation policy is "
+        "searched too (medpipe)."),
     generations: int = typer.Option(None, "--generations",
                                     help=f"Evolution generations {default('generations')}."),
     population: int = typer.Option(None, "--population",

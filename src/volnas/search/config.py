@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from volnas.data.preprocess import PreprocessConfig
 from volnas.training.config import TrainConfig
@@ -14,12 +14,16 @@ from volnas.training.config import TrainConfig
 # Settings added after search runs were first saved, with the behaviour of those runs.
 
 
+STRATEGIES: tuple[str, ...] = ("differentiable", "random", "evolution")
+
+
 class SearchConfig(TrainConfig):
     """A search run: TrainConfig (used for the retrain) plus the search's own settings."""
 
     SAVED_BEFORE_FIELD: ClassVar[dict[str, Any]] = {**TrainConfig.SAVED_BEFORE_FIELD,
                                                     "aug_prior": "candidates",
-                                                    "branch_gradient": False}
+                                                    "branch_gradient": False,
+                                                    "strategy": "differentiable"}
 
     model: str = "supernet"
     space: str = "covidnet3d-s"
@@ -28,7 +32,12 @@ class SearchConfig(TrainConfig):
     # for probe_epochs, retrain the best (the baseline a search must beat)
     # evolution: a supernet trained on uniformly sampled paths, then an NSGA-II evolution
     # scored with inherited weights (volnas.search.evolution)
-    strategy: Literal["differentiable", "random", "evolution"] = "differentiable"
+    # None: random for an architecture search, differentiable when the augmentation policy
+    # is searched too (only that strategy searches policies). Random is the default because,
+    # measured on AdrenalMNIST3D (docs/results/strategies-adrenal28.md), the differentiable
+    # search's architecture gradient is at its noise floor and its pick is no better than a
+    # random draw on validation, while random search spends the same epochs on probes
+    strategy: Literal["differentiable", "random", "evolution"] | None = None
     # K, the architectures a random search probes. None: the differentiable search's cost in
     # training epochs, ceil(search_epochs / probe_epochs) + topk (one search epoch, an
     # architecture and a weight step over half the training split each, costs about one
@@ -91,6 +100,12 @@ class SearchConfig(TrainConfig):
     baselines: list[str] = Field(default_factory=list)  # NAME or NAME=RUN_DIR, drawn on pareto.png
     # seconds for the whole run (random, evolution), split between stages: volnas.search.budget
     time_budget: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _resolve_strategy(self) -> SearchConfig:
+        if self.strategy is None:
+            self.strategy = "differentiable" if self.aug_mode != "off" else "random"
+        return self
 
     @property
     def samples(self) -> int:

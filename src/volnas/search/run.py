@@ -73,8 +73,6 @@ def load_saved_search_config(path: Path) -> SearchConfig:
     return load_saved_config(path, SearchConfig)
 
 
-
-
 def check_search_start(cfg: SearchConfig) -> None:
     """Everything about a new search that can be checked before its folder is made."""
     if not cfg.data:
@@ -214,7 +212,7 @@ def _run_search(
     crash_point("search.done")  # the search is over, no probe has started
 
     # ---- evaluation stage ----------------------------------------------------------------
-    candidates = top_k(trainer.log, cfg.topk)
+    candidates = top_k(trainer.log, cfg.topk, cfg.warmup)
     probes = probe_candidates(cfg, candidates, run_dir, k, console)
     best = best_probe(probes)
     chosen = candidate_genotype(best, k, cfg)
@@ -316,9 +314,15 @@ def decision_from_log(run_dir: Path, space: str, aug_mode: str | None) -> dict[s
     return out
 
 
-def top_k(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    """The k best distinct argmax architectures by validation score (later epoch wins ties)."""
-    ranked = sorted(log, key=lambda r: (float(r["score"]), int(r["epoch"])), reverse=True)
+def top_k(log: list[dict[str, Any]], k: int, warmup: int = 0) -> list[dict[str, Any]]:
+    """The k best distinct argmax architectures by validation score (later epoch wins ties).
+
+    Epochs 1..``warmup`` are left out when later ones exist: their logits are still at their
+    start, so their "argmax" is the tie-break (the first candidate of every layer), not a
+    choice of the search.
+    """
+    searched = [r for r in log if int(r["epoch"]) > warmup] or log
+    ranked = sorted(searched, key=lambda r: (float(r["score"]), int(r["epoch"])), reverse=True)
     seen: set[str] = set()
     out = []
     for r in ranked:
@@ -329,12 +333,6 @@ def top_k(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
         if len(out) == k:
             break
     return out
-
-
-
-
-
-
 
 
 def genotype_table(geno: Genotype, input_shape: tuple[int, ...] | None = None) -> Table:
