@@ -310,3 +310,23 @@ def test_top_k_leaves_out_the_warm_up_epochs_argmax() -> None:
     assert picked[0]["record"] == {"search_epoch": 5, "search_score": 0.80}
     # a search that is all warm-up still returns its candidates
     assert [r["genotype"] for r in top_k(log[:2], 3, warmup=2)] == ["first-candidates"]
+
+
+def test_kernel_geometry_finds_the_layers_where_kernels_coincide() -> None:
+    """At 28^3 covidnet3d-s runs cells 3-6 on 2^3 and 1^3 maps, where k3, k5 and k7 compute
+    the same function: the layers' 8 candidates are 4 functions; at 56^3 only cells 5-6."""
+    from volnas.models.spaces import degenerate_layers_warning, kernel_geometry
+
+    rows = kernel_geometry("covidnet3d-s", (28, 28, 28))
+    assert len(rows) == 21
+    assert [r["extent"][0] for r in rows] == [7] * 4 + [4] * 4 + [2] * 8 + [1] * 5
+    assert [r["distinct"] for r in rows] == [8] * 8 + [4] * 13
+    # the function is the same: k7 with its centre 3^3 taps equals k3 on a 2^3 map
+    x = torch.randn(1, 4, 2, 2, 2)
+    w7 = torch.randn(4, 1, 7, 7, 7)
+    y7 = F.conv3d(x, w7, padding=3, groups=4)
+    y3 = F.conv3d(x, w7[:, :, 2:5, 2:5, 2:5], padding=1, groups=4)
+    assert torch.allclose(y7, y3, atol=1e-5)
+    assert "13 of 21" in degenerate_layers_warning("covidnet3d-s", (28, 28, 28))
+    assert [r["distinct"] for r in kernel_geometry("covidnet3d-s", (56, 56, 56))].count(4) == 5
+    assert degenerate_layers_warning("covidnet3d-s", (56, 56, 56)) is None

@@ -9,6 +9,7 @@ stride from {1, 2}; channels [32, 48, 64, 96, 160, 320].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from volnas.models.mbconv import MBCONV_CANDIDATES, STRIDE_CANDIDATES, LayerSpec
 
@@ -65,3 +66,58 @@ def layer_specs(space: str) -> list[LayerSpec]:
             specs.append(LayerSpec(f"cell{c}.layer{j}", "normal", cout, cout, MBCONV_CANDIDATES))
         cin = cout
     return specs
+
+
+# the strides the medpipe space's extents are reckoned with (its stem and calibration layers
+# choose theirs): MedPipe's reference path
+REFERENCE_STRIDES = (1, 2, 2, 2, 2, 2, 1)
+
+
+def _effective(op: str, extent: tuple[int, ...]) -> tuple[Any, ...]:
+    """What a candidate computes on a map of ``extent``: kKeE with zero padding reaches at
+    most n - 1 voxels either side, so its kernel acts as min(K, 2n - 1) along each axis."""
+    if not (op.startswith("k") and "e" in op):
+        return (op,)
+    k, e = op[1:].split("e")
+    return ("mbconv", int(e), tuple(min(int(k), 2 * n - 1) for n in extent))
+
+
+def kernel_geometry(space: str, spatial: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """Per searchable normal layer of ``space`` for an input of ``spatial`` (D, H, W): the
+    layer's map extent, its candidates, and how many of them compute different functions
+    there. On a 2x2x2 map k3, k5 and k7 of one expansion are the same function (the larger
+    kernels' outer taps only ever see padding), so a search cannot tell them apart."""
+    sd = get_space(space)
+    strides = sd.strides or REFERENCE_STRIDES
+    extent = tuple(int(n) for n in spatial)
+    out = []
+    cell = -1
+    for spec in layer_specs(space):
+        if spec.kind in ("stem", "calib"):
+            cell += 1
+            if strides[cell] == 2:
+                extent = tuple((n + 1) // 2 for n in extent)
+            continue
+        if len(spec.candidates) < 2:
+            continue
+        distinct = len({_effective(op, extent) for op in spec.candidates})
+        out.append({"layer": spec.name, "extent": extent, "candidates": len(spec.candidates),
+                    "distinct": distinct})
+    return out
+
+
+def degenerate_layers_warning(space: str, spatial: tuple[int, int, int]) -> str | None:
+    """A warning when a third or more of the searchable layers run on maps so small that
+    some of their candidates compute the same function (None otherwise)."""
+    rows = kernel_geometry(space, spatial)
+    bad = [r for r in rows if r["distinct"] < r["candidates"]]
+    if not rows or 3 * len(bad) < len(rows):
+        return None
+    smallest = min(bad, key=lambda r: r["extent"])
+    return (f"{len(bad)} of {len(rows)} searchable layers of {space} run on maps of "
+            f"{'x'.join(map(str, smallest['extent']))} to "
+            f"{'x'.join(map(str, max(r['extent'] for r in bad)))} voxels at input "
+            f"{'x'.join(map(str, spatial))}, where larger kernels compute the same function "
+            f"as smaller ones ({smallest['distinct']} of {smallest['candidates']} candidates "
+            "differ at the smallest): those choices only add parameters. A larger input "
+            "(--slices/--size, scans resampled up) gives the search something to choose")

@@ -31,7 +31,7 @@ from volnas.core.markup import make_console
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.models.genotype import Genotype
-from volnas.models.spaces import layer_specs
+from volnas.models.spaces import degenerate_layers_warning, layer_specs
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
@@ -127,6 +127,10 @@ def run_search(
             remove_stale_temporaries(run_dir)
         return _run_search(cfg, run_dir, resume=True, console=console, main=main)
     check_search_start(cfg)
+    pre = cfg.search_preprocess()
+    geometry = degenerate_layers_warning(cfg.space, (pre.slices, *pre.size))
+    if geometry:
+        console.print(f"[bold yellow]warning:[/] {escape(geometry)}")
     prepare_run_dir(run_dir, resume=False)
     try:
         if main:
