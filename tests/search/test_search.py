@@ -330,3 +330,8 @@ def test_kernel_geometry_finds_the_layers_where_kernels_coincide() -> None:
     assert "13 of 21" in degenerate_layers_warning("covidnet3d-s", (28, 28, 28))
     assert [r["distinct"] for r in kernel_geometry("covidnet3d-s", (56, 56, 56))].count(4) == 5
     assert degenerate_layers_warning("covidnet3d-s", (56, 56, 56)) is None
+    from volnas.models.spaces import acts_as
+
+    assert acts_as("k7e3", (2, 2, 2)) == "3x3x3" and acts_as("k5e4", (1, 4, 4)) == "1x5x5"
+    assert acts_as("k3e6", (1, 1, 1)) == "1x1x1"
+    assert acts_as("k7e3", (7, 7, 7)) is None and acts_as("skip", (1, 1, 1)) is None

@@ -82,6 +82,15 @@ def _effective(op: str, extent: tuple[int, ...]) -> tuple[Any, ...]:
     return ("mbconv", int(e), tuple(min(int(k), 2 * n - 1) for n in extent))
 
 
+def acts_as(op: str, extent: tuple[int, ...]) -> str | None:
+    """The kernel a kKeE candidate acts as on a map of ``extent`` when smaller than K
+    (``"3x3x3"``, ``"1x3x3"``), else None."""
+    eff = _effective(op, extent)
+    if eff[0] != "mbconv" or all(k == int(op[1:].split("e")[0]) for k in eff[2]):
+        return None
+    return "x".join(map(str, eff[2]))
+
+
 def kernel_geometry(space: str, spatial: tuple[int, int, int]) -> list[dict[str, Any]]:
     """Per searchable normal layer of ``space`` for an input of ``spatial`` (D, H, W): the
     layer's map extent, its candidates, and how many of them compute different functions

@@ -31,7 +31,7 @@ from volnas.core.markup import make_console
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.models.genotype import Genotype
-from volnas.models.spaces import degenerate_layers_warning, layer_specs
+from volnas.models.spaces import acts_as, degenerate_layers_warning, layer_specs
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
@@ -346,10 +346,15 @@ def genotype_table(geno: Genotype, input_shape: tuple[int, ...] | None = None) -
     for col in ("layer", "op", "cin", "cout", "output DxHxW", "params", "MFLOPs"):
         t.add_column(col, justify="left" if col in ("layer", "op") else "right")
     for r in rows:
-        t.add_row(r["layer"], r["op"], str(r["cin"]), str(r["cout"]),
+        acts = acts_as(r["op"], r["out"])
+        op = f"{r['op']} (acts as {acts})" if acts else r["op"]
+        t.add_row(r["layer"], op, str(r["cin"]), str(r["cout"]),
                   "x".join(map(str, r["out"])), f"{r['params']:,}", f"{r['flops'] / 1e6:.1f}")
     t.add_row("head", "gap+linear", "", str(geno.num_classes), "", "", "")
     total_p = sum(r["params"] for r in rows)
     total_f = sum(r["flops"] for r in rows)
     t.caption = f"{total_p:,} params in layers; {total_f / 1e9:.3f} GFLOPs per scan"
+    if any(acts_as(r["op"], r["out"]) for r in rows):
+        t.caption += ("\n(acts as: the kernel is larger than its map, so it computes what the "
+                      "smaller one would, with more parameters)")
     return t
