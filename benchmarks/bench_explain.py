@@ -17,7 +17,7 @@ CAM family). Per row:
 Controls: an untrained network (fresh initialisation) and the trained network with all
 weights re-initialised (``randomised``), both explained with the default method.
 
-    python benchmarks/bench_explain.py --work /tmp/bx --doc docs/results/explanations.md
+    python benchmarks/bench_explain.py --work runs/bench-explain --doc docs/results/explanations.md
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def test_no_cost_settings_mean_no_penalty(tmp_path) -> None:
 
 def test_stride_budget_bounds_sampled_and_exported_paths() -> None:
     """medpipe: paths far beyond the paper strides' activation memory are never run."""
-    from volnas.search.supernet import REFERENCE_STRIDES
+    from volnas.models.spaces import REFERENCE_STRIDES
 
     net = SuperNet("medpipe", 1, 2, stride_budget=2.0)
     ref = net.stride_cost(REFERENCE_STRIDES)
@@ -315,7 +315,7 @@ def test_top_k_leaves_out_the_warm_up_epochs_argmax() -> None:
 def test_kernel_geometry_finds_the_layers_where_kernels_coincide() -> None:
     """At 28^3 covidnet3d-s runs cells 3-6 on 2^3 and 1^3 maps, where k3, k5 and k7 compute
     the same function: the layers' 8 candidates are 4 functions; at 56^3 only cells 5-6."""
-    from volnas.models.spaces import degenerate_layers_warning, kernel_geometry
+    from volnas.models.spaces import acts_as, degenerate_layers_warning, kernel_geometry
 
     rows = kernel_geometry("covidnet3d-s", (28, 28, 28))
     assert len(rows) == 21
@@ -330,8 +330,6 @@ def test_kernel_geometry_finds_the_layers_where_kernels_coincide() -> None:
     assert "13 of 21" in degenerate_layers_warning("covidnet3d-s", (28, 28, 28))
     assert [r["distinct"] for r in kernel_geometry("covidnet3d-s", (56, 56, 56))].count(4) == 5
     assert degenerate_layers_warning("covidnet3d-s", (56, 56, 56)) is None
-    from volnas.models.spaces import acts_as
-
     assert acts_as("k7e3", (2, 2, 2)) == "3x3x3" and acts_as("k5e4", (1, 4, 4)) == "1x5x5"
     assert acts_as("k3e6", (1, 1, 1)) == "1x1x1"
     assert acts_as("k7e3", (7, 7, 7)) is None and acts_as("skip", (1, 1, 1)) is None

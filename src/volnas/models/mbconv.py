@@ -70,20 +70,17 @@ def _pointwise(cin: int, cout: int, _stride: int) -> nn.Module:
 
 # name -> constructor(cin, cout, stride). Normal layers choose among MBCONV_CANDIDATES;
 # stem and calibration layers choose a stride (MedPipe) or have it fixed (CovidNet3D).
+# kKeE: a depthwise kernel of K^3, expansion E
+MBCONV_SHAPES: dict[str, tuple[int, int]] = {
+    f"k{k}e{e}": (k, e) for k, e in ((3, 3), (3, 4), (3, 6), (5, 3), (5, 4), (7, 3), (7, 4))}
 OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "k3e3": _mbconv(3, 3),
-    "k3e4": _mbconv(3, 4),
-    "k3e6": _mbconv(3, 6),
-    "k5e3": _mbconv(5, 3),
-    "k5e4": _mbconv(5, 4),
-    "k7e3": _mbconv(7, 3),
-    "k7e4": _mbconv(7, 4),
+    **{name: _mbconv(k, e) for name, (k, e) in MBCONV_SHAPES.items()},
     "skip": _skip,
     "conv_s1": _conv(1),
     "conv_s2": _conv(2),
     "pw_s1": _pointwise,  # a calibration layer that only changes channels (1x1x1)
 }
-MBCONV_CANDIDATES = ("k3e3", "k3e4", "k3e6", "k5e3", "k5e4", "k7e3", "k7e4", "skip")
+MBCONV_CANDIDATES = (*MBCONV_SHAPES, "skip")
 STRIDE_CANDIDATES = ("conv_s1", "conv_s2")
 
 

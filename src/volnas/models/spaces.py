@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from volnas.models.mbconv import MBCONV_CANDIDATES, STRIDE_CANDIDATES, LayerSpec
+from volnas.models.mbconv import MBCONV_CANDIDATES, MBCONV_SHAPES, STRIDE_CANDIDATES, LayerSpec
 
 
 @dataclass(frozen=True)
@@ -68,27 +68,27 @@ def layer_specs(space: str) -> list[LayerSpec]:
     return specs
 
 
-# the strides the medpipe space's extents are reckoned with (its stem and calibration layers
-# choose theirs): MedPipe's reference path
+# MedPipe's searched strides (stem + 6 calibration layers; paper Fig. 5): the reference of
+# the stride memory budget, and the path the medpipe space's map sizes are reckoned with
 REFERENCE_STRIDES = (1, 2, 2, 2, 2, 2, 1)
 
 
 def _effective(op: str, extent: tuple[int, ...]) -> tuple[Any, ...]:
     """What a candidate computes on a map of ``extent``: kKeE with zero padding reaches at
     most n - 1 voxels either side, so its kernel acts as min(K, 2n - 1) along each axis."""
-    if not (op.startswith("k") and "e" in op):
+    if op not in MBCONV_SHAPES:
         return (op,)
-    k, e = op[1:].split("e")
-    return ("mbconv", int(e), tuple(min(int(k), 2 * n - 1) for n in extent))
+    k, e = MBCONV_SHAPES[op]
+    return ("mbconv", e, tuple(min(k, 2 * n - 1) for n in extent))
 
 
 def acts_as(op: str, extent: tuple[int, ...]) -> str | None:
     """The kernel a kKeE candidate acts as on a map of ``extent`` when smaller than K
     (``"3x3x3"``, ``"1x3x3"``), else None."""
-    eff = _effective(op, extent)
-    if eff[0] != "mbconv" or all(k == int(op[1:].split("e")[0]) for k in eff[2]):
+    if op not in MBCONV_SHAPES:
         return None
-    return "x".join(map(str, eff[2]))
+    eff = _effective(op, extent)[2]
+    return None if all(k == MBCONV_SHAPES[op][0] for k in eff) else "x".join(map(str, eff))
 
 
 def kernel_geometry(space: str, spatial: tuple[int, int, int]) -> list[dict[str, Any]]:

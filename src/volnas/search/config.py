@@ -4,7 +4,7 @@ search's own; written to RUN_DIR/search_config.yaml."""
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -14,7 +14,8 @@ from volnas.training.config import TrainConfig
 # Settings added after search runs were first saved, with the behaviour of those runs.
 
 
-STRATEGIES: tuple[str, ...] = ("differentiable", "random", "evolution")
+Strategy = Literal["differentiable", "random", "evolution"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 class SearchConfig(TrainConfig):
@@ -37,7 +38,7 @@ class SearchConfig(TrainConfig):
     # measured on AdrenalMNIST3D (docs/results/strategies-adrenal28.md), the differentiable
     # search's architecture gradient is at its noise floor and its pick is no better than a
     # random draw on validation, while random search spends the same epochs on probes
-    strategy: Literal["differentiable", "random", "evolution"] | None = None
+    strategy: Strategy | None = None
     # K, the architectures a random search probes. None: the differentiable search's cost in
     # training epochs, ceil(search_epochs / probe_epochs) + topk (one search epoch, an
     # architecture and a weight step over half the training split each, costs about one

@@ -29,6 +29,7 @@ from volnas.core.files import atomic_write_text
 from volnas.data.manifest import ManifestRow
 from volnas.data.splits import split_patients
 from volnas.models.profile import count_flops, count_params
+from volnas.models.spaces import REFERENCE_STRIDES
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
 from volnas.search.sampler import TemperatureSchedule
@@ -57,7 +58,7 @@ def fixed_path(supernet: SuperNet, search: SearchConfig) -> list[int]:
     if search.fixed_genotype:
         ops = Genotype.load(search.fixed_genotype).ops
     else:
-        strides = iter([1, 2, 2, 2, 2, 2, 1])
+        strides = iter(REFERENCE_STRIDES)
         ops = [("k3e3" if s.kind == "normal" else f"conv_s{next(strides)}")
                if s.searchable else s.candidates[0] for s in supernet.specs]
         if supernet.space != "medpipe":

@@ -11,12 +11,9 @@ from torch import Tensor, nn
 from volnas.models.genotype import Genotype, StackNet, build_layer
 from volnas.models.mbconv import STRIDE_CANDIDATES
 from volnas.models.profile import count_params
-from volnas.models.spaces import layer_specs
+from volnas.models.spaces import REFERENCE_STRIDES, layer_specs
 from volnas.search.sampler import ChoiceLogits
 
-# MedPipe's searched strides (stem + 6 calibration layers; paper Fig. 5): the reference of
-# the stride memory budget.
-REFERENCE_STRIDES = (1, 2, 2, 2, 2, 2, 1)
 MAX_EXPANSION = 6
 
 
