@@ -26,8 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from volnas.data.augment import AUG_TYPES
+from volnas.models.spaces import REFERENCE_STRIDES
 from volnas.search.augment_search import AugmentSearch
-from volnas.search.supernet import REFERENCE_STRIDES, SuperNet
+from volnas.search.supernet import SuperNet
 
 
 def median_time(step: Callable[[], None], repeats: int) -> float:

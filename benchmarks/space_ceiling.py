@@ -26,8 +26,7 @@ from pathlib import Path
 from volnas.models.genotype import Genotype
 from volnas.models.mbconv import STRIDE_CANDIDATES
 from volnas.models.profile import count_params
-from volnas.models.spaces import SPACES, get_space, layer_specs
-from volnas.search.supernet import REFERENCE_STRIDES
+from volnas.models.spaces import REFERENCE_STRIDES, SPACES, get_space, layer_specs
 
 MBV2_DEPTHS = (2, 3, 4, 3, 3, 1)  # MobileNetV2's stages after the first (t=1) block
 
