@@ -75,7 +75,7 @@ def main() -> None:
     seed_everything(args.seed)
     source = open_source(cfg.data)
     k = len(source.class_names)
-    supernet = load_supernet(run / "search", cfg.space, k, cfg.stride_budget)
+    supernet = load_supernet(run / "search", cfg.space, k, cfg.stride_budget, cfg.fit_input)
     genos = [supernet.genotype(p, input_shape=cfg.preprocess.input_shape)
              for p in draw_paths(supernet, args.archs, args.seed + 1000)]
 

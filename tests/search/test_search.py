@@ -333,3 +333,43 @@ def test_kernel_geometry_finds_the_layers_where_kernels_coincide() -> None:
     assert acts_as("k7e3", (2, 2, 2)) == "3x3x3" and acts_as("k5e4", (1, 4, 4)) == "1x5x5"
     assert acts_as("k3e6", (1, 1, 1)) == "1x1x1"
     assert acts_as("k7e3", (7, 7, 7)) is None and acts_as("skip", (1, 1, 1)) is None
+
+
+def test_strides_fitted_to_a_small_input_leave_no_layer_on_a_degenerate_map() -> None:
+    """Fitted to 28^3, covidnet3d-s drops the downsampling of cells 3 and 5: every cell from
+    the third runs on 4^3, all 8 candidates of all 21 layers differ, the parameters are
+    those of the unfitted net, and a few-slice input keeps its in-plane downsampling."""
+    from volnas.models.genotype import Genotype
+    from volnas.models.spaces import (
+        degenerate_layers_warning,
+        fit_strides,
+        fitted_strides_note,
+        kernel_geometry,
+    )
+    from volnas.search.ranking import path_of
+
+    strides = (2, 2, 2, 2, 1, 2, 1)
+    assert fit_strides(strides, (28, 28, 28)) == [(2, 2, 2)] * 3 + [(1, 1, 1)] * 4
+    assert fit_strides(strides, (16, 48, 48)) == [(2, 2, 2), (2, 2, 2), (1, 2, 2)] + [(1, 1, 1)] * 4
+    assert fit_strides(strides, (128, 128, 128)) == [(s,) * 3 for s in strides]
+    assert layer_specs("covidnet3d-s", (128, 128, 128)) == layer_specs("covidnet3d-s")
+    assert fitted_strides_note("covidnet3d-s", (128, 128, 128)) is None
+    assert "cell3.calib 1x1x1, cell5.calib 1x1x1" in fitted_strides_note("covidnet3d-s", (28, 28, 28))
+
+    rows = kernel_geometry("covidnet3d-s", (28, 28, 28), fitted=True)
+    assert [r["extent"][0] for r in rows] == [7] * 4 + [4] * 17
+    assert all(r["distinct"] == r["candidates"] == 8 for r in rows)
+    assert degenerate_layers_warning("covidnet3d-s", (28, 28, 28), fitted=True) is None
+
+    plain, fitted = SuperNet("covidnet3d-s", 1, 2), SuperNet("covidnet3d-s", 1, 2, spatial=(16, 48, 48))
+    path = [3] * len(plain.choice_layers)
+    g_plain, g_fit = plain.genotype(path), fitted.genotype(path)
+    assert g_fit.ops[6] == "conv_s1x2x2" and g_fit.ops[11] == g_fit.ops[21] == "conv_s1"
+    again = Genotype.from_string(g_fit.to_string())  # the fitted strides travel in the genotype
+    net = again.build().eval()
+    assert net.features(torch.zeros(1, 1, 16, 48, 48)).shape[2:] == (4, 6, 6)
+    assert g_plain.build().features(torch.zeros(1, 1, 16, 48, 48)).shape[2:] == (1, 2, 2)
+    assert sum(p.numel() for p in net.parameters()) == plain.path_params(path)
+    with pytest.raises(ValueError, match="fitted to another input"):
+        path_of(plain, g_fit)
+    assert path_of(fitted, g_fit) == path

@@ -216,8 +216,8 @@ def toy_space(monkeypatch: pytest.MonkeyPatch) -> str:
              LayerSpec("cell1.layer1", "normal", 4, 4, TOY_CANDIDATES)]
     real = genotype_mod.layer_specs
 
-    def layer_specs(space: str) -> list[LayerSpec]:
-        return list(specs) if space == "toy-decide" else real(space)
+    def layer_specs(space: str, spatial: tuple[int, ...] | None = None) -> list[LayerSpec]:
+        return list(specs) if space == "toy-decide" else real(space, spatial)
 
     monkeypatch.setattr(genotype_mod, "layer_specs", layer_specs)
     monkeypatch.setattr(supernet_mod, "layer_specs", layer_specs)
@@ -380,3 +380,16 @@ def test_default_strategy_is_random_unless_the_policy_is_searched() -> None:
     old = SearchConfig(data="d.npz").model_dump(mode="json")
     del old["strategy"]
     assert SearchConfig.from_saved(old).strategy == "differentiable"
+
+
+def test_strides_are_fitted_to_the_search_input_except_in_older_runs() -> None:
+    from volnas.search.config import SearchConfig
+
+    cfg = SearchConfig(data="d.npz", preprocess={"slices": 28, "size": (28, 28)})
+    assert cfg.fit_input == (28, 28, 28)
+    assert SearchConfig(data="d.npz", preprocess={"slices": 64, "size": (96, 96)}, search_slices=16,
+                        search_size=(48, 48)).fit_input == (16, 48, 48)
+    assert SearchConfig(data="d.npz", fit_strides=False).fit_input is None
+    old = cfg.model_dump(mode="json")
+    del old["fit_strides"]
+    assert SearchConfig.from_saved(old).fit_input is None

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from volnas.models.mbconv import LayerSpec, make_op
+from volnas.models.mbconv import LayerSpec, make_op, stride_pattern
 from volnas.models.registry import register_resolver
 from volnas.models.spaces import layer_specs
 
 
 def stride_of(op: str) -> int:
-    return 2 if op.endswith("_s2") else 1
+    """The largest stride of a stem or calibration operation (1 for the others)."""
+    return max(stride_pattern(op))
 
 
 class StackNet(nn.Module):
@@ -42,7 +43,7 @@ class StackNet(nn.Module):
 
 def build_layer(spec: LayerSpec, op: str, in_channels: int) -> nn.Module:
     """The module for ``op`` at ``spec`` (the stem takes the network's input channels)."""
-    if op not in spec.candidates + spec.legacy:
+    if op not in spec.allowed:
         raise ValueError(f"{spec.name}: {op!r} is not a candidate ({', '.join(spec.candidates)})")
     cin = in_channels if spec.kind == "stem" else spec.cin
     return make_op(op, cin, spec.cout, stride_of(op))
@@ -64,7 +65,7 @@ class Genotype:
         if len(self.ops) != len(specs):
             raise ValueError(f"{self.space} has {len(specs)} layers, genotype gives {len(self.ops)}")
         for spec, op in zip(specs, self.ops, strict=True):
-            if op not in spec.candidates + spec.legacy:
+            if op not in spec.allowed:
                 raise ValueError(f"{spec.name}: {op!r} is not one of {spec.candidates}")
         if self.input_shape is not None:
             self.input_shape = tuple(int(v) for v in self.input_shape)

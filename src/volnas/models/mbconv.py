@@ -60,8 +60,24 @@ def _skip(cin: int, cout: int, stride: int) -> nn.Module:
     return nn.Identity()
 
 
-def _conv(stride: int) -> Callable[[int, int, int], nn.Module]:
+def _conv(stride: int | tuple[int, int, int]) -> Callable[[int, int, int], nn.Module]:
     return lambda cin, cout, _stride: ConvBNAct(cin, cout, 3, stride=stride)
+
+
+def stride_op(strides: tuple[int, int, int]) -> str:
+    """The 3^3 convolution with per-axis ``strides`` (D, H, W): conv_s1, conv_s2, or e.g.
+    conv_s1x2x2 (in-plane only, for scans with few slices)."""
+    if len(set(strides)) == 1:
+        return f"conv_s{strides[0]}"
+    return "conv_s" + "x".join(str(s) for s in strides)
+
+
+def stride_pattern(op: str) -> tuple[int, int, int]:
+    """Per-axis strides of a stem or calibration operation (1, 1, 1 for the others)."""
+    if not op.startswith("conv_s"):
+        return (1, 1, 1)
+    parts = tuple(int(v) for v in op[len("conv_s"):].split("x"))
+    return parts * 3 if len(parts) == 1 else parts  # type: ignore[return-value]
 
 
 def _pointwise(cin: int, cout: int, _stride: int) -> nn.Module:
@@ -80,6 +96,10 @@ OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "conv_s2": _conv(2),
     "pw_s1": _pointwise,  # a calibration layer that only changes channels (1x1x1)
 }
+# downsampling fitted to the input (volnas.models.spaces.fit_strides): a layer of stride 2
+# keeps it only along the axes whose map stays large enough
+STRIDE_PATTERNS = tuple(stride_op((d, h, w)) for d in (1, 2) for h in (1, 2) for w in (1, 2))
+OPS.update({op: _conv(stride_pattern(op)) for op in STRIDE_PATTERNS if op not in OPS})
 MBCONV_CANDIDATES = (*MBCONV_SHAPES, "skip")
 STRIDE_CANDIDATES = ("conv_s1", "conv_s2")
 
@@ -102,6 +122,13 @@ class LayerSpec:
     # operations this layer had in earlier versions of its space: genotypes saved then
     # still build with them; a search never draws them
     legacy: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        """What a genotype may hold here: the candidates, legacy operations, and for a
+        fixed downsampling layer its strides fitted to a small input (any stride pattern)."""
+        fitted = STRIDE_PATTERNS if self.candidates == ("conv_s2",) else ()
+        return self.candidates + self.legacy + tuple(o for o in fitted if o not in self.candidates)
 
     @property
     def searchable(self) -> bool:

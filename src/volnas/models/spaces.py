@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from volnas.models.mbconv import MBCONV_CANDIDATES, MBCONV_SHAPES, STRIDE_CANDIDATES, LayerSpec
+from volnas.models.mbconv import (
+    MBCONV_CANDIDATES,
+    MBCONV_SHAPES,
+    STRIDE_CANDIDATES,
+    LayerSpec,
+    stride_op,
+    stride_pattern,
+)
 
 
 @dataclass(frozen=True)
@@ -39,14 +46,63 @@ def get_space(name: str) -> SpaceDef:
     return SPACES[name]
 
 
-def layer_specs(space: str) -> list[LayerSpec]:
-    """The ordered layers of a space: stem, then per cell a calibration and normal layers."""
+# The smallest map extent a fitted downsampling leaves along an axis: on 4 voxels a 7^3
+# kernel still reaches every position (2 * 4 - 1 = 7), so no candidate is a copy of another
+MIN_MAP = 4
+
+
+def fit_strides(strides: tuple[int, ...], spatial: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Per-axis strides of the stem and calibration layers for an input of ``spatial``
+    (D, H, W): a stride 2 is kept along an axis only while the map stays >= MIN_MAP there.
+
+    The spaces' strides downsample 32-fold, made for CT of 128^3 and more. At 28^3 that
+    leaves 13 of covidnet3d-s's 21 searchable layers on 2^3 and 1^3 maps, where k3, k5 and
+    k7 compute the same function; fitted, every cell after the second runs on 4^3.
+    """
+    extent = [int(n) for n in spatial]
+    out = []
+    for s in strides:
+        axes = []
+        for a, n in enumerate(extent):
+            keep = s == 2 and (n + 1) // 2 >= MIN_MAP
+            axes.append(2 if keep else 1)
+            extent[a] = (n + 1) // 2 if keep else n
+        out.append(tuple(axes))
+    return out  # type: ignore[return-value]
+
+
+def fitted_strides_note(space: str, spatial: tuple[int, ...]) -> str | None:
+    """One line naming the downsampling layers :func:`fit_strides` changes for ``spatial``
+    (None when it changes none, or the space searches its strides)."""
+    sd = get_space(space)
+    if sd.strides is None:
+        return None
+    fitted = fit_strides(sd.strides, spatial)
+    names = ["stem", *(f"cell{c}.calib" for c in range(1, len(sd.channels) + 1))]
+    changed = [f"{n} {'x'.join(map(str, f))}" for n, s, f in zip(names, sd.strides, fitted, strict=True)
+               if s == 2 and f != (2, 2, 2)]
+    if not changed:
+        return None
+    return (f"strides of {space} fitted to the input {'x'.join(map(str, spatial))} (no map "
+            f"below {MIN_MAP} voxels along an axis): " + ", ".join(changed))
+
+
+def layer_specs(space: str, spatial: tuple[int, ...] | None = None) -> list[LayerSpec]:
+    """The ordered layers of a space: stem, then per cell a calibration and normal layers.
+
+    ``spatial`` (D, H, W): fit the fixed strides of the space to that input
+    (:func:`fit_strides`); the searched strides of medpipe are left to its stride budget.
+    """
     sd = get_space(space)
     specs: list[LayerSpec] = []
+    fitted = (fit_strides(sd.strides, spatial) if spatial is not None and sd.strides is not None
+              else None)
 
     def stride_choice(i: int) -> tuple[str, ...]:
         if sd.strides is None:
             return STRIDE_CANDIDATES
+        if fitted is not None and sd.strides[i] == 2:
+            return (stride_op(fitted[i]),)
         return (f"conv_s{sd.strides[i]}",)
 
     def calib_choice(i: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -91,21 +147,24 @@ def acts_as(op: str, extent: tuple[int, ...]) -> str | None:
     return None if all(k == MBCONV_SHAPES[op][0] for k in eff) else "x".join(map(str, eff))
 
 
-def kernel_geometry(space: str, spatial: tuple[int, int, int]) -> list[dict[str, Any]]:
+def kernel_geometry(space: str, spatial: tuple[int, int, int],
+                    fitted: bool = False) -> list[dict[str, Any]]:
     """Per searchable normal layer of ``space`` for an input of ``spatial`` (D, H, W): the
     layer's map extent, its candidates, and how many of them compute different functions
     there. On a 2x2x2 map k3, k5 and k7 of one expansion are the same function (the larger
-    kernels' outer taps only ever see padding), so a search cannot tell them apart."""
-    sd = get_space(space)
-    strides = sd.strides or REFERENCE_STRIDES
+    kernels' outer taps only ever see padding), so a search cannot tell them apart.
+    ``fitted``: with the strides fitted to the input (:func:`fit_strides`)."""
     extent = tuple(int(n) for n in spatial)
     out = []
     cell = -1
-    for spec in layer_specs(space):
+    for spec in layer_specs(space, spatial if fitted else None):
         if spec.kind in ("stem", "calib"):
             cell += 1
-            if strides[cell] == 2:
-                extent = tuple((n + 1) // 2 for n in extent)
+            if spec.searchable:  # medpipe's searched strides: reckoned with its reference
+                strides: tuple[int, ...] = (REFERENCE_STRIDES[cell],) * 3
+            else:
+                strides = stride_pattern(spec.candidates[0])
+            extent = tuple((n + 1) // 2 if st == 2 else n for n, st in zip(extent, strides, strict=True))
             continue
         if len(spec.candidates) < 2:
             continue
@@ -115,10 +174,11 @@ def kernel_geometry(space: str, spatial: tuple[int, int, int]) -> list[dict[str,
     return out
 
 
-def degenerate_layers_warning(space: str, spatial: tuple[int, int, int]) -> str | None:
+def degenerate_layers_warning(space: str, spatial: tuple[int, int, int],
+                              fitted: bool = False) -> str | None:
     """A warning when a third or more of the searchable layers run on maps so small that
     some of their candidates compute the same function (None otherwise)."""
-    rows = kernel_geometry(space, spatial)
+    rows = kernel_geometry(space, spatial, fitted)
     bad = [r for r in rows if r["distinct"] < r["candidates"]]
     if not rows or 3 * len(bad) < len(rows):
         return None

@@ -24,7 +24,8 @@ class SearchConfig(TrainConfig):
     SAVED_BEFORE_FIELD: ClassVar[dict[str, Any]] = {**TrainConfig.SAVED_BEFORE_FIELD,
                                                     "aug_prior": "candidates",
                                                     "branch_gradient": False,
-                                                    "strategy": "differentiable"}
+                                                    "strategy": "differentiable",
+                                                    "fit_strides": False}
 
     model: str = "supernet"
     space: str = "covidnet3d-s"
@@ -48,6 +49,10 @@ class SearchConfig(TrainConfig):
     search_batch_size: int | None = None  # default: batch_size
     search_slices: int | None = None  # reduced resolution for the search (default: retrain's)
     search_size: tuple[int, int] | None = None
+    # fit the space's fixed strides to the search input: a downsampling is dropped along an
+    # axis where the map would fall below 4 voxels (volnas.models.spaces.fit_strides), so no
+    # layer runs on a 1^3 or 2^3 map where its kernel choices are copies of each other
+    fit_strides: bool = True
     weight_optimizer: Literal["adam", "sgd"] = "adam"
     # the supernet's weights train at the retrain's rate: at 3e-4 (the papers') each candidate,
     # trained on a fraction of the steps, learns too little for the logits to see a difference
@@ -141,6 +146,14 @@ class SearchConfig(TrainConfig):
             "size": self.search_size or self.preprocess.size,
             "resize": None if self.search_size else self.preprocess.resize,
         })
+
+    @property
+    def fit_input(self) -> tuple[int, int, int] | None:
+        """The input (D, H, W) the space's strides are fitted to; None: not fitted."""
+        if not self.fit_strides:
+            return None
+        pre = self.search_preprocess()
+        return (pre.slices, *pre.size)
 
     def search_train_config(self) -> TrainConfig:
         """The TrainConfig the search loop itself runs with (reduced input, search optimiser)."""

@@ -41,6 +41,10 @@ def path_of(supernet: SuperNet, genotype: Genotype) -> list[int]:
     """The supernet path (one candidate index per searchable layer) of ``genotype``."""
     if genotype.space != supernet.space:
         raise ValueError(f"genotype of space {genotype.space!r}, supernet of {supernet.space!r}")
+    for spec, op in zip(supernet.specs, genotype.ops, strict=True):
+        if not spec.searchable and op != spec.candidates[0]:
+            raise ValueError(f"{spec.name}: the genotype has {op}, the supernet {spec.candidates[0]} "
+                             "(strides fitted to another input?)")
     return [spec.candidates.index(op) for spec, op in zip(supernet.specs, genotype.ops, strict=True)
             if spec.searchable]
 
@@ -87,7 +91,8 @@ def inherited_scores(
 
 
 def load_supernet(search_dir: Path, space: str, num_classes: int,
-                  stride_budget: float | None = 2.0) -> SuperNet:
+                  stride_budget: float | None = 2.0,
+                  spatial: tuple[int, ...] | None = None) -> SuperNet:
     """The supernet of a search's last checkpoint (``RUN_DIR/search/checkpoint``): weights
     and architecture logits (augmentation logits, if any, are not needed here)."""
     folder = Path(search_dir) / "checkpoint"
@@ -96,7 +101,7 @@ def load_supernet(search_dir: Path, space: str, num_classes: int,
     if not weights.is_file() or sha256_file(weights) != record["sha256"]:
         raise ValueError(f"{weights}: missing or does not match {folder / 'last.json'}")
     tensors = load_tensors(weights)
-    supernet = SuperNet(space, 1, num_classes, stride_budget=stride_budget)
+    supernet = SuperNet(space, 1, num_classes, stride_budget=stride_budget, spatial=spatial)
     state = {k[6:]: v for k, v in tensors.items()
              if k.startswith("model.") and not k.startswith("model.aug.")}
     try:

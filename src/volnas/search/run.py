@@ -31,7 +31,12 @@ from volnas.core.markup import make_console
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.models.genotype import Genotype
-from volnas.models.spaces import acts_as, degenerate_layers_warning, layer_specs
+from volnas.models.spaces import (
+    acts_as,
+    degenerate_layers_warning,
+    fitted_strides_note,
+    layer_specs,
+)
 from volnas.search.augment_search import AugmentSearch
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
@@ -128,7 +133,9 @@ def run_search(
         return _run_search(cfg, run_dir, resume=True, console=console, main=main)
     check_search_start(cfg)
     pre = cfg.search_preprocess()
-    geometry = degenerate_layers_warning(cfg.space, (pre.slices, *pre.size))
+    if cfg.fit_input and (note := fitted_strides_note(cfg.space, cfg.fit_input)):
+        console.print(escape(note))
+    geometry = degenerate_layers_warning(cfg.space, (pre.slices, *pre.size), cfg.fit_strides)
     if geometry:
         console.print(f"[bold yellow]warning:[/] {escape(geometry)}")
     prepare_run_dir(run_dir, resume=False)
@@ -182,7 +189,8 @@ def _run_search(
     )
     val_loader = make_loader(ds(source.split("val"), False), bs, train=False,
                              num_workers=cfg.num_workers)
-    supernet = SuperNet(cfg.space, in_channels=1, num_classes=k, stride_budget=cfg.stride_budget)
+    supernet = SuperNet(cfg.space, in_channels=1, num_classes=k, stride_budget=cfg.stride_budget,
+                        spatial=cfg.fit_input)
     if cfg.memory_check:
         check_run_memory(supernet, scfg.preprocess.input_shape, scfg.batch_size,
                          unrolled=cfg.objective == "unrolled" and cfg.aug_mode != "off",
