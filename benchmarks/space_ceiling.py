@@ -10,7 +10,7 @@ and ``volnas benchmark --models genotype:FILE,...`` take, and prints their sizes
                 MobileNetV2's stage depths 2, 3, 4, 3, 3, 1 for the six cells
 
 Where the space searches strides (medpipe) every member uses MedPipe's strides
-[1, 2, 2, 2, 2, 2, 1]. Retrained with the same recipe as a searched network, they give the
+[1, 2, 2, 2, 2, 2, 1]; fixed strides are fitted to --input as a search fits them. Retrained with the same recipe as a searched network, they give the
 ceiling a search of the space is judged against:
 
     python benchmarks/space_ceiling.py --out ceiling/ [--classes 2] [--input 1x28x28x28]
@@ -31,13 +31,14 @@ from volnas.models.spaces import REFERENCE_STRIDES, SPACES, get_space, layer_spe
 MBV2_DEPTHS = (2, 3, 4, 3, 3, 1)  # MobileNetV2's stages after the first (t=1) block
 
 
-def _ops(space: str, normal: list[list[str]]) -> list[str]:
-    """Stem and calibration layers (fixed, or MedPipe's strides), then ``normal[c]`` per cell."""
+def _ops(space: str, normal: list[list[str]], spatial: tuple[int, ...] | None = None) -> list[str]:
+    """Stem and calibration layers (fixed, fitted to ``spatial`` if given, or MedPipe's
+    strides), then ``normal[c]`` per cell."""
     strides = iter(REFERENCE_STRIDES)
     cells = iter(normal)
     ops: list[str] = []
     current: list[str] = []
-    for spec in layer_specs(space):
+    for spec in layer_specs(space, spatial):
         if spec.kind in ("stem", "calib"):
             stride = next(strides)
             ops.append(f"conv_s{stride}" if spec.candidates == STRIDE_CANDIDATES
@@ -58,7 +59,8 @@ def hand_picked(space: str, num_classes: int = 2,
     mbv2 = [["k3e6"] * min(d - 1, n) + ["skip"] * (n - min(d - 1, n))
             for d, n in zip(depths, layers, strict=True)]
     members = {"all-k3e6": uniform["k3e6"], "all-k5e4": uniform["k5e4"], "mbv2-like": mbv2}
-    return {name: Genotype(space, _ops(space, normal), num_classes, 1, input_shape,
+    spatial = tuple(input_shape[1:]) if input_shape else None
+    return {name: Genotype(space, _ops(space, normal, spatial), num_classes, 1, input_shape,
                            {"hand_picked": name})
             for name, normal in members.items()}
 

@@ -188,5 +188,6 @@ def degenerate_layers_warning(space: str, spatial: tuple[int, int, int],
             f"{'x'.join(map(str, max(r['extent'] for r in bad)))} voxels at input "
             f"{'x'.join(map(str, spatial))}, where larger kernels compute the same function "
             f"as smaller ones ({smallest['distinct']} of {smallest['candidates']} candidates "
-            "differ at the smallest): those choices only add parameters. A larger input "
-            "(--slices/--size, scans resampled up) gives the search something to choose")
+            "differ at the smallest): those choices only add parameters. Fitted strides "
+            "(--fit-strides, the default for fixed-stride spaces) or a larger input "
+            "(--slices/--size) give the search something to choose")
