@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from volnas.models.genotype import Genotype, StackNet, build_layer
-from volnas.models.mbconv import STRIDE_CANDIDATES
+from volnas.models.mbconv import STRIDE_CANDIDATES, stride_pattern
 from volnas.models.profile import count_params
 from volnas.models.spaces import REFERENCE_STRIDES, layer_specs
 from volnas.search.sampler import ChoiceLogits
@@ -133,8 +133,10 @@ class SuperNet(nn.Module):
             if spec.kind == "normal":
                 cost += spec.cout * MAX_EXPANSION * scale
                 continue
-            stride = next(it) if spec.searchable else int(spec.candidates[0][-1])
-            scale /= stride**3
+            if spec.searchable:
+                scale /= next(it) ** 3
+            else:
+                scale /= math.prod(stride_pattern(spec.candidates[0]))
             cost += spec.cout * scale
         return cost
 
