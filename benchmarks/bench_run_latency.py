@@ -16,11 +16,11 @@ import statistics
 from pathlib import Path
 
 import torch
-import yaml
 
 from volnas.models.latency import time_forward
 from volnas.models.profile import count_flops, count_params
-from volnas.models.registry import create_model
+from volnas.training.config import load_saved_config
+from volnas.training.rundir import build_model
 
 
 def load_network(folder: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -28,13 +28,8 @@ def load_network(folder: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     change the time."""
     if (folder / "final" / "config.yaml").is_file():
         folder = folder / "final"
-    cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    name = cfg["model"]
-    if name.startswith("genotype:"):
-        path = Path(name.partition(":")[2])
-        name = f"genotype:{path if path.is_absolute() else folder / path}"
-    pre = cfg["preprocess"]
-    return create_model(name, 1, 2), (1, int(pre["slices"]), *(int(v) for v in pre["size"]))
+    cfg = load_saved_config(folder / "config.yaml")
+    return build_model(cfg.model, 2, folder), tuple(cfg.preprocess.input_shape)
 
 
 def main() -> None:

@@ -74,13 +74,9 @@ def fit_strides(strides: tuple[int, ...], spatial: tuple[int, ...]) -> list[tupl
 def fitted_strides_note(space: str, spatial: tuple[int, ...]) -> str | None:
     """One line naming the downsampling layers :func:`fit_strides` changes for ``spatial``
     (None when it changes none, or the space searches its strides)."""
-    sd = get_space(space)
-    if sd.strides is None:
-        return None
-    fitted = fit_strides(sd.strides, spatial)
-    names = ["stem", *(f"cell{c}.calib" for c in range(1, len(sd.channels) + 1))]
-    changed = [f"{n} {'x'.join(map(str, f))}" for n, s, f in zip(names, sd.strides, fitted, strict=True)
-               if s == 2 and f != (2, 2, 2)]
+    changed = [f"{f.name} {'x'.join(map(str, stride_pattern(f.candidates[0])))}"
+               for s, f in zip(layer_specs(space), layer_specs(space, spatial), strict=True)
+               if f.candidates != s.candidates]
     if not changed:
         return None
     return (f"strides of {space} fitted to the input {'x'.join(map(str, spatial))} (no map "
