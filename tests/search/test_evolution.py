@@ -289,8 +289,12 @@ def test_parse_duration_and_budget_split(tmp_path: Path) -> None:
     assert b.left("retrain") == pytest.approx(100.0 - 3.0 - 30.0)
     assert fit_epochs(2.0, 9.0, 100) == 4 and fit_epochs(2.0, 1.0, 100) == 1
     assert fit_epochs(0.0, 9.0, 7) == 7
-    with pytest.raises(ValueError, match="differentiable"):
-        Budget(tmp_path / "x.json", 10.0, "differentiable")
+    with pytest.raises(ValueError, match="grid"):
+        Budget(tmp_path / "x.json", 10.0, "grid")
+    planned = Budget(tmp_path / "p.json", 10.0, "differentiable")
+    assert planned.planned("search_epochs", lambda: 7) == 7
+    again = Budget(tmp_path / "p.json", 99.0, "differentiable")  # a resume reads the file
+    assert again.total == 10.0 and again.planned("search_epochs", lambda: 1) == 7
 
 
 def test_budgeted_run_stops_on_time_and_writes_metrics(tmp_path: Path, tiny_space: str) -> None:
@@ -319,8 +323,6 @@ def test_budgeted_run_stops_on_time_and_writes_metrics(tmp_path: Path, tiny_spac
     assert result["generations"] < 500
     retrain = (tmp_path / "run" / "final" / "history.csv").read_text().splitlines()
     assert 2 <= len(retrain) < 501
-    with pytest.raises(ValueError, match="differentiable"):
-        run_search(cfg.model_copy(update={"strategy": "differentiable"}), tmp_path / "d")
     for bad, match in (({"costs": []}, "--costs"), ({"costs": ["params", "params"]}, "--costs"),
                        ({"pick": "slowest"}, "--pick"), ({"ensemble": 2}, "--ensemble")):
         with pytest.raises(ValueError, match=match):
@@ -339,6 +341,35 @@ def test_budgeted_random_search_probes_what_fits(tmp_path: Path, tiny_space: str
     assert 1 <= len(result["probes"]) < 40
     assert (tmp_path / "run" / "final" / "metrics.json").is_file()
     assert set(result["budget"]["spent_seconds"]) == {"probes", "retrain"}
+
+
+def test_budgeted_differentiable_search_fits_its_epochs_and_resumes_them(
+        tmp_path: Path, tiny_space: str) -> None:
+    """Under a budget the differentiable search runs the epochs that fit its share (far
+    fewer than the 500 asked, so warm-up, temperature and logit steps follow them), probes,
+    retrains and tests; the plan is kept in budget.json and a resume runs to the same end."""
+    data = write_tiny_npz(tmp_path / "d.npz")
+    cfg = load_search_config(None, {
+        "data": str(data), "space": tiny_space, "strategy": "differentiable", "slices": 8,
+        "size": (16, 16), "batch_size": 8, "search_epochs": 500, "topk": 2, "probe_epochs": 1,
+        "retrain_epochs": 500, "time_budget": 10.0, "cache_dir": str(tmp_path / "c"),
+        "fit_strides": False})
+    t0 = time.perf_counter()
+    result = run_search(cfg, tmp_path / "run")
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10.0 + 20.0, elapsed
+    budget = json.loads((tmp_path / "run" / "search" / "budget.json").read_text())
+    planned = budget["plan"]["search_epochs"]
+    assert 1 <= planned < 500
+    assert set(budget["spent_seconds"]) == {"search", "probes", "retrain"}
+    log = (tmp_path / "run" / "search" / "search_log.csv").read_text().splitlines()
+    assert 2 <= len(log) <= planned + 1  # header + the epochs run, none past the plan
+    assert result["budget"]["plan"] == {"search_epochs": planned}
+    assert (tmp_path / "run" / "final" / "metrics.json").is_file()
+    retrain = (tmp_path / "run" / "final" / "history.csv").read_text().splitlines()
+    assert 2 <= len(retrain) < 501
+    resumed = run_search(cfg, tmp_path / "run", resume=True)  # every stage done: same result
+    assert resumed["genotype"] == result["genotype"] and resumed["test"] == result["test"]
 
 
 def test_front_topk_retrains_the_next_members_of_the_front(

@@ -57,7 +57,7 @@ def search_cmd(
         "NAME=RUN_DIR (its validation score from RUN_DIR), e.g. resnet3d_18,mc3_18."),
     time_budget: str = typer.Option(
         None, "--time-budget", help="Wall-clock budget of the whole run, e.g. 45m, 90s, 2h "
-        "(random, evolution): split between stages, see search/budget.json."),
+        "(any strategy): split between stages, see search/budget.json."),
     samples: int = typer.Option(
         None, "--samples", help="Architectures a random search probes [about the "
         "differentiable search's cost: ceil(search epochs / probe epochs) + topk]."),

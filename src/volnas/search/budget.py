@@ -4,22 +4,34 @@ Each stage gets a share of the budget; what a stage leaves unused passes to the 
 ``RUN_DIR/search/budget.json`` records the split and the seconds each finished stage took
 (wall time, set-up included), so a resumed run gives each stage what is left of its
 allocation. Time lost to a kill (the unfinished part of the interrupted stage) is not
-charged: a resumed stage starts from what finished stages recorded.
+charged: a resumed stage starts from what finished stages recorded. Numbers planned from
+the budget (the differentiable search's epochs) are recorded there too, so a resumed run
+keeps them rather than planning again from what is left.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from volnas.core.distributed import broadcast_object
 from volnas.core.files import atomic_write_text
+from volnas.training.config import TrainConfig
+from volnas.training.device import resolve_device
+from volnas.training.rundir import history_seconds
 
 # Shares of the budget, in stage order. The final retrain keeps RESERVE of the budget for
 # calibration and the test pass, which come after its last epoch.
 SPLITS: dict[str, dict[str, float]] = {
+    "differentiable": {"search": 0.45, "probes": 0.10, "retrain": 0.45},
     "evolution": {"supernet": 0.45, "evolution": 0.15, "retrain": 0.40},
     "random": {"probes": 0.55, "retrain": 0.45},
 }
@@ -47,7 +59,7 @@ class Budget:
     Args:
         path: the run's ``search/budget.json`` (read if it exists, else written).
         total: the budget in seconds.
-        strategy: ``evolution`` or ``random`` (:data:`SPLITS`).
+        strategy: ``differentiable``, ``random`` or ``evolution`` (:data:`SPLITS`).
         write: whether this process writes the file (rank 0).
     """
 
@@ -63,12 +75,14 @@ class Budget:
                 self.total = float(data["total_seconds"])
                 self.split = {k: float(v) for k, v in data["split_seconds"].items()}
                 self.spent = {k: float(v) for k, v in data.get("spent_seconds", {}).items()}
+                self.plan = {k: int(v) for k, v in data.get("plan", {}).items()}
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{self.path}: unreadable budget ({type(e).__name__}: {e})") from e
         else:
             self.total = float(total)
             self.split = {k: share * self.total for k, share in SPLITS[strategy].items()}
             self.spent = {}
+            self.plan: dict[str, int] = {}
             self._save()
         self._started: dict[str, float] = {}
 
@@ -78,7 +92,8 @@ class Budget:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps({
             "total_seconds": self.total, "reserve_seconds": self.reserve,
-            "split_seconds": self.split, "spent_seconds": self.spent}, indent=2) + "\n")
+            "split_seconds": self.split, "spent_seconds": self.spent, "plan": self.plan},
+            indent=2) + "\n")
 
     @property
     def reserve(self) -> float:
@@ -111,10 +126,18 @@ class Budget:
         self.spent[stage] = self.spent.get(stage, 0.0) + time.time() - started
         self._save()
 
+    def planned(self, key: str, plan: Callable[[], int]) -> int:
+        """The number recorded under ``key``, else ``plan()``, recorded (a resumed run keeps
+        what the first process planned)."""
+        if key not in self.plan:  # every rank plans; rank 0's number is the one kept
+            self.plan[key] = int(broadcast_object(int(plan())))
+            self._save()
+        return self.plan[key]
+
     def summary(self) -> dict[str, Any]:
         """The split and the time taken, as result.json reports them."""
         return {"total_seconds": self.total, "split_seconds": dict(self.split),
-                "spent_seconds": dict(self.spent),
+                "spent_seconds": dict(self.spent), "plan": dict(self.plan),
                 "spent_total_seconds": sum(self.spent.values())}
 
 
@@ -124,3 +147,54 @@ def fit_epochs(epoch_seconds: float, seconds: float, cap: int) -> int:
     if epoch_seconds <= 0:
         return cap
     return int(max(1, min(cap, seconds // epoch_seconds)))
+
+
+def budgeted_epochs(cfg: TrainConfig, net: nn.Module, splits: tuple[int, int], seconds: float,
+                    final_dir: Path) -> int:
+    """Retrain epochs of ``net`` that fit ``seconds`` (at most ``cfg.epochs``), so the
+    cosine schedule ends with the budget (:func:`estimate_epoch_seconds`; ``splits``: the
+    training and validation scans). A retrain already started keeps its epochs."""
+    if (final_dir / "config.yaml").exists():
+        from volnas.training.config import load_saved_config
+
+        return load_saved_config(final_dir / "config.yaml").epochs
+    per_epoch = estimate_epoch_seconds(net, cfg, *splits)
+    return fit_epochs(per_epoch, seconds, cfg.epochs)
+
+
+def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
+                           timed_steps: int = 3) -> float:
+    """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
+    random batches at ``cfg``'s input (after one untimed) times the epoch's steps, plus the
+    BatchNorm re-estimation and validation batches at a third of a step each. Data loading
+    is not counted: the Trainer's deadline catches what this misses."""
+    device = resolve_device(cfg.device)
+    net = net.to(device).train()
+    bs = cfg.batch_size
+    x = torch.randn((bs, *cfg.preprocess.input_shape), device=device)
+    y = torch.zeros(bs, dtype=torch.long, device=device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-6)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(x).float(), y).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(timed_steps):
+        step()
+    per_step = (time.perf_counter() - t0) / timed_steps
+    steps = max(n_train // bs, 1)
+    light = min(cfg.bn_recalibration, steps) + math.ceil(n_val / bs)
+    return per_step * (steps + light / 3)
+
+
+def probe_epoch_seconds(run_dir: Path, probes: list[dict[str, Any]], probe_epochs: int) -> float:
+    """Mean seconds of one probe epoch in ``run_dir/probes`` (0.0 when none has a history):
+    what a retrain epoch at the same input costs, to fit the retrain into what is left."""
+    per_epoch = [s / probe_epochs for p in probes
+                 if (s := history_seconds(Path(run_dir) / "probes" / f"rank{p['rank']:02d}"))]
+    return sum(per_epoch) / len(per_epoch) if per_epoch else 0.0

@@ -60,7 +60,7 @@ from volnas.data.dataset import ScanDataset, make_loader, open_source
 from volnas.models.latency import LatencyTable
 from volnas.models.profile import count_flops, count_params
 from volnas.models.registry import create_model
-from volnas.search.budget import Budget, fit_epochs
+from volnas.search.budget import Budget, budgeted_epochs
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import candidate_genotype, retrain_config
 from volnas.search.pareto import (
@@ -626,49 +626,6 @@ def run_evolution_search(
     if main:
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
     return result
-
-
-def budgeted_epochs(cfg: TrainConfig, net: nn.Module, splits: tuple[int, int], seconds: float,
-                    final_dir: Path) -> int:
-    """Retrain epochs of ``net`` that fit ``seconds`` (at most ``cfg.epochs``), so the
-    cosine schedule ends with the budget (:func:`estimate_epoch_seconds`; ``splits``: the
-    training and validation scans). A retrain already started keeps its epochs."""
-    if (final_dir / "config.yaml").exists():
-        from volnas.training.config import load_saved_config
-
-        return load_saved_config(final_dir / "config.yaml").epochs
-    per_epoch = estimate_epoch_seconds(net, cfg, *splits)
-    return fit_epochs(per_epoch, seconds, cfg.epochs)
-
-
-def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
-                           timed_steps: int = 3) -> float:
-    """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
-    random batches at ``cfg``'s input (after one untimed) times the epoch's steps, plus the
-    BatchNorm re-estimation and validation batches at a third of a step each. Data loading
-    is not counted: the Trainer's deadline catches what this misses."""
-    device = resolve_device(cfg.device)
-    net = net.to(device).train()
-    bs = cfg.batch_size
-    x = torch.randn((bs, *cfg.preprocess.input_shape), device=device)
-    y = torch.zeros(bs, dtype=torch.long, device=device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-6)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(net(x).float(), y).backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    step()
-    t0 = time.perf_counter()
-    for _ in range(timed_steps):
-        step()
-    per_step = (time.perf_counter() - t0) / timed_steps
-    steps = max(n_train // bs, 1)
-    light = min(cfg.bn_recalibration, steps) + math.ceil(n_val / bs)
-    return per_step * (steps + light / 3)
 
 
 def retrain_front(cfg: SearchConfig, front: list[dict[str, Any]], picked: dict[str, Any],

@@ -39,7 +39,7 @@ from volnas.core.distributed import barrier
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text
 from volnas.data.dataset import open_source
-from volnas.search.budget import Budget, fit_epochs
+from volnas.search.budget import Budget, fit_epochs, probe_epoch_seconds
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
     best_probe,
@@ -189,10 +189,8 @@ def run_random_search(
     if budget:
         deadline = budget.start("retrain")
         if not final_resume:  # the retrain's cosine schedule ends with the budget
-            per_epoch = [s / cfg.probe_epochs for p in probes
-                         if (s := history_seconds(run_dir / "probes" / f"rank{p['rank']:02d}"))]
             final_cfg = final_cfg.model_copy(update={"epochs": fit_epochs(
-                sum(per_epoch) / len(per_epoch) if per_epoch else 0.0,
+                probe_epoch_seconds(run_dir, probes, cfg.probe_epochs),
                 budget.left("retrain"), cfg.retrain_epochs)})
     metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console,
                            deadline=deadline)

@@ -14,6 +14,7 @@ RUN_DIR layout::
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -38,6 +39,7 @@ from volnas.models.spaces import (
     layer_specs,
 )
 from volnas.search.augment_search import AugmentSearch
+from volnas.search.budget import Budget, estimate_epoch_seconds, fit_epochs, probe_epoch_seconds
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
     best_probe,
@@ -89,10 +91,6 @@ def check_search_start(cfg: SearchConfig) -> None:
     if cfg.fixed_genotype:
         Genotype.load(cfg.fixed_genotype)  # its errors name the file
     check_augment(cfg.augment)
-    if cfg.time_budget is not None and cfg.strategy == "differentiable":
-        raise ValueError("--time-budget: not available for --strategy differentiable (its "
-                         "temperature and warm-up follow --epochs); use --strategy random or "
-                         "evolution, or set --epochs")
     if cfg.time_budget is not None and cfg.ensemble > 1:
         raise ValueError("--time-budget with --ensemble > 1: not supported (the budget plans "
                          "one retrain)")
@@ -199,6 +197,14 @@ def _run_search(
                          flags=SEARCH_FLAGS, what="this search (its largest allowed path)",
                          hint="A stride_budget below 2.0 in a --config YAML also lowers it "
                          "(medpipe). " + MEMORY_HINT)
+    budget = (Budget(search_dir / "budget.json", cfg.time_budget, "differentiable", write=main)
+              if cfg.time_budget else None)
+    if budget:
+        cfg = budgeted_search(cfg, budget, supernet, len(w_rows) + len(a_rows),
+                              len(val_loader.dataset))
+        scfg = cfg.search_train_config()
+        console.print(f"time budget: {cfg.search_epochs} search epochs "
+                      f"({cfg.warmup} weight-only) fit its share")
     console.print(
         f"[bold]search[/] space {cfg.space}: {len(supernet.alpha)} choices, "
         f"{len(w_rows)} weight-half / {len(a_rows)} arch-half / {len(val_loader.dataset)} val "
@@ -211,7 +217,10 @@ def _run_search(
                                        for c in source.class_names])
     done = search_dir / "done.json"
     if not done.exists():
+        trainer.deadline = budget.start("search") if budget else None
         trainer.fit(paired, val_loader, resume=resume)
+        if budget:
+            budget.finish("search")
         if main:
             atomic_write_text(done, json.dumps({"seconds": epochs_seconds(trainer.history)}))
         barrier()
@@ -225,7 +234,10 @@ def _run_search(
 
     # ---- evaluation stage ----------------------------------------------------------------
     candidates = top_k(trainer.log, cfg.topk, cfg.warmup)
-    probes = probe_candidates(cfg, candidates, run_dir, k, console)
+    deadline = budget.start("probes") if budget else None
+    probes = probe_candidates(cfg, candidates, run_dir, k, console, deadline=deadline)
+    if budget:
+        budget.finish("probes")
     best = best_probe(probes)
     chosen = candidate_genotype(best, k, cfg)
     if main:
@@ -235,7 +247,17 @@ def _run_search(
     final_cfg = retrain_config(cfg, "genotype:" + str(run_dir / "genotype.json"), cfg.retrain_epochs)
     final_dir = run_dir / "final"
     final_resume = resume and (final_dir / "config.yaml").exists()
-    metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console)
+    deadline = None
+    if budget:
+        deadline = budget.start("retrain")
+        if not final_resume:  # the retrain's cosine schedule ends with the budget
+            final_cfg = final_cfg.model_copy(update={"epochs": fit_epochs(
+                probe_epoch_seconds(run_dir, probes, cfg.probe_epochs),
+                budget.left("retrain"), cfg.retrain_epochs)})
+    metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console,
+                           deadline=deadline)
+    if budget:
+        budget.finish("retrain")
     members = retrain_ensemble(cfg, probes, run_dir, k, console, resume=resume)
     result = {
         "space": cfg.space,
@@ -245,6 +267,7 @@ def _run_search(
         "policy": chosen.extra.get("augment_policy"),
         "decision": decision,
         **search_run_seconds(run_dir),
+        "budget": budget.summary() if budget else None,
         "probes": probes,
         "test": metrics,
         "ensemble_members": members,
@@ -252,6 +275,24 @@ def _run_search(
     if main:
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
     return result
+
+
+def budgeted_search(cfg: SearchConfig, budget: Budget, supernet: SuperNet, n_train: int,
+                    n_val: int) -> SearchConfig:
+    """``cfg`` with the search epochs that fit the budget's search stage (at most
+    ``search_epochs``; planned once and kept in budget.json), so the warm-up, the temperature
+    schedule and the logits' step size follow the epochs that will run. The estimate counts
+    a weight and an architecture step per pair of training batches (on a copy of the
+    supernet, so its weights stay as seeded). A warm-up set in the config that would fill
+    the fitted epochs drops to a third of them."""
+    epochs = budget.planned("search_epochs", lambda: fit_epochs(
+        estimate_epoch_seconds(copy.deepcopy(supernet), cfg.search_train_config(), n_train,
+                               n_val),
+        budget.left("search"), cfg.search_epochs))
+    update: dict[str, Any] = {"search_epochs": epochs}
+    if cfg.warmup_epochs is not None and cfg.warmup_epochs >= epochs:
+        update["warmup_epochs"] = epochs // 3
+    return cfg.model_copy(update=update)
 
 
 def search_run_seconds(run_dir: Path) -> dict[str, float | None]:
