@@ -119,7 +119,9 @@ def _worker_single(cfg: dict, out: Path) -> None:
 
 
 def test_search_logits_identical_on_both_ranks(tiny_npz: Path, tmp_path: Path) -> None:
+    # unfitted strides (1^3 late maps) keep it cheap; fitting is tested in test_search
     cfg = {"data": str(tiny_npz), "space": "covidnet3d-s", "strategy": "differentiable",
+           "fit_strides": False,
            "search_epochs": 2, "topk": 1,
            "probe_epochs": 1, "retrain_epochs": 1, "batch_size": 2, "seed": 1, "arch_lr": 0.05,
            "preprocess": {"slices": 8, "size": [16, 16], "intensity": "range", "window": [0, 255]},
@@ -141,6 +143,7 @@ def test_evolution_decides_alike_on_both_ranks(tiny_npz: Path, tmp_path: Path) -
     """Under 2 ranks the evolution's scores (gathered), fronts and pick are the same on
     both, and rank 0 writes the generations."""
     cfg = {"data": str(tiny_npz), "space": "covidnet3d-s", "strategy": "evolution",
+           "fit_strides": False,
            "search_epochs": 1, "generations": 2, "population": 4, "retrain_epochs": 1,
            "batch_size": 2, "seed": 1, "bn_batches": 2,
            "preprocess": {"slices": 8, "size": [16, 16], "intensity": "range", "window": [0, 255]},
