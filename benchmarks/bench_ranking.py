@@ -12,9 +12,14 @@ search's draws: same stride budget), and for each computes
 
 Prints both per architecture and the tau (1: the supernet ranks as training alone does).
 
+``--search-run`` may be an evolution run (its supernet trained on uniform paths, the one
+evolution ranks with). ``--standalone-from RUN`` takes the architectures and stand-alone
+scores from a random search RUN instead of drawing and training them: its probes are
+exactly that (each draw trained alone for the run's ``probe_epochs``, best validation).
+
     python benchmarks/bench_ranking.py --data adrenalmnist3d.npz --out rank/ \
         [--search-run RUN] [--space covidnet3d-s] [--archs 10] [--epochs 10] [--seed 0] \
-        [--slices 28 --size 28x28]
+        [--slices 28 --size 28x28] [--standalone-from RANDOM_RUN]
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from rich.table import Table
 from volnas.core.markup import make_console
 from volnas.data.cache import StackCache
 from volnas.data.dataset import ScanDataset, make_loader, open_source
+from volnas.models.genotype import Genotype
+from volnas.search.config import SearchConfig
+from volnas.search.evolution import load_uniform_supernet
 from volnas.search.random_search import draw_paths
 from volnas.search.ranking import inherited_scores, kendall_tau, load_supernet
 from volnas.search.run import (
@@ -37,6 +45,7 @@ from volnas.search.run import (
     retrain_config,
     run_search,
 )
+from volnas.search.supernet import SuperNet
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.metrics import select_metric
 from volnas.training.run import run_training
@@ -58,8 +67,12 @@ def main() -> None:
     ap.add_argument("--size", default=None, help="in-plane HxW, e.g. 28x28 [volnas default]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--standalone-from", type=Path, default=None,
+                    help="a random search run: its probes are the architectures and their "
+                    "stand-alone scores (nothing is trained here)")
     args = ap.parse_args()
     console = make_console()
+    args.out.mkdir(parents=True, exist_ok=True)
     run = args.search_run
     if run is None:
         run = args.out / "search"
@@ -75,9 +88,19 @@ def main() -> None:
     seed_everything(args.seed)
     source = open_source(cfg.data)
     k = len(source.class_names)
-    supernet = load_supernet(run / "search", cfg.space, k, cfg.stride_budget, cfg.fit_input)
-    genos = [supernet.genotype(p, input_shape=cfg.preprocess.input_shape)
-             for p in draw_paths(supernet, args.archs, args.seed + 1000)]
+    if (run / "search" / "supernet" / "checkpoint").is_dir():  # an evolution run
+        supernet = SuperNet(cfg.space, 1, k, stride_budget=cfg.stride_budget,
+                            spatial=cfg.fit_input)
+        load_uniform_supernet(run / "search" / "supernet", supernet)
+    else:
+        supernet = load_supernet(run / "search", cfg.space, k, cfg.stride_budget, cfg.fit_input)
+    given = (standalone_of(args.standalone_from, cfg, k)
+             if args.standalone_from else None)
+    if given is not None:
+        genos = [g for g, _ in given]
+    else:
+        genos = [supernet.genotype(p, input_shape=cfg.preprocess.input_shape)
+                 for p in draw_paths(supernet, args.archs, args.seed + 1000)]
 
     # inherited: at the search's input (the supernet's weights were trained there)
     scfg = cfg.search_train_config()
@@ -94,8 +117,10 @@ def main() -> None:
         class_names=source.class_names, positive_class=positive_of(cfg, source), device=device,
         run_dir=args.out, bn_batches=args.bn_batches)
 
-    standalone = []
-    for i, geno in enumerate(genos, start=1):
+    standalone = [rec for _, rec in given] if given is not None else []
+    epochs = (load_saved_search_config(args.standalone_from / "search_config.yaml").probe_epochs
+              if given is not None else args.epochs)
+    for i, geno in enumerate(genos if given is None else [], start=1):
         d = args.out / "standalone" / f"{i:02d}"
         done = d / "standalone.json"
         if done.exists():
@@ -124,7 +149,22 @@ def main() -> None:
     console.print(f"Kendall tau (inherited vs stand-alone): {tau:.3f}")
     (args.out / "ranking.json").write_text(json.dumps(
         {"search_run": str(run), "tau": tau, "inherited": inherited, "standalone": standalone,
-         "stand_alone_epochs": args.epochs, "bn_batches": args.bn_batches}, indent=2))
+         "stand_alone_epochs": epochs, "standalone_from": str(args.standalone_from or ""),
+         "bn_batches": args.bn_batches}, indent=2))
+
+
+def standalone_of(run: Path, cfg: SearchConfig, k: int) -> list[tuple[Genotype, dict]]:
+    """The probes of random search ``run`` as (genotype, stand-alone record); its space and
+    fitted strides must be the supernet's."""
+    theirs = load_saved_search_config(run / "search_config.yaml")
+    if (theirs.space, theirs.fit_input) != (cfg.space, cfg.fit_input):
+        raise SystemExit(f"{run}: space {theirs.space} fitted to {theirs.fit_input}, the "
+                         f"supernet's is {cfg.space} fitted to {cfg.fit_input}")
+    probes = json.loads((run / "result.json").read_text())["probes"]
+    return [(Genotype.from_string(p["genotype"], num_classes=k,
+                                  input_shape=cfg.preprocess.input_shape),
+             {"genotype": p["genotype"], "score": p["probe_score"], **p["probe_val"]})
+            for p in probes]
 
 
 if __name__ == "__main__":
