@@ -393,3 +393,34 @@ def test_strides_are_fitted_to_the_search_input_except_in_older_runs() -> None:
     old = cfg.model_dump(mode="json")
     del old["fit_strides"]
     assert SearchConfig.from_saved(old).fit_input is None
+
+
+def test_ranking_benchmark_reads_a_random_searchs_probes(tmp_path: Path) -> None:
+    """bench_ranking --standalone-from: a random search's probes are its architectures and
+    stand-alone scores; a run of another input's fitted strides is refused."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("bench_ranking",
+                                                  REPO / "benchmarks" / "bench_ranking.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = SearchConfig(data="x.npz", space="covidnet3d-s",
+                       preprocess={"slices": 28, "size": (28, 28)})
+    net = SuperNet("covidnet3d-s", 1, 2, spatial=cfg.fit_input)
+    paths = [[0] * len(net.alpha), [1] * len(net.alpha)]
+    probes = [{"genotype": net.genotype(p).to_string(), "probe_score": s,
+               "probe_val": {"accuracy": 0.8, "f1": 0.5, "auc": s, "loss": 0.4}}
+              for p, s in zip(paths, (0.71, 0.75), strict=True)]
+    run = tmp_path / "random"
+    run.mkdir()
+    (run / "search_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (run / "result.json").write_text(json.dumps({"probes": probes}))
+    got = mod.standalone_of(run, cfg, 2)
+    assert [g.to_string() for g, _ in got] == [p["genotype"] for p in probes]
+    assert [r["score"] for _, r in got] == [0.71, 0.75]
+    assert mod.kendall_tau([0.1, 0.2], [r["score"] for _, r in got]) == 1.0
+    other = cfg.model_copy(update={"search_slices": 56, "search_size": (56, 56)})
+    with pytest.raises(SystemExit, match="fitted to"):
+        mod.standalone_of(run, other, 2)
