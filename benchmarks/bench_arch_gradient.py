@@ -65,7 +65,7 @@ def main() -> None:
     cfg = load_saved_search_config(args.search_run / "search_config.yaml")
     source = open_source(args.data)
     supernet = load_supernet(args.search_run / "search", cfg.space, len(source.class_names),
-                             cfg.stride_budget, cfg.fit_input)
+                             cfg.stride_budget, cfg.fit_input, cfg.stride_rule)
     _, arch_rows = search_halves(args.search_run / "search", source.split("train"), cfg.seed,
                                  write=False)
     scfg = cfg.search_train_config()

@@ -90,10 +90,11 @@ def main() -> None:
     k = len(source.class_names)
     if (run / "search" / "supernet" / "checkpoint").is_dir():  # an evolution run
         supernet = SuperNet(cfg.space, 1, k, stride_budget=cfg.stride_budget,
-                            spatial=cfg.fit_input)
+                            spatial=cfg.fit_input, stride_rule=cfg.stride_rule)
         load_uniform_supernet(run / "search" / "supernet", supernet)
     else:
-        supernet = load_supernet(run / "search", cfg.space, k, cfg.stride_budget, cfg.fit_input)
+        supernet = load_supernet(run / "search", cfg.space, k, cfg.stride_budget, cfg.fit_input,
+                                 cfg.stride_rule)
     given = (standalone_of(args.standalone_from, cfg, k)
              if args.standalone_from else None)
     if given is not None:
@@ -157,7 +158,8 @@ def standalone_of(run: Path, cfg: SearchConfig, k: int) -> list[tuple[Genotype, 
     """The probes of random search ``run`` as (genotype, stand-alone record); its space and
     fitted strides must be the supernet's."""
     theirs = load_saved_search_config(run / "search_config.yaml")
-    if (theirs.space, theirs.fit_input) != (cfg.space, cfg.fit_input):
+    if (theirs.space, theirs.fit_input, theirs.stride_rule) != (cfg.space, cfg.fit_input,
+                                                                 cfg.stride_rule):
         raise SystemExit(f"{run}: space {theirs.space} fitted to {theirs.fit_input}, the "
                          f"supernet's is {cfg.space} fitted to {cfg.fit_input}")
     probes = json.loads((run / "result.json").read_text())["probes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -373,3 +374,49 @@ def test_strides_fitted_to_a_small_input_leave_no_layer_on_a_degenerate_map() ->
     with pytest.raises(ValueError, match="fitted to another input"):
         path_of(plain, g_fit)
     assert path_of(fitted, g_fit) == path
+
+
+def test_stride_rule_cell1_moves_cell1s_downsampling_later(tmp_path: Path) -> None:
+    """--stride-rule cell1: where fitting must drop a stride, cell 1 keeps the stem's map
+    and a later cell downsamples instead; the net ends on the same 4^3, with the same
+    parameters, and the rule travels in the genotype. An input that needs no fitting is
+    left alone; an unknown rule is refused."""
+    from volnas.models.genotype import Genotype
+    from volnas.models.spaces import fit_strides, fitted_strides_note, kernel_geometry
+    from volnas.search.config import SearchConfig
+
+    strides = (2, 2, 2, 2, 1, 2, 1)
+    assert fit_strides(strides, (28, 28, 28), "cell1") == [
+        (2, 2, 2), (1, 1, 1), (2, 2, 2), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)]
+    assert fit_strides(strides, (16, 48, 48), "cell1") == [
+        (2, 2, 2), (1, 1, 1), (2, 2, 2), (1, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)]
+    assert fit_strides(strides, (128, 128, 128), "cell1") == [(s,) * 3 for s in strides]
+    with pytest.raises(ValueError, match="stride rule"):
+        fit_strides(strides, (28, 28, 28), "middle")
+    assert "cell1.calib 1x1x1" in fitted_strides_note("covidnet3d-s", (28, 28, 28), "cell1")
+    rows = kernel_geometry("covidnet3d-s", (28, 28, 28), fitted=True, rule="cell1")
+    assert [r["extent"][0] for r in rows] == [14] * 4 + [7] * 4 + [4] * 13
+
+    end = SuperNet("covidnet3d-s", 1, 2, spatial=(28, 28, 28))
+    cell1 = SuperNet("covidnet3d-s", 1, 2, spatial=(28, 28, 28), stride_rule="cell1")
+    path = [2] * len(end.choice_layers)
+    g = cell1.genotype(path)
+    assert (g.ops[1], g.ops[6], g.ops[11]) == ("conv_s1", "conv_s2", "conv_s2")
+    net = Genotype.from_string(g.to_string()).build().eval()
+    assert net.features(torch.zeros(1, 1, 28, 28, 28)).shape[2:] == (4, 4, 4)
+    assert cell1.path_params(path) == end.path_params(path)
+    assert SearchConfig().stride_rule == "end"
+    from volnas.search.random_search import draw_genotypes
+
+    cfg = SearchConfig(data="x.npz", space="covidnet3d-s", stride_rule="cell1",
+                       preprocess={"slices": 28, "size": (28, 28)}, random_samples=3)
+    ops = [Genotype.from_string(d["genotype"]).ops for d in draw_genotypes(cfg, 2)]
+    assert all((o[1], o[11]) == ("conv_s1", "conv_s2") for o in ops)
+    from typer.testing import CliRunner
+
+    from volnas.cli.main import app
+
+    res = CliRunner().invoke(app, ["search", "--data", "x.npz", "--space", "covidnet3d-s",
+                                   "--stride-rule", "middle", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "stride_rule" in res.output
+    assert not (tmp_path / "r").exists()

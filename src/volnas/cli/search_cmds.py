@@ -80,6 +80,9 @@ def search_cmd(
         None, "--fit-strides/--no-fit-strides", help="Drop a downsampling of the space along "
         "an axis where the search input's map would fall below 4 voxels, so small inputs "
         "(MedMNIST 28^3, few slices) leave no layer on a 1^3 or 2^3 map [fit]."),
+    stride_rule: str = typer.Option(
+        None, "--stride-rule", help="Which downsampling fitting drops first: end (the last "
+        "ones) or cell1 (cell 1's, so it works on the stem's map; then the last ones) [end]."),
     arch_lr: float = typer.Option(
         None, "--arch-lr", help="Adam lr of the logits [arch_travel / the search's architecture "
         f"steps: a logit with a steady gradient moves ~{SearchConfig().arch_travel:g} over the "
@@ -138,6 +141,7 @@ def search_cmd(
         "slices": slices, "size": optional_shape(size, 2, "--size"),
         "search_slices": search_slices,
         "search_size": optional_shape(search_size, 2, "--search-size"), "fit_strides": fit_strides,
+        "stride_rule": stride_rule,
         "arch_lr": arch_lr, "warmup_epochs": warmup_epochs, "weight_optimizer": weight_optimizer, "weight_lr": weight_lr,
         "tau_start": tau_start, "tau_end": tau_end, "target_params": target_params,
         "cost_weight": cost_weight, "seed": seed, "device": device,

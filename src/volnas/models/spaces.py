@@ -51,31 +51,51 @@ def get_space(name: str) -> SpaceDef:
 MIN_MAP = 4
 
 
-def fit_strides(strides: tuple[int, ...], spatial: tuple[int, ...]) -> list[tuple[int, int, int]]:
+# How fitting picks the strides it drops: "end" drops the last ones (the early cells keep
+# the space's resolution schedule); "cell1" first moves cell 1's downsampling later, so cell
+# 1 works on the stem's map, then drops from the end
+STRIDE_RULES = ("end", "cell1")
+
+
+def fit_strides(strides: tuple[int, ...], spatial: tuple[int, ...],
+                rule: str = "end") -> list[tuple[int, int, int]]:
     """Per-axis strides of the stem and calibration layers for an input of ``spatial``
     (D, H, W): a stride 2 is kept along an axis only while the map stays >= MIN_MAP there.
 
     The spaces' strides downsample 32-fold, made for CT of 128^3 and more. At 28^3 that
     leaves 13 of covidnet3d-s's 21 searchable layers on 2^3 and 1^3 maps, where k3, k5 and
     k7 compute the same function; fitted, every cell after the second runs on 4^3.
+    ``rule`` (:data:`STRIDE_RULES`): along an axis where a stride must go, "cell1" first
+    gives cell 1 stride 1 (at 28^3: cell 1 on 14^3, the last cells on 4^3).
     """
-    extent = [int(n) for n in spatial]
-    out = []
+    if rule not in STRIDE_RULES:
+        raise ValueError(f"stride rule {rule!r}: expected one of {', '.join(STRIDE_RULES)}")
+    per_axis = []
+    for n in spatial:
+        kept = _keep_while_large(strides, int(n))
+        if rule == "cell1" and len(strides) > 1 and strides[1] == 2 and \
+                kept != [s == 2 for s in strides]:
+            kept = _keep_while_large((strides[0], 1, *strides[2:]), int(n))
+        per_axis.append(kept)
+    return [tuple(2 if axis[i] else 1 for axis in per_axis)  # type: ignore[misc]
+            for i in range(len(strides))]
+
+
+def _keep_while_large(strides: tuple[int, ...], n: int) -> list[bool]:
+    """Along one axis of ``n`` voxels: which strides 2 keep the map >= MIN_MAP, in order."""
+    kept = []
     for s in strides:
-        axes = []
-        for a, n in enumerate(extent):
-            keep = s == 2 and (n + 1) // 2 >= MIN_MAP
-            axes.append(2 if keep else 1)
-            extent[a] = (n + 1) // 2 if keep else n
-        out.append(tuple(axes))
-    return out  # type: ignore[return-value]
+        keep = s == 2 and (n + 1) // 2 >= MIN_MAP
+        kept.append(keep)
+        n = (n + 1) // 2 if keep else n
+    return kept
 
 
-def fitted_strides_note(space: str, spatial: tuple[int, ...]) -> str | None:
+def fitted_strides_note(space: str, spatial: tuple[int, ...], rule: str = "end") -> str | None:
     """One line naming the downsampling layers :func:`fit_strides` changes for ``spatial``
     (None when it changes none, or the space searches its strides)."""
     changed = [f"{f.name} {'x'.join(map(str, stride_pattern(f.candidates[0])))}"
-               for s, f in zip(layer_specs(space), layer_specs(space, spatial), strict=True)
+               for s, f in zip(layer_specs(space), layer_specs(space, spatial, rule), strict=True)
                if f.candidates != s.candidates]
     if not changed:
         return None
@@ -83,16 +103,18 @@ def fitted_strides_note(space: str, spatial: tuple[int, ...]) -> str | None:
             f"below {MIN_MAP} voxels along an axis): " + ", ".join(changed))
 
 
-def layer_specs(space: str, spatial: tuple[int, ...] | None = None) -> list[LayerSpec]:
+def layer_specs(space: str, spatial: tuple[int, ...] | None = None,
+                rule: str = "end") -> list[LayerSpec]:
     """The ordered layers of a space: stem, then per cell a calibration and normal layers.
 
     ``spatial`` (D, H, W): fit the fixed strides of the space to that input
-    (:func:`fit_strides`); the searched strides of medpipe are left to its stride budget.
+    (:func:`fit_strides` with ``rule``); the searched strides of medpipe are left to its
+    stride budget.
     """
     sd = get_space(space)
     specs: list[LayerSpec] = []
-    fitted = (fit_strides(sd.strides, spatial) if spatial is not None and sd.strides is not None
-              else None)
+    fitted = (fit_strides(sd.strides, spatial, rule)
+              if spatial is not None and sd.strides is not None else None)
 
     def stride_choice(i: int) -> tuple[str, ...]:
         if sd.strides is None:
@@ -144,16 +166,16 @@ def acts_as(op: str, extent: tuple[int, ...]) -> str | None:
 
 
 def kernel_geometry(space: str, spatial: tuple[int, int, int],
-                    fitted: bool = False) -> list[dict[str, Any]]:
+                    fitted: bool = False, rule: str = "end") -> list[dict[str, Any]]:
     """Per searchable normal layer of ``space`` for an input of ``spatial`` (D, H, W): the
     layer's map extent, its candidates, and how many of them compute different functions
     there. On a 2x2x2 map k3, k5 and k7 of one expansion are the same function (the larger
     kernels' outer taps only ever see padding), so a search cannot tell them apart.
-    ``fitted``: with the strides fitted to the input (:func:`fit_strides`)."""
+    ``fitted``: with the strides fitted to the input (:func:`fit_strides`, ``rule``)."""
     extent = tuple(int(n) for n in spatial)
     out = []
     cell = -1
-    for spec in layer_specs(space, spatial if fitted else None):
+    for spec in layer_specs(space, spatial if fitted else None, rule):
         if spec.kind in ("stem", "calib"):
             cell += 1
             if spec.searchable:  # medpipe's searched strides: reckoned with its reference
@@ -171,10 +193,10 @@ def kernel_geometry(space: str, spatial: tuple[int, int, int],
 
 
 def degenerate_layers_warning(space: str, spatial: tuple[int, int, int],
-                              fitted: bool = False) -> str | None:
+                              fitted: bool = False, rule: str = "end") -> str | None:
     """A warning when a third or more of the searchable layers run on maps so small that
     some of their candidates compute the same function (None otherwise)."""
-    rows = kernel_geometry(space, spatial, fitted)
+    rows = kernel_geometry(space, spatial, fitted, rule)
     bad = [r for r in rows if r["distinct"] < r["candidates"]]
     if not rows or 3 * len(bad) < len(rows):
         return None

@@ -53,6 +53,9 @@ class SearchConfig(TrainConfig):
     # axis where the map would fall below 4 voxels (volnas.models.spaces.fit_strides), so no
     # layer runs on a 1^3 or 2^3 map where its kernel choices are copies of each other
     fit_strides: bool = True
+    # which strides fitting drops first (volnas.models.spaces.STRIDE_RULES): "end" the last
+    # ones; "cell1" cell 1's first (it then works on the stem's map), then the last ones
+    stride_rule: Literal["end", "cell1"] = "end"
     weight_optimizer: Literal["adam", "sgd"] = "adam"
     # the supernet's weights train at the retrain's rate: at 3e-4 (the papers') each candidate,
     # trained on a fraction of the steps, learns too little for the logits to see a difference

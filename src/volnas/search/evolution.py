@@ -544,7 +544,7 @@ def run_evolution_search(
     budget = (Budget(search_dir / "budget.json", cfg.time_budget, "evolution", write=main)
               if cfg.time_budget else None)
     supernet = SuperNet(cfg.space, in_channels=1, num_classes=k, stride_budget=cfg.stride_budget,
-                        spatial=cfg.fit_input)
+                        spatial=cfg.fit_input, stride_rule=cfg.stride_rule)
     paths = UniformPaths(supernet, cfg.seed, cfg.target_params)
 
     # ---- 1. supernet ---------------------------------------------------------------------

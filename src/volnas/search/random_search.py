@@ -109,7 +109,7 @@ def draw_genotypes(cfg: SearchConfig, num_classes: int) -> list[dict[str, Any]]:
     """The architectures a random search with ``cfg`` probes: genotype string and parameters."""
     supernet = SuperNet(cfg.space, in_channels=1, num_classes=num_classes,
                         stride_budget=cfg.stride_budget,
-                        spatial=cfg.fit_input)
+                        spatial=cfg.fit_input, stride_rule=cfg.stride_rule)
     paths = draw_paths(supernet, cfg.samples, cfg.seed, target_params=cfg.target_params)
     return [{"draw": i, "genotype": supernet.genotype(p).to_string(),
              "params": supernet.path_params(p)} for i, p in enumerate(paths, start=1)]

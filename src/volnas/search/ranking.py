@@ -92,7 +92,8 @@ def inherited_scores(
 
 def load_supernet(search_dir: Path, space: str, num_classes: int,
                   stride_budget: float | None = 2.0,
-                  spatial: tuple[int, ...] | None = None) -> SuperNet:
+                  spatial: tuple[int, ...] | None = None,
+                  stride_rule: str = "end") -> SuperNet:
     """The supernet of a search's last checkpoint (``RUN_DIR/search/checkpoint``): weights
     and architecture logits (augmentation logits, if any, are not needed here)."""
     folder = Path(search_dir) / "checkpoint"
@@ -101,7 +102,8 @@ def load_supernet(search_dir: Path, space: str, num_classes: int,
     if not weights.is_file() or sha256_file(weights) != record["sha256"]:
         raise ValueError(f"{weights}: missing or does not match {folder / 'last.json'}")
     tensors = load_tensors(weights)
-    supernet = SuperNet(space, 1, num_classes, stride_budget=stride_budget, spatial=spatial)
+    supernet = SuperNet(space, 1, num_classes, stride_budget=stride_budget, spatial=spatial,
+                        stride_rule=stride_rule)
     state = {k[6:]: v for k, v in tensors.items()
              if k.startswith("model.") and not k.startswith("model.aug.")}
     try:

@@ -131,9 +131,10 @@ def run_search(
         return _run_search(cfg, run_dir, resume=True, console=console, main=main)
     check_search_start(cfg)
     pre = cfg.search_preprocess()
-    if cfg.fit_input and (note := fitted_strides_note(cfg.space, cfg.fit_input)):
+    if cfg.fit_input and (note := fitted_strides_note(cfg.space, cfg.fit_input, cfg.stride_rule)):
         console.print(escape(note))
-    geometry = degenerate_layers_warning(cfg.space, (pre.slices, *pre.size), cfg.fit_strides)
+    geometry = degenerate_layers_warning(cfg.space, (pre.slices, *pre.size), cfg.fit_strides,
+                                         cfg.stride_rule)
     if geometry:
         console.print(f"[bold yellow]warning:[/] {escape(geometry)}")
     prepare_run_dir(run_dir, resume=False)
@@ -188,7 +189,7 @@ def _run_search(
     val_loader = make_loader(ds(source.split("val"), False), bs, train=False,
                              num_workers=cfg.num_workers)
     supernet = SuperNet(cfg.space, in_channels=1, num_classes=k, stride_budget=cfg.stride_budget,
-                        spatial=cfg.fit_input)
+                        spatial=cfg.fit_input, stride_rule=cfg.stride_rule)
     if cfg.memory_check:
         check_run_memory(supernet, scfg.preprocess.input_shape, scfg.batch_size,
                          unrolled=cfg.objective == "unrolled" and cfg.aug_mode != "off",

@@ -56,18 +56,20 @@ class SuperNet(nn.Module):
 
     def __init__(self, space: str, in_channels: int = 1, num_classes: int = 2,
                  stride_budget: float | None = 2.0,
-                 spatial: tuple[int, ...] | None = None) -> None:
+                 spatial: tuple[int, ...] | None = None, stride_rule: str = "end") -> None:
         """``stride_budget``: where strides are searched (medpipe), a path may keep at most
         this multiple of the activation volume of :data:`REFERENCE_STRIDES`; paths over it
         are redrawn (a path of stride-1 layers at full resolution would need tens of GB).
         None: no limit. ``spatial`` (D, H, W): fit the space's fixed strides to this input
-        (:func:`volnas.models.spaces.fit_strides`); None: the space's own strides."""
+        (:func:`volnas.models.spaces.fit_strides`, by ``stride_rule``); None: the space's
+        own strides."""
         super().__init__()
         self.space = space
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.spatial = tuple(int(n) for n in spatial) if spatial is not None else None
-        self.specs = layer_specs(space, self.spatial)
+        self.stride_rule = stride_rule
+        self.specs = layer_specs(space, self.spatial, stride_rule)
         layers: list[nn.Module] = []
         sizes, names = [], []
         for spec in self.specs:
