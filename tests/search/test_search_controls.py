@@ -216,8 +216,9 @@ def toy_space(monkeypatch: pytest.MonkeyPatch) -> str:
              LayerSpec("cell1.layer1", "normal", 4, 4, TOY_CANDIDATES)]
     real = genotype_mod.layer_specs
 
-    def layer_specs(space: str, spatial: tuple[int, ...] | None = None) -> list[LayerSpec]:
-        return list(specs) if space == "toy-decide" else real(space, spatial)
+    def layer_specs(space: str, spatial: tuple[int, ...] | None = None,
+                    rule: str = "end") -> list[LayerSpec]:
+        return list(specs) if space == "toy-decide" else real(space, spatial, rule)
 
     monkeypatch.setattr(genotype_mod, "layer_specs", layer_specs)
     monkeypatch.setattr(supernet_mod, "layer_specs", layer_specs)
