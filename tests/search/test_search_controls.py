@@ -339,6 +339,14 @@ def test_space_ceiling_members_build_with_their_sizes(tmp_path: Path) -> None:
     assert mbv2.ops[0] == "conv_s1" and mbv2.ops[-2] == "conv_s1"  # MedPipe's strides
     size = {p.stem: n for p, n in sizes.items()}
     assert size["covidnet3d-s-all-k3e6"] > size["covidnet3d-s-all-k5e4"] > size["covidnet3d-s-mbv2-like"]
+    # fitted to 28^3 like a search: "end" keeps cell 1's stride, "cell1" moves it to the end
+    calib = {}
+    for rule in ("end", "cell1"):
+        geno = mod.hand_picked("covidnet3d-s", 2, (1, 28, 28, 28), rule)["all-k3e6"]
+        calib[rule] = [op for op, sp in zip(geno.ops, geno.specs, strict=True) if sp.kind != "normal"]
+        assert geno.extra["stride_rule"] == rule
+    assert calib["end"][:3] == ["conv_s2", "conv_s2", "conv_s2"]
+    assert calib["cell1"][:3] == ["conv_s2", "conv_s1", "conv_s2"]
 
 
 def test_search_ensemble_retrains_the_top_k(tmp_path: Path, tiny_space: str) -> None:
