@@ -433,3 +433,33 @@ def test_ranking_benchmark_reads_a_random_searchs_probes(tmp_path: Path) -> None
     other = cfg.model_copy(update={"search_slices": 56, "search_size": (56, 56)})
     with pytest.raises(SystemExit, match="fitted to"):
         mod.standalone_of(run, other, 2)
+
+
+def test_paired_probes_pairs_the_same_draws_and_refuses_others(tmp_path: Path) -> None:
+    """benchmarks/paired_probes.py pairs two random searches draw by draw, ignoring the fixed
+    layers' strides, and refuses a pair whose searchable choices differ."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paired_probes",
+                                                  REPO / "benchmarks" / "paired_probes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def write(run: Path, rows: list[tuple[int, float, str]]) -> Path:
+        run.mkdir()
+        lines = ["rank,draw,probe_score,params,genotype"]
+        lines += [f'{i},{d},{s},100,"{g}"' for i, (d, s, g) in enumerate(rows, 1)]
+        (run / "probes.csv").write_text("\n".join(lines) + "\n")
+        return run
+
+    g1, g2 = "s[conv_s2|conv_s2:k3e3,skip|pw_s1:k5e4]", "s[conv_s2|conv_s2:k7e4,k3e6|pw_s1:skip]"
+    a = write(tmp_path / "a", [(1, 0.70, g1), (2, 0.80, g2)])
+    b = write(tmp_path / "b", [(2, 0.85, g2.replace("conv_s2:k7", "conv_s1:k7")),
+                               (1, 0.71, g1.replace("pw_s1", "pw_s1x2x2"))])
+    got = mod.pair(a, b)
+    assert [(d, sa, sb) for d, sa, sb in got] == [(1, 0.70, 0.71), (2, 0.80, 0.85)]
+    mean, lo, hi = mod.summarise(np.array([sb - sa for _, sa, sb in got]))
+    assert mean == pytest.approx(0.03) and lo == pytest.approx(0.01) and hi == pytest.approx(0.05)
+    c = write(tmp_path / "c", [(1, 0.9, g2)])
+    with pytest.raises(SystemExit, match="drew different networks"):
+        mod.pair(a, c)
