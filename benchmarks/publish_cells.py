@@ -28,7 +28,8 @@ def publish(src: Path, dst: Path) -> list[Path]:
         target = dst / cell.relative_to(src)
         for f in sorted(cell.rglob("*")):
             rel = f.relative_to(cell)
-            if not f.is_file() or f.suffix == ".safetensors" or "checkpoint" in rel.parts:
+            if (not f.is_file() or f.suffix == ".safetensors" or "checkpoint" in rel.parts
+                    or f.name == ".volnas.lock"):
                 continue
             out = target / rel
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -222,6 +222,7 @@ def test_publish_cells_copies_finished_cells_without_weights(tmp_path: Path) -> 
     (done / "history.csv").write_text("epoch\n1\n")
     (done / "model.safetensors").write_bytes(b"w")
     (done / "checkpoint" / "last.json").write_text("{}")
+    (done / ".volnas.lock").write_text("123")
     search = src / "runs" / "medpipe" / "seed0"
     (search / "final").mkdir(parents=True)
     (search / "result.json").write_text("{}")

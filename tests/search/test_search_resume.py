@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file
 from tiny_search import TINY
 
+from volnas.core.files import LOCK_NAME
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -113,8 +115,11 @@ STAGES = ("search_config", "search/", "probes", "genotype", "final/", "result")
 def _assert_same_run(ref: Path, got: Path) -> None:
     """Every file of ``got`` equals ``ref``'s (PNGs and wall times aside); the message lists
     the differing files in stage order, so the first one is where the runs parted."""
-    ref_files = sorted(str(p.relative_to(ref)) for p in ref.rglob("*") if p.is_file())
-    got_files = sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file())
+    def files(run: Path) -> list[str]:  # the folders' locks hold their writer's pid
+        return sorted(str(p.relative_to(run)) for p in run.rglob("*")
+                      if p.is_file() and p.name != LOCK_NAME)
+
+    ref_files, got_files = files(ref), files(got)
     assert got_files == ref_files, "the resumed run's files differ from the unbroken run's"
     order = sorted(ref_files, key=lambda n: [n.startswith(s) for s in STAGES].index(True))
     differ = []

@@ -318,6 +318,34 @@ def test_an_earlier_runs_files_are_never_removed(finished: Path) -> None:
     assert sorted(p.name for p in finished.iterdir()) == before
 
 
+def test_a_run_folder_in_use_is_refused(finished: Path, tiny, tmp_path: Path) -> None:
+    """While one process writes a run folder (it holds the folder's lock), a second resume,
+    a second search resume, or a new run in that folder is refused and changes nothing; the
+    lock goes with the process, so the same commands then work."""
+    from volnas.core.files import run_dir_lock
+
+    before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
+    with run_dir_lock(finished):
+        code, text = _invoke("train", "--out", finished, "--resume")
+        assert code == 2 and "in use by another volnas process" in text
+        assert f"pid {os.getpid()}" in text
+    assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before
+    code, text = _invoke("train", "--out", finished, "--resume")
+    assert code == 0, text
+    search = tmp_path / "s"
+    search.mkdir()
+    cfg = SearchConfig.model_validate({"data": str(tiny["data"]), "search_epochs": 2})
+    (search / "search_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    with run_dir_lock(search):
+        code, text = _invoke("search", "--out", search, "--resume")
+        assert code == 2 and "in use by another volnas process" in text
+    fresh = tmp_path / "fresh"
+    with run_dir_lock(fresh):  # another process made the folder and is starting its run
+        code, text = _invoke("train", *_start_args(tiny, fresh))
+        assert code == 2 and "in use by another volnas process" in text
+        assert [p.name for p in fresh.iterdir()] == [".volnas.lock"]
+
+
 # ---- temporaries and permissions -------------------------------------------------------------
 
 

@@ -20,6 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from volnas.core.faults import crash_point
 
+# Held (flock) by the process that runs or resumes a run folder; see :func:`run_dir_lock`.
+LOCK_NAME = ".volnas.lock"
+
 # What a writer's temporary is called: ``.<name>.<8 random characters>.tmp`` beside the
 # target (older versions' plots: ``.<stem>.<random>.png.tmp``).
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.png)?\.tmp$")
@@ -70,6 +73,39 @@ def atomic_path(path: Path | str, *, folder: bool = False) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds the run folder (it runs or resumes the same run)."""
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while a run writes it: a second process that
+    runs or resumes the same folder meanwhile is refused instead of writing the same files.
+    The lock is the OS's (``flock``), so a killed process leaves no stale lock behind."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): runs are not guarded
+        enabled = False
+    if not enabled:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise FolderInUse(f"{run_dir}: in use by another volnas process (pid {holder}); "
+                              "wait for it to end, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:

@@ -63,6 +63,7 @@ from volnas.training.rundir import (
     positive_of,
     prepare_run_dir,
     remove_failed_start,
+    run_dir_held,
 )
 
 # A search whose distributions still hold this fraction of the uniform entropy has not
@@ -126,9 +127,10 @@ def run_search(
         if not path.exists():
             raise RunDirError(f"{run_dir}: nothing to resume (no search_config.yaml)")
         cfg = resume_config(load_saved_search_config(path), given or {}, path)
-        if main:
-            remove_stale_temporaries(run_dir)
-        return _run_search(cfg, run_dir, resume=True, console=console, main=main)
+        with run_dir_held(run_dir):
+            if main:
+                remove_stale_temporaries(run_dir)
+            return _run_search(cfg, run_dir, resume=True, console=console, main=main)
     check_search_start(cfg)
     pre = cfg.search_preprocess()
     if cfg.fit_input and (note := fitted_strides_note(cfg.space, cfg.fit_input, cfg.stride_rule)):
@@ -138,18 +140,20 @@ def run_search(
     if geometry:
         console.print(f"[bold yellow]warning:[/] {escape(geometry)}")
     prepare_run_dir(run_dir, resume=False)
-    try:
-        if main:
-            atomic_write_text(run_dir / "search_config.yaml",
-                              yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        return _run_search(cfg, run_dir, resume=False, console=console, main=main)
-    except Exception:
-        started = [run_dir / "search" / "checkpoint" / "last.json",
-                   run_dir / "search" / "done.json",  # done.json: a random search's draws
-                   run_dir / "search" / "supernet" / "checkpoint" / "last.json"]  # evolution
-        if main and not any(p.exists() for p in started):
-            remove_failed_start(run_dir, existed)
-        raise
+    with run_dir_held(run_dir):
+        prepare_run_dir(run_dir, resume=False)  # still empty now that it is ours
+        try:
+            if main:
+                atomic_write_text(run_dir / "search_config.yaml",
+                                  yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            return _run_search(cfg, run_dir, resume=False, console=console, main=main)
+        except Exception:
+            started = [run_dir / "search" / "checkpoint" / "last.json",
+                       run_dir / "search" / "done.json",  # done.json: a random search's draws
+                       run_dir / "search" / "supernet" / "checkpoint" / "last.json"]  # evolution
+            if main and not any(p.exists() for p in started):
+                remove_failed_start(run_dir, existed)
+            raise
 
 
 def _run_search(

@@ -45,6 +45,7 @@ from volnas.training.rundir import (
     prepare_run_dir,
     remove_failed_start,
     resumed_config,
+    run_dir_held,
 )
 from volnas.training.trainer import Trainer
 from volnas.training.tta import TTA_MODES, predict_tta
@@ -79,20 +80,23 @@ def run_training(
     if resume:
         prepare_run_dir(run_dir, resume)
         saved_epochs = load_saved_config(run_dir / "config.yaml").epochs
-        cfg = resumed_config(run_dir, given)
-        if dist_info().is_main:
-            remove_stale_temporaries(run_dir)
-        return _train(cfg, run_dir, resume=True, console=console, test=test, model=model,
-                      saved_epochs=saved_epochs, deadline=deadline)
+        cfg = resumed_config(run_dir, given)  # a refused change is refused before the lock
+        with run_dir_held(run_dir):
+            if dist_info().is_main:
+                remove_stale_temporaries(run_dir)
+            return _train(cfg, run_dir, resume=True, console=console, test=test, model=model,
+                          saved_epochs=saved_epochs, deadline=deadline)
     check_start(cfg, model_given=model is not None)
     prepare_run_dir(run_dir, resume)
-    try:
-        return _train(cfg, run_dir, resume=False, console=console, test=test, model=model,
-                      deadline=deadline)
-    except Exception:
-        if dist_info().is_main and not (run_dir / "checkpoint" / "last.json").exists():
-            remove_failed_start(run_dir, existed)
-        raise
+    with run_dir_held(run_dir):
+        prepare_run_dir(run_dir, resume)  # still empty now that it is ours
+        try:
+            return _train(cfg, run_dir, resume=False, console=console, test=test, model=model,
+                          deadline=deadline)
+        except Exception:
+            if dist_info().is_main and not (run_dir / "checkpoint" / "last.json").exists():
+                remove_failed_start(run_dir, existed)
+            raise
 
 
 def _train(

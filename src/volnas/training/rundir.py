@@ -8,6 +8,7 @@ RUN_DIR layout::
     model.safetensors      weights of the best validation epoch
     best_val_metrics.json  validation metrics of that epoch
     checkpoint/            last epoch's full state (resume)
+    .volnas.lock           held by the process writing the run (a second one is refused)
     calibration.json       temperature fitted on the validation split with the best
                            checkpoint, validation ECE and NLL before/after
     metrics.json           test metrics of the best checkpoint (written once, at the end),
@@ -29,6 +30,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ import torch
 
 from volnas.core.distributed import broadcast_object
 from volnas.core.distributed import info as dist_info
+from volnas.core.files import LOCK_NAME, FolderInUse, run_dir_lock
 from volnas.data.augment import Policy
 from volnas.data.cache import StackCache
 from volnas.data.dataset import DataSource, ScanDataset
@@ -109,12 +113,23 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         raise RunDirError(error)
 
 
+@contextmanager
+def run_dir_held(run_dir: Path) -> Iterator[None]:
+    """Rank 0 holds ``run_dir``'s lock (:func:`volnas.core.files.run_dir_lock`) meanwhile; a
+    folder another process is writing raises :class:`RunDirError`."""
+    try:
+        with run_dir_lock(run_dir, enabled=dist_info().is_main):
+            yield
+    except FolderInUse as e:
+        raise RunDirError(str(e)) from None
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.yaml").exists():
             raise RunDirError(f"{run_dir}: nothing to resume (no config.yaml)")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise RunDirError(
             f"{run_dir}: already holds a run; choose another --out or pass --resume"
         )
