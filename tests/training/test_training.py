@@ -180,7 +180,7 @@ def test_real_adrenalmnist3d_learns_above_chance(adrenal_npz: Path, tmp_path: Pa
     write_manifest(IndexResult(rows, source.class_names, source.positive_class, str(adrenal_npz),
                                0, None, "medmnist-npz"), manifest)
     cfg = TrainConfig.model_validate({
-        "data": str(manifest), "model": "resnet3d_18", "epochs": 4, "batch_size": 16, "seed": 0,
+        "data": str(manifest), "model": "resnet3d_18", "epochs": 3, "batch_size": 16, "seed": 0,
         "lr": 1e-3, "preprocess": {"slices": 28, "size": (28, 28), "intensity": "range",
                                    "window": (0, 255)},
         "cache_dir": str(tmp_path / "cache")})
