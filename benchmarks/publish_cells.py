@@ -16,6 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from volnas.core.files import LOCK_NAME
+
 DONE = ("metrics.json", "result.json")  # a training cell / a search cell is finished
 
 
@@ -29,7 +31,7 @@ def publish(src: Path, dst: Path) -> list[Path]:
         for f in sorted(cell.rglob("*")):
             rel = f.relative_to(cell)
             if (not f.is_file() or f.suffix == ".safetensors" or "checkpoint" in rel.parts
-                    or f.name == ".volnas.lock"):
+                    or f.name == LOCK_NAME):
                 continue
             out = target / rel
             out.parent.mkdir(parents=True, exist_ok=True)

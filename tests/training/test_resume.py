@@ -322,7 +322,7 @@ def test_a_run_folder_in_use_is_refused(finished: Path, tiny, tmp_path: Path) ->
     """While one process writes a run folder (it holds the folder's lock), a second resume,
     a second search resume, or a new run in that folder is refused and changes nothing; the
     lock goes with the process, so the same commands then work."""
-    from volnas.core.files import run_dir_lock
+    from volnas.core.files import LOCK_NAME, run_dir_lock
 
     before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
     with run_dir_lock(finished):
@@ -343,7 +343,7 @@ def test_a_run_folder_in_use_is_refused(finished: Path, tiny, tmp_path: Path) ->
     with run_dir_lock(fresh):  # another process made the folder and is starting its run
         code, text = _invoke("train", *_start_args(tiny, fresh))
         assert code == 2 and "in use by another volnas process" in text
-        assert [p.name for p in fresh.iterdir()] == [".volnas.lock"]
+        assert [p.name for p in fresh.iterdir()] == [LOCK_NAME]
 
 
 # ---- temporaries and permissions -------------------------------------------------------------
