@@ -18,10 +18,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from volnas.cli.main import app
+from volnas.core.durations import parse_duration
 from volnas.models.genotype import Genotype, StackNet
 from volnas.models.latency import LatencyTable
 from volnas.models.profile import count_params
-from volnas.search.budget import Budget, fit_epochs, parse_duration
+from volnas.search.budget import Budget
 from volnas.search.config import SearchConfig
 from volnas.search.evolution import PathFilter, UniformPaths, evolve
 from volnas.search.pareto import (
@@ -33,6 +34,7 @@ from volnas.search.pareto import (
 )
 from volnas.search.run import load_saved_search_config, load_search_config, run_search
 from volnas.search.supernet import SuperNet
+from volnas.training.budget import fit_epochs
 
 # ------------------------------------------------------------------ uniform sampling
 

@@ -111,3 +111,15 @@ def start_run(run: Callable[..., dict[str, Any]], cls: type[TrainConfig], config
         return run(cfg, out, resume=resume, given=given, console=console)
     except (DataError, RunDirError, ValueError, FileNotFoundError, KeyError) as e:
         fail(e)
+
+
+def duration_option(text: str | None) -> float | None:
+    """Seconds of a ``--time-budget`` value (``45m``, ``90s``, ``1.5h``), None if not given."""
+    if text is None:
+        return None
+    from volnas.core.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None

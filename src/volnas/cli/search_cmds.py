@@ -16,6 +16,7 @@ from volnas.cli.common import (
     WeightOptimizer,
     console,
     default,
+    duration_option,
     fail,
     optional_shape,
     start_run,
@@ -149,7 +150,7 @@ def search_cmd(
         "fixed_genotype": fixed_genotype, "class_weight": class_weight, "tta": tta,
         "ensemble": ensemble, "generations": generations, "population": population,
         "costs": _csv_list(costs), "pick": pick, "front_topk": front_topk,
-        "baselines": _csv_list(baselines), "time_budget": _duration(time_budget),
+        "baselines": _csv_list(baselines), "time_budget": duration_option(time_budget),
     }
     result = start_run(run_search, SearchConfig, config, overrides, out, resume)
     t = result["test"]
@@ -172,17 +173,6 @@ def search_cmd(
 
 def _csv_list(text: str | None) -> list[str] | None:
     return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
-
-
-def _duration(text: str | None) -> float | None:
-    if text is None:
-        return None
-    from volnas.search.budget import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
 
 
 @genotype_app.command("show")

@@ -14,6 +14,7 @@ from volnas.cli.common import (
     TTAChoice,
     console,
     default,
+    duration_option,
     fail,
     metrics_table,
     optional_shape,
@@ -79,6 +80,10 @@ def train_cmd(
     tta: TTAChoice = typer.Option(
         None, "--tta", help=f"Test-time augmentation: none | flips (4x inference) | auto "
         f"(flips only if better on validation) {_d('tta')}."),
+    time_budget: str = typer.Option(
+        None, "--time-budget", help="Wall-clock budget of the whole run, e.g. 45m, 90s, 2h: "
+        "the epochs that fit (at most --epochs) are set before the first, so the schedule "
+        "ends with the budget; see run.json's time_budget."),
 ) -> None:
     """Train a model: validation every epoch, best checkpoint by validation, test once.
 
@@ -91,6 +96,7 @@ def train_cmd(
         "slices": slices, "size": optional_shape(size, 2, "--size"),
         "lr": lr, "seed": seed, "device": device, "num_workers": workers,
         "augment": augment, "sync_bn": sync_bn, "class_weight": class_weight, "tta": tta,
+        "time_budget": duration_option(time_budget),
     }
     metrics = start_run(run_training, TrainConfig, config, overrides, out, resume)
     console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "

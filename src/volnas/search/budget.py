@@ -12,20 +12,17 @@ keeps them rather than planning again from what is left.
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from volnas.core.distributed import broadcast_object
 from volnas.core.files import atomic_write_text
+from volnas.training.budget import RESERVE, estimate_epoch_seconds, fit_epochs
 from volnas.training.config import TrainConfig
-from volnas.training.device import resolve_device
 from volnas.training.rundir import history_seconds
 
 # Shares of the budget, in stage order. The final retrain keeps RESERVE of the budget for
@@ -35,22 +32,6 @@ SPLITS: dict[str, dict[str, float]] = {
     "evolution": {"supernet": 0.45, "evolution": 0.15, "retrain": 0.40},
     "random": {"probes": 0.55, "retrain": 0.45},
 }
-RESERVE = 0.03
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Seconds of ``45m``, ``90s``, ``1.5h`` or a bare number of seconds. Raises ValueError."""
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text).lower())
-        if not m:
-            raise ValueError(f"--time-budget {text!r}: expected a duration like 45m, 90s or 1.5h")
-        value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if not value > 0:
-        raise ValueError(f"--time-budget {text!r}: must be more than 0 seconds")
-    return value
 
 
 class Budget:
@@ -141,14 +122,6 @@ class Budget:
                 "spent_total_seconds": sum(self.spent.values())}
 
 
-def fit_epochs(epoch_seconds: float, seconds: float, cap: int) -> int:
-    """Epochs of ``epoch_seconds`` each that fit ``seconds``: at least 1, at most ``cap``
-    (``cap`` when the epoch time is unknown)."""
-    if epoch_seconds <= 0:
-        return cap
-    return int(max(1, min(cap, seconds // epoch_seconds)))
-
-
 def budgeted_epochs(cfg: TrainConfig, net: nn.Module, splits: tuple[int, int], seconds: float,
                     final_dir: Path) -> int:
     """Retrain epochs of ``net`` that fit ``seconds`` (at most ``cfg.epochs``), so the
@@ -160,36 +133,6 @@ def budgeted_epochs(cfg: TrainConfig, net: nn.Module, splits: tuple[int, int], s
         return load_saved_config(final_dir / "config.yaml").epochs
     per_epoch = estimate_epoch_seconds(net, cfg, *splits)
     return fit_epochs(per_epoch, seconds, cfg.epochs)
-
-
-def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
-                           timed_steps: int = 3) -> float:
-    """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
-    random batches at ``cfg``'s input (after one untimed) times the epoch's steps, plus the
-    BatchNorm re-estimation and validation batches at a third of a step each. Data loading
-    is not counted: the Trainer's deadline catches what this misses."""
-    device = resolve_device(cfg.device)
-    net = net.to(device).train()
-    bs = cfg.batch_size
-    x = torch.randn((bs, *cfg.preprocess.input_shape), device=device)
-    y = torch.zeros(bs, dtype=torch.long, device=device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-6)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(net(x).float(), y).backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    step()
-    t0 = time.perf_counter()
-    for _ in range(timed_steps):
-        step()
-    per_step = (time.perf_counter() - t0) / timed_steps
-    steps = max(n_train // bs, 1)
-    light = min(cfg.bn_recalibration, steps) + math.ceil(n_val / bs)
-    return per_step * (steps + light / 3)
 
 
 def probe_epoch_seconds(run_dir: Path, probes: list[dict[str, Any]], probe_epochs: int) -> float:

@@ -107,8 +107,6 @@ class SearchConfig(TrainConfig):
     bn_batches: int = Field(8, ge=1)  # training batches re-estimating each candidate's BN
     front_topk: int = Field(0, ge=0)  # front networks retrained besides the pick
     baselines: list[str] = Field(default_factory=list)  # NAME or NAME=RUN_DIR, drawn on pareto.png
-    # seconds for the whole run (random, evolution), split between stages: volnas.search.budget
-    time_budget: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _resolve_strategy(self) -> SearchConfig:
@@ -169,5 +167,6 @@ class SearchConfig(TrainConfig):
             "lr": self.weight_lr,
             "augment": self.augment,
             "model": f"supernet:{self.space}",
+            "time_budget": None,  # the search's budget is split by volnas.search.budget
         })
         return TrainConfig.model_validate(base)

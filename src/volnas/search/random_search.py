@@ -39,7 +39,7 @@ from volnas.core.distributed import barrier
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text
 from volnas.data.dataset import open_source
-from volnas.search.budget import Budget, fit_epochs, probe_epoch_seconds
+from volnas.search.budget import Budget, probe_epoch_seconds
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
     best_probe,
@@ -49,6 +49,7 @@ from volnas.search.evaluation import (
     retrain_ensemble,
 )
 from volnas.search.supernet import SuperNet
+from volnas.training.budget import fit_epochs
 from volnas.training.device import seed_everything
 from volnas.training.run import run_training
 from volnas.training.rundir import history_seconds

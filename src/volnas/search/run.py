@@ -39,7 +39,7 @@ from volnas.models.spaces import (
     layer_specs,
 )
 from volnas.search.augment_search import AugmentSearch
-from volnas.search.budget import Budget, estimate_epoch_seconds, fit_epochs, probe_epoch_seconds
+from volnas.search.budget import Budget, probe_epoch_seconds
 from volnas.search.config import SearchConfig
 from volnas.search.evaluation import (
     best_probe,
@@ -51,6 +51,7 @@ from volnas.search.evaluation import (
 from volnas.search.sampler import mean_uniform_entropy
 from volnas.search.search import PairedLoader, SearchTrainer, search_halves
 from volnas.search.supernet import SuperNet
+from volnas.training.budget import estimate_epoch_seconds, fit_epochs
 from volnas.training.config import load_config, load_saved_config, resume_config
 from volnas.training.device import resolve_device, seed_everything
 from volnas.training.memory import MEMORY_HINT, SEARCH_FLAGS, check_run_memory

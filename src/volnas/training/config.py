@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from volnas.core.durations import parse_duration
 from volnas.data.preprocess import PreprocessConfig
 
 C = TypeVar("C", bound="TrainConfig")
@@ -58,6 +59,15 @@ class TrainConfig(BaseModel):
     # refuse a run whose training step would not fit in the device's memory (estimated from
     # a small forward pass before the first epoch); false: run anyway
     memory_check: bool = True
+    # wall-clock seconds for the whole run ("45m", "90s", "1.5h" or seconds): the epochs that
+    # fit are set before the first one (at most ``epochs``), so the cosine schedule ends with
+    # the budget, and no epoch starts that would end after it (volnas.training.budget)
+    time_budget: float | None = Field(None, gt=0)
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
 
     @classmethod

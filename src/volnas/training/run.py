@@ -3,9 +3,11 @@ writes is described in :mod:`volnas.training.rundir`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from volnas.core.distributed import info as dist_info
 from volnas.core.files import atomic_write_text, remove_stale_temporaries
 from volnas.core.markup import make_console
 from volnas.data.dataset import DataSource, make_loader, open_source
+from volnas.training.budget import RESERVE, estimate_epoch_seconds, fit_epochs
 from volnas.training.checkpoint import load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_saved_config
 from volnas.training.device import resolve_device, seed_everything
@@ -38,6 +41,7 @@ from volnas.training.rundir import (
     build_model,
     check_start,
     epochs_seconds,
+    history_seconds,
     model_profile,
     pin_augment,
     pin_genotype,
@@ -73,6 +77,7 @@ def run_training(
     ``deadline`` (``time.time()``) stops the training before an epoch that would end after
     it (:class:`Trainer`); the best checkpoint so far is then tested.
     """
+    started = time.time()
     console = console or make_console()
     run_dir = Path(run_dir)
     init_distributed(cfg.device)
@@ -85,14 +90,14 @@ def run_training(
             if dist_info().is_main:
                 remove_stale_temporaries(run_dir)
             return _train(cfg, run_dir, resume=True, console=console, test=test, model=model,
-                          saved_epochs=saved_epochs, deadline=deadline)
+                          saved_epochs=saved_epochs, deadline=deadline, started=started)
     check_start(cfg, model_given=model is not None)
     prepare_run_dir(run_dir, resume)
     with run_dir_held(run_dir):
         prepare_run_dir(run_dir, resume)  # still empty now that it is ours
         try:
             return _train(cfg, run_dir, resume=False, console=console, test=test, model=model,
-                          deadline=deadline)
+                          deadline=deadline, started=started)
         except Exception:
             if dist_info().is_main and not (run_dir / "checkpoint" / "last.json").exists():
                 remove_failed_start(run_dir, existed)
@@ -109,6 +114,7 @@ def _train(
     model: torch.nn.Module | None,
     saved_epochs: int | None = None,
     deadline: float | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     if not resume:  # a resumed run's files are pinned already
         if dist_info().is_main:
@@ -126,6 +132,11 @@ def _train(
     if model is None:
         model = build_model(cfg.model, len(source.class_names), run_dir)
     device = resolve_device(cfg.device)
+    budget: dict[str, Any] = {}
+    if cfg.time_budget is not None:
+        cfg, deadline, budget = _fit_budget(cfg, run_dir, model, (len(ds["train"]), len(ds["val"])),
+                                            resume=resume, started=started or time.time(),
+                                            deadline=deadline, console=console)
     extended = _extensions(run_dir) if resume else []
     if saved_epochs is not None and cfg.epochs != saved_epochs:
         extended.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs})
@@ -142,6 +153,7 @@ def _train(
         "machine": platform.machine(),
         **model_profile(model, cfg),
         **({"extended": extended} if extended else {}),
+        **({"time_budget": budget} if budget else {}),
     }
     if dist_info().is_main:
         text = dump_config(cfg)
@@ -181,6 +193,35 @@ def _train(
     if dist_info().is_main:
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def _fit_budget(
+    cfg: TrainConfig, run_dir: Path, model: torch.nn.Module, splits: tuple[int, int], *,
+    resume: bool, started: float, deadline: float | None, console: Console,
+) -> tuple[TrainConfig, float, dict[str, Any]]:
+    """``cfg.time_budget`` applied: the epochs that fit (a new run; a resumed one keeps its
+    own), the deadline of the last epoch (the budget less :data:`RESERVE` for calibration and
+    the test pass; a resume is charged the epochs already run, not the time lost to a kill),
+    and what run.json records of it."""
+    assert cfg.time_budget is not None
+    usable = cfg.time_budget * (1 - RESERVE)
+    record: dict[str, Any] = {"seconds": cfg.time_budget,
+                              "reserve_seconds": round(cfg.time_budget - usable, 2)}
+    if resume:
+        end = time.time() + usable - (history_seconds(run_dir) or 0.0)
+        record = json.loads((run_dir / "run.json").read_text()).get("time_budget", record)
+    else:
+        end = started + usable
+        device = resolve_device(cfg.device)
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            per_epoch = estimate_epoch_seconds(copy.deepcopy(model), cfg, *splits)
+        epochs = int(broadcast_object(fit_epochs(per_epoch, end - time.time(), cfg.epochs)))
+        record |= {"epoch_seconds_estimate": round(per_epoch, 2), "epochs_asked": cfg.epochs,
+                   "epochs": epochs}
+        console.print(f"time budget {cfg.time_budget:.0f} s: {epochs} epoch(s) of about "
+                      f"{per_epoch:.0f} s fit (at most {cfg.epochs} asked)")
+        cfg = cfg.model_copy(update={"epochs": epochs})
+    return cfg, end if deadline is None else min(deadline, end), record
 
 
 def _extensions(run_dir: Path) -> list[dict[str, int]]:

@@ -1,0 +1,56 @@
+"""Wall-clock budgets: how many epochs fit in a number of seconds. A training run with
+``time_budget`` sizes its epochs with these (so the cosine schedule ends with the budget);
+a search splits its budget between stages (``volnas.search.budget``)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from volnas.training.config import TrainConfig
+from volnas.training.device import resolve_device
+
+# Share of a budget kept after the last training epoch, for calibration and the test pass.
+RESERVE = 0.03
+
+
+def fit_epochs(epoch_seconds: float, seconds: float, cap: int) -> int:
+    """Epochs of ``epoch_seconds`` each that fit ``seconds``: at least 1, at most ``cap``
+    (``cap`` when the epoch time is unknown)."""
+    if epoch_seconds <= 0:
+        return cap
+    return int(max(1, min(cap, seconds // epoch_seconds)))
+
+
+def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
+                           timed_steps: int = 3) -> float:
+    """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
+    random batches at ``cfg``'s input (after one untimed) times the epoch's steps, plus the
+    BatchNorm re-estimation and validation batches at a third of a step each. Data loading
+    is not counted: the Trainer's deadline catches what this misses. ``net``'s weights are
+    stepped (lr 1e-6): pass a copy where that matters."""
+    device = resolve_device(cfg.device)
+    net = net.to(device).train()
+    bs = cfg.batch_size
+    x = torch.randn((bs, *cfg.preprocess.input_shape), device=device)
+    y = torch.zeros(bs, dtype=torch.long, device=device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-6)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(x).float(), y).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(timed_steps):
+        step()
+    per_step = (time.perf_counter() - t0) / timed_steps
+    steps = max(n_train // bs, 1)
+    light = min(cfg.bn_recalibration, steps) + math.ceil(n_val / bs)
+    return per_step * (steps + light / 3)
