@@ -7,7 +7,9 @@ which says whether a difference is within noise.
         [--out compare.md]
 
 A run is a training run folder or a search folder (its ``final/`` is used); each must hold
-``metrics.json`` and ``predictions_test.csv`` of the same test scans.
+``metrics.json`` and ``predictions_test.csv`` of the same test scans. ``--latency`` also
+measures each run's network on this CPU (batch 1, as ``bench_run_latency.py``) and adds
+milliseconds per scan to the table and the plot: time it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -65,26 +67,50 @@ COLUMNS = (("params", "params (M)"), ("auc", "test AUC"), ("accuracy", "ACC"), (
            ("ece_calibrated", "ECE calibrated"))
 
 
-def plot(named: list[tuple[str, list[tuple[dict, list]]]], path: Path) -> None:
-    """Test AUC against parameters (log scale), one colour per name."""
+def measure_latency(folders: list[Path], threads: int, repeats: int = 7) -> list[float]:
+    """Milliseconds per scan of each run's network (batch 1, channels_last_3d, median of
+    cold-cache repeats; the weights do not change the time)."""
+    import torch
+    from bench_run_latency import load_network
+
+    from volnas.models.latency import time_forward
+
+    torch.set_num_threads(threads)
+    out = []
+    for folder in folders:
+        net, shape = load_network(folder)
+        net = net.eval().to(memory_format=torch.channels_last_3d)
+        x = torch.randn(1, *shape).to(memory_format=torch.channels_last_3d)
+        out.append(time_forward(net, x, repeats=repeats) * 1e3)
+    return out
+
+
+def plot(named: list[tuple[str, list[tuple[dict, list]]]], path: Path,
+         ms: dict[str, list[float]] | None = None) -> None:
+    """Test AUC against parameters (and against ms per scan when measured), log scale,
+    one colour per name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, (name, runs) in enumerate(named):
-        colour = f"C{i}"
-        xs = [metric(m, "params") for m, _ in runs]
-        ys = [metric(m, "auc") for m, _ in runs]
-        ax.scatter(xs, ys, color=colour, alpha=0.5, s=22)
-        ax.scatter([statistics.mean(xs)], [statistics.mean(ys)], color=colour, marker="X",
-                   s=90, label=f"{name} (n={len(runs)})")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel("test AUC")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = [("parameters (M)", {n: [metric(m, "params") for m, _ in r] for n, r in named})]
+    if ms:
+        panels.append(("CPU ms / scan (batch 1)", ms))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
+    for ax, (xlabel, xs_of) in zip(axes[0], panels, strict=True):
+        for i, (name, runs) in enumerate(named):
+            colour = f"C{i}"
+            xs = xs_of[name]
+            ys = [metric(m, "auc") for m, _ in runs]
+            ax.scatter(xs, ys, color=colour, alpha=0.5, s=22)
+            ax.scatter([statistics.mean(xs)], [statistics.mean(ys)], color=colour, marker="X",
+                       s=90, label=f"{name} (n={len(runs)})")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test AUC")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -96,15 +122,22 @@ def main() -> None:
                     help="NAME=RUN[,RUN...] (seeds of one name), the first name is the reference")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown)")
     ap.add_argument("--plot", type=Path, default=None,
-                    help="also plot test AUC against parameters (PNG): a dot per run, "
-                         "a cross per name at its mean")
+                    help="also plot test AUC against parameters (and ms per scan with "
+                         "--latency) (PNG): a dot per run, a cross per name at its mean")
+    ap.add_argument("--latency", action="store_true",
+                    help="also measure each network's CPU ms per scan (batch 1)")
+    ap.add_argument("--threads", type=int, default=1, help="threads for --latency [1]")
     args = ap.parse_args()
     named = []
+    ms: dict[str, list[float]] = {}
     for item in args.runs:
         name, _, paths = item.partition("=")
         if not paths:
             raise SystemExit(f"{item!r}: expected NAME=RUN_FOLDER[,RUN_FOLDER...]")
-        named.append((name, [load_run(Path(p)) for p in paths.split(",")]))
+        folders = [Path(p) for p in paths.split(",")]
+        named.append((name, [load_run(f) for f in folders]))
+        if args.latency:
+            ms[name] = measure_latency(folders, args.threads)
     ref_name, ref_runs = named[0]
     classes = list(ref_runs[0][0]["class_names"])
     ref_rows = ref_runs[0][1]
@@ -112,9 +145,10 @@ def main() -> None:
     labels = np.array([classes.index(r["label"]) for r in ref_rows])
     groups = np.array([r["patient_id"] for r in ref_rows])
     ref_p = [probs_of(rows, classes) for _, rows in ref_runs]
+    extra = " ms / scan |" if ms else ""
     lines = ["| run | seeds | " + " | ".join(h for _, h in COLUMNS)
-             + f" | AUC - {ref_name} (95 % CI, paired) |",
-             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
+             + f" |{extra} AUC - {ref_name} (95 % CI, paired) |",
+             "|---|---|" + "---|" * (len(COLUMNS) + bool(ms)) + "---|"]
     for name, runs in named:
         for _, rows in runs:
             if [r["scan_id"] for r in rows] != ids:
@@ -127,12 +161,17 @@ def main() -> None:
             diff = (f"{d['diff']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})"
                     + (", within noise" if d["within_noise"] else ""))
         metrics = [m for m, _ in runs]
+        latency = ""
+        if ms:
+            v = ms[name]
+            latency = f" {statistics.mean(v):.1f}" + (
+                f" +- {statistics.stdev(v):.1f} |" if len(v) > 1 else " |")
         lines.append(f"| {name} | {len(runs)} | "
-                     + " | ".join(cell(metrics, k) for k, _ in COLUMNS) + f" | {diff} |")
+                     + " | ".join(cell(metrics, k) for k, _ in COLUMNS) + f" |{latency} {diff} |")
     text = "\n".join(lines)
     print(text)
     if args.plot is not None:
-        plot(named, args.plot)
+        plot(named, args.plot, ms or None)
     if args.out is not None:
         args.out.write_text(text + "\n")
 
