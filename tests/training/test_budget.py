@@ -84,3 +84,26 @@ def test_sizing_the_budget_changes_nothing_else(data: tuple[Path, str], tmp_path
     plain = [[r[k] for k in keys] for r in _history(tmp_path / "plain")]
     budgeted = [[r[k] for k in keys] for r in _history(tmp_path / "budget")]
     assert plain == budgeted and len(plain) == 2
+
+
+def test_a_resumed_budgeted_run_is_charged_the_epochs_it_ran(tmp_path: Path) -> None:
+    """A resume keeps the saved epochs and gets what is left of the budget after the epochs
+    already run (time lost to a kill is not charged)."""
+    from rich.console import Console
+
+    from volnas.training.run import _fit_budget
+
+    (tmp_path / "history.csv").write_text("epoch,seconds\n1,30.0\n2,40.0\n")
+    (tmp_path / "run.json").write_text(json.dumps({"time_budget": {"seconds": 100.0,
+                                                                   "epochs": 5}}))
+    cfg = TrainConfig(time_budget=100, epochs=5)
+    now = time.time()
+    out, deadline, record = _fit_budget(cfg, tmp_path, torch.nn.Linear(1, 1), (10, 5),
+                                        resume=True, started=now, deadline=None,
+                                        console=Console(quiet=True))
+    assert out.epochs == 5 and record["epochs"] == 5
+    assert deadline - now == pytest.approx(100 * 0.97 - 70, abs=1.0)
+    # an earlier deadline given by the caller (a search's stage) wins
+    _, earlier, _ = _fit_budget(cfg, tmp_path, torch.nn.Linear(1, 1), (10, 5), resume=True,
+                                started=now, deadline=now + 5, console=Console(quiet=True))
+    assert earlier == now + 5
