@@ -107,3 +107,27 @@ def test_a_resumed_budgeted_run_is_charged_the_epochs_it_ran(tmp_path: Path) -> 
     _, earlier, _ = _fit_budget(cfg, tmp_path, torch.nn.Linear(1, 1), (10, 5), resume=True,
                                 started=now, deadline=now + 5, console=Console(quiet=True))
     assert earlier == now + 5
+
+
+def test_the_epoch_estimate_times_the_trainers_step() -> None:
+    """The timed steps run in the Trainer's memory format (channels_last_3d is 1.6-5x faster
+    for 3D convolutions on CPU, so timing the default format planned too few epochs)."""
+    from volnas.training.budget import estimate_epoch_seconds
+
+    class Spy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 3)
+            self.formats: list[bool] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)  # 2 channels: its layout tells the formats apart (1 does not)
+            self.formats.append(h.is_contiguous(memory_format=torch.channels_last_3d))
+            return h.mean((2, 3, 4))
+
+    for channels_last in (True, False):
+        net = Spy()
+        cfg = TrainConfig(batch_size=2, preprocess={"slices": 4, "size": (4, 4)}, device="cpu",
+                          channels_last=channels_last)
+        assert estimate_epoch_seconds(net, cfg, 8, 2) > 0
+        assert net.formats == [channels_last] * 4

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from volnas.training.config import TrainConfig
-from volnas.training.device import resolve_device
+from volnas.training.device import autocast, prepare_model, resolve_device, to_device
 
 # Share of a budget kept after the last training epoch, for calibration and the test pass.
 RESERVE = 0.03
@@ -30,18 +30,21 @@ def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val
     """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
     random batches at ``cfg``'s input (after one untimed) times the epoch's steps, plus the
     BatchNorm re-estimation and validation batches at a third of a step each. Data loading
-    is not counted: the Trainer's deadline catches what this misses. ``net``'s weights are
-    stepped (lr 1e-6): pass a copy where that matters."""
+    is not counted: the Trainer's deadline catches what this misses. The step is the
+    Trainer's (memory format, autocast). ``net``'s weights are stepped (lr 1e-6): pass a copy
+    where that matters."""
     device = resolve_device(cfg.device)
-    net = net.to(device).train()
+    net = prepare_model(net, device, cfg.channels_last).train()
     bs = cfg.batch_size
-    x = torch.randn((bs, *cfg.preprocess.input_shape), device=device)
+    x = to_device(torch.randn((bs, *cfg.preprocess.input_shape)), device, cfg.channels_last)
     y = torch.zeros(bs, dtype=torch.long, device=device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-6)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(net(x).float(), y).backward()
+        with autocast(device, cfg.amp):
+            logits = net(x)
+        nn.functional.cross_entropy(logits.float(), y).backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
