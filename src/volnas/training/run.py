@@ -132,6 +132,11 @@ def _train(
     if model is None:
         model = build_model(cfg.model, len(source.class_names), run_dir)
     device = resolve_device(cfg.device)
+    if cfg.memory_check:  # before the budget's timed steps, which would not fit either
+        check_run_memory(model, cfg.preprocess.input_shape, cfg.batch_size, unrolled=False,
+                         augment=False, device=device, optimizer=cfg.optimizer,
+                         channels_last=cfg.channels_last, what=f"training {cfg.model}",
+                         hint=MEMORY_HINT)
     budget: dict[str, Any] = {}
     if cfg.time_budget is not None:
         cfg, deadline, budget = _fit_budget(cfg, run_dir, model, (len(ds["train"]), len(ds["val"])),
@@ -169,11 +174,6 @@ def _train(
         f"scans, device {device}"
     )
     counts = [ds["train"].labels.count(i) for i in range(len(source.class_names))]
-    if cfg.memory_check:
-        check_run_memory(model, cfg.preprocess.input_shape, cfg.batch_size, unrolled=False,
-                         augment=False, device=device, optimizer=cfg.optimizer,
-                         channels_last=cfg.channels_last, what=f"training {cfg.model}",
-                         hint=MEMORY_HINT)
     trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
                       device=device, run_dir=run_dir, console=console, class_counts=counts)
     trainer.deadline = deadline
