@@ -209,7 +209,10 @@ def _fit_budget(
                               "reserve_seconds": round(cfg.time_budget - usable, 2)}
     if resume:
         end = time.time() + usable - (history_seconds(run_dir) or 0.0)
-        record = json.loads((run_dir / "run.json").read_text()).get("time_budget", record)
+        try:
+            record = json.loads((run_dir / "run.json").read_text()).get("time_budget", record)
+        except (OSError, ValueError, AttributeError):
+            pass  # the first process's record is lost; this one's stands
     else:
         end = started + usable
         device = resolve_device(cfg.device)
