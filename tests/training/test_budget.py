@@ -131,3 +131,11 @@ def test_the_epoch_estimate_times_the_trainers_step() -> None:
                           channels_last=channels_last)
         assert estimate_epoch_seconds(net, cfg, 8, 2) > 0
         assert net.formats == [channels_last] * 4
+
+
+def test_a_bad_time_budget_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "x.npz"), "--out",
+                                 str(tmp_path / "run"), "--time-budget", "soon"])
+    assert result.exit_code == 2
+    assert "expected a duration like 45m" in result.output
+    assert not (tmp_path / "run").exists()
