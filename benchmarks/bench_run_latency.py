@@ -32,6 +32,16 @@ def load_network(folder: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     return build_model(cfg.model, 2, folder), tuple(cfg.preprocess.input_shape)
 
 
+def network_ms(folder: Path, repeats: int = 7) -> tuple[float, float, float]:
+    """(ms per scan, params in M, GFLOPs per scan) of a run's network: batch 1,
+    channels_last_3d, median of cold-cache repeats, on torch's current thread count."""
+    net, shape = load_network(folder)
+    net = net.eval().to(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, *shape).to(memory_format=torch.channels_last_3d)
+    return (time_forward(net, x, repeats=repeats) * 1e3, count_params(net) / 1e6,
+            count_flops(net, shape) / 1e9)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="NAME=RUN[,RUN...]")
@@ -45,12 +55,10 @@ def main() -> None:
         name, _, folders = item.partition("=")
         ms, params, flops = [], [], []
         for f in folders.split(","):
-            net, shape = load_network(Path(f))
-            net = net.eval().to(memory_format=torch.channels_last_3d)
-            x = torch.randn(1, *shape).to(memory_format=torch.channels_last_3d)
-            ms.append(time_forward(net, x, repeats=args.repeats) * 1e3)
-            params.append(count_params(net) / 1e6)
-            flops.append(count_flops(net, shape) / 1e9)
+            t, p, fl = network_ms(Path(f), args.repeats)
+            ms.append(t)
+            params.append(p)
+            flops.append(fl)
         rows.append((name, len(ms), statistics.mean(params), statistics.mean(flops),
                      statistics.mean(ms), statistics.stdev(ms) if len(ms) > 1 else 0.0))
     base = rows[0][4]

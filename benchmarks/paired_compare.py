@@ -71,18 +71,10 @@ def measure_latency(folders: list[Path], threads: int, repeats: int = 7) -> list
     """Milliseconds per scan of each run's network (batch 1, channels_last_3d, median of
     cold-cache repeats; the weights do not change the time)."""
     import torch
-    from bench_run_latency import load_network
-
-    from volnas.models.latency import time_forward
+    from bench_run_latency import network_ms
 
     torch.set_num_threads(threads)
-    out = []
-    for folder in folders:
-        net, shape = load_network(folder)
-        net = net.eval().to(memory_format=torch.channels_last_3d)
-        x = torch.randn(1, *shape).to(memory_format=torch.channels_last_3d)
-        out.append(time_forward(net, x, repeats=repeats) * 1e3)
-    return out
+    return [network_ms(folder, repeats)[0] for folder in folders]
 
 
 def plot(named: list[tuple[str, list[tuple[dict, list]]]], path: Path,
