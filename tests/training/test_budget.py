@@ -28,9 +28,16 @@ def data(tmp_path_factory: pytest.TempPathFactory, tiny_genotype) -> tuple[Path,
 
 
 def _train(data: tuple[Path, str], out: Path, *extra: str) -> None:
-    args = ["train", "--data", str(data[0]), "--model", data[1], "--out", str(out),
-            "--slices", "8", "--size", "16x16", "--batch-size", "4", "--seed", "2",
-            "--device", "cpu", "--tta", "none", *extra]
+    _invoke(["train", "--data", str(data[0]), "--model", data[1], "--out", str(out),
+             "--slices", "8", "--size", "16x16", "--batch-size", "4", "--seed", "2",
+             "--device", "cpu", "--tta", "none", *extra])
+
+
+def _resume(run: Path, *extra: str) -> None:
+    _invoke(["train", "--out", str(run), "--resume", *extra])
+
+
+def _invoke(args: list[str]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -57,15 +64,22 @@ def test_a_budgeted_run_fits_its_epochs_stops_on_time_and_is_tested(data: tuple[
     budget = 6.0
     _train(data, tmp_path / "run", "--epochs", "500", "--time-budget", f"{budget}s")
     run = tmp_path / "run"
-    record = json.loads((run / "run.json").read_text())["time_budget"]
+    info = json.loads((run / "run.json").read_text())
+    record, plan = info["time_budget"], info["fill_plan"]
     saved = yaml.safe_load((run / "config.yaml").read_text())
     history = _history(run)
-    # the epochs were sized from timed steps: far fewer than the 500 asked, and saved so a
-    # resume or a reader sees the schedule the run used
+    # the epochs were sized from timed steps, then re-planned on the first epoch's measured
+    # time: far fewer than the 500 asked, and saved so a resume or a reader sees the
+    # schedule the run used
     assert 1 <= record["epochs"] < 500 and record["epochs_asked"] == 500
-    assert saved["epochs"] == record["epochs"] and saved["time_budget"] == budget
-    assert 1 <= len(history) <= record["epochs"]
     assert record["epoch_seconds_estimate"] > 0
+    assert 1 <= plan["epochs"] < 500 and plan["epoch_seconds"] > 0
+    assert saved["epochs"] == plan["epochs"] and saved["time_budget"] == budget
+    assert saved["last_epoch_batches"] == plan["last_epoch_batches"]
+    assert 1 <= len(history) <= plan["epochs"]
+    # the work after training (calibration and the test pass) is planned from epoch 1's
+    # validation pass
+    assert plan["after_training_seconds_estimate"] > 0
     # no epoch ran past the budget less the reserve kept for calibration and the test pass
     assert sum(float(r["seconds"]) for r in history) <= budget - record["reserve_seconds"]
     assert json.loads((run / "metrics.json").read_text())["auc"] is not None
@@ -136,3 +150,87 @@ def test_a_bad_time_budget_is_refused_before_anything_is_written(tmp_path: Path)
     assert result.exit_code == 2
     assert "expected a duration like 45m" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_the_work_after_training_is_counted_in_validation_passes() -> None:
+    from volnas.training.run import after_training_passes
+
+    # tta none: the validation split once (calibration), the test split once
+    assert after_training_passes("none", 300, 100) == pytest.approx(1 + 3)
+    # tta auto: none (1 pass) and flips (4) on validation, then up to 4 passes of test
+    assert after_training_passes("auto", 300, 100) == pytest.approx(5 + 4 * 3)
+    assert after_training_passes("flips", 50, 100) == pytest.approx(4 + 4 * 0.5)
+
+
+def test_the_fill_plan_cuts_the_last_epoch_to_what_fits() -> None:
+    from volnas.training.budget import fill_plan
+
+    # epochs of 10 s training + 2 s validation, 20 batches (0.5 s each); 30 s left after
+    # epoch 1: two more whole epochs (24 s), then 6 s: 2 s of validation, 8 batches
+    assert fill_plan(30.0, 10.0, 2.0, 20, cap=100) == (4, 8)
+    # 25 s: two whole epochs, then 1 s, less than validation alone: no cut epoch
+    assert fill_plan(25.0, 10.0, 2.0, 20, cap=100) == (3, None)
+    assert fill_plan(30.0, 10.0, 2.0, 20, cap=3) == (3, None)  # the cap wins, whole
+    assert fill_plan(-5.0, 10.0, 2.0, 20, cap=100) == (1, None)  # out of time already
+    assert fill_plan(5.0, 10.0, 2.0, 20, cap=100) == (2, 6)  # a cut second epoch
+
+
+def test_a_replanned_run_equals_the_run_planned_that_way_from_the_start(
+        data: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The re-plan after epoch 1 changes the schedule's length and cuts the last epoch; the
+    run is then the same, number for number, as one given those epochs and that cut from the
+    start (epoch 1's learning rate does not depend on the schedule's length), and its last
+    epoch trains on the cut's batches only. The plan is fixed here (a roomy budget, the
+    planner replaced) so that the machine's speed cannot change it."""
+    import volnas.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "fill_plan", lambda *a, **k: (3, 2))
+    _train(data, tmp_path / "budget", "--epochs", "6", "--time-budget", "1h")
+    info = json.loads((tmp_path / "budget" / "run.json").read_text())
+    assert info["time_budget"]["epochs"] == 6  # the estimate fitted all 6 asked...
+    assert (info["fill_plan"]["epochs"], info["fill_plan"]["last_epoch_batches"]) == (3, 2)
+    saved = yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())
+    assert (saved["epochs"], saved["last_epoch_batches"]) == (3, 2)  # ...the re-plan kept 3
+    config = tmp_path / "planned.yaml"
+    config.write_text(yaml.safe_dump({"last_epoch_batches": 2}))
+    _train(data, tmp_path / "planned", "--epochs", "3", "--config", str(config))
+    _train(data, tmp_path / "whole", "--epochs", "3")
+    keys = ("lr", "train_loss", "train_acc", "val_loss", "val_auc")
+    budgeted, planned, whole = (
+        [[r[k] for k in keys] for r in _history(tmp_path / name)]
+        for name in ("budget", "planned", "whole"))
+    assert len(budgeted) == 3 and budgeted == planned
+    assert whole[:2] == planned[:2] and whole[2] != planned[2]  # the cut changed epoch 3 only
+
+
+def test_a_replanned_run_resumes_to_the_same_end(
+        data: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the re-plan, a budgeted run resumes with the saved plan (its epochs and
+    the cut last epoch) and ends with the unbroken run's numbers; extended afterwards, the
+    new epochs are whole."""
+    import volnas.training.trainer as trainer_module
+    from volnas.training.trainer import Trainer
+
+    monkeypatch.setattr(trainer_module, "fill_plan", lambda *a, **k: (3, 2))
+    _train(data, tmp_path / "full", "--epochs", "6", "--time-budget", "1h")
+    real_epoch = Trainer.train_epoch
+
+    def killed(self, loader, epoch, total=None, limit=None):  # noqa: ANN001, ANN202
+        if epoch == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_epoch(self, loader, epoch, total, limit)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed)
+    with pytest.raises(AssertionError, match=r"SystemExit\(130\)"):  # the CLI's exit on a kill
+        _train(data, tmp_path / "broken", "--epochs", "6", "--time-budget", "1h")
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    monkeypatch.setattr(trainer_module, "fill_plan", lambda *a, **k: (6, None))  # unused now
+    _resume(tmp_path / "broken")
+    keys = ("lr", "train_loss", "val_loss", "val_auc")
+    full, broken = ([[r[k] for k in keys] for r in _history(tmp_path / name)]
+                    for name in ("full", "broken"))
+    assert len(full) == 3 and full == broken
+    _resume(tmp_path / "broken", "--epochs", "4")
+    saved = yaml.safe_load((tmp_path / "broken" / "config.yaml").read_text())
+    assert (saved["epochs"], saved["last_epoch_batches"]) == (4, None)
+    assert len(_history(tmp_path / "broken")) == 4

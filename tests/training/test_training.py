@@ -79,10 +79,10 @@ def test_resume_after_kill_matches_an_unbroken_run(tiny_data, tmp_path: Path, mo
 
     real_epoch = Trainer.train_epoch
 
-    def killed(self, loader, epoch, total=None):
+    def killed(self, loader, epoch, total=None, limit=None):
         if epoch == 3:
             raise KeyboardInterrupt("simulated kill")
-        return real_epoch(self, loader, epoch, total)
+        return real_epoch(self, loader, epoch, total, limit)
 
     monkeypatch.setattr(Trainer, "train_epoch", killed)
     with pytest.raises(KeyboardInterrupt):

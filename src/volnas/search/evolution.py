@@ -597,7 +597,8 @@ def run_evolution_search(
         final_cfg = final_cfg.model_copy(update={"epochs": budgeted_epochs(
             final_cfg, chosen.build(), splits, budget.left("retrain"), final_dir)})
     metrics = run_training(final_cfg, final_dir, resume=resume and (final_dir / "config.yaml").exists(),
-                           console=console, deadline=deadline)
+                           console=console, deadline=deadline,
+                           fill=None if cfg.front_topk else cfg.retrain_epochs)  # else: front's time
     front_runs = retrain_front(cfg, front, picked, run_dir, k, console, resume=resume,
                                deadline=deadline)
     if budget:

@@ -261,7 +261,7 @@ def _run_search(
                 probe_epoch_seconds(run_dir, probes, cfg.probe_epochs),
                 budget.left("retrain"), cfg.retrain_epochs)})
     metrics = run_training(final_cfg, final_dir, resume=final_resume, console=console,
-                           deadline=deadline)
+                           deadline=deadline, fill=cfg.retrain_epochs)
     if budget:
         budget.finish("retrain")
     members = retrain_ensemble(cfg, probes, run_dir, k, console, resume=resume)

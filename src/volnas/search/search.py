@@ -432,14 +432,15 @@ class SearchTrainer(Trainer):
         finally:
             self.supernet.fixed_path = saved
 
-    def train_epoch(self, loader: Any, epoch: int, total: int | None = None) -> dict[str, float]:
+    def train_epoch(self, loader: Any, epoch: int, total: int | None = None,
+                    limit: int | None = None) -> dict[str, float]:
         self.steps_per_epoch = total or 1
         self.step_in_epoch = 0
         lr = self.search.logit_lr(self.steps_per_epoch)
         self.arch_optimizer.param_groups[0]["lr"] = lr
         if self.aug is not None:
             self.arch_optimizer.param_groups[1]["lr"] = self.search.aug_lr or lr
-        return super().train_epoch(loader, epoch, total)
+        return super().train_epoch(loader, epoch, total, limit)
 
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
         """Record the argmax architecture, its validation score, entropies and cost."""

@@ -25,6 +25,20 @@ def fit_epochs(epoch_seconds: float, seconds: float, cap: int) -> int:
     return int(max(1, min(cap, seconds // epoch_seconds)))
 
 
+def fill_plan(free: float, train_seconds: float, rest_seconds: float, batches: int,
+              cap: int) -> tuple[int, int | None]:
+    """Epochs (counting the one that ran) and the last one's training batches (None: whole)
+    that fit ``free`` seconds after a first epoch of ``batches`` batches which trained in
+    ``train_seconds`` and spent ``rest_seconds`` on BatchNorm re-estimation and validation;
+    at most ``cap`` epochs."""
+    full = train_seconds + rest_seconds
+    more = max(int(free // full), 0) if full > 0 else cap
+    if 1 + more >= cap:
+        return cap, None
+    last = int((free - more * full - rest_seconds) // (train_seconds / batches))
+    return (2 + more, min(last, batches)) if last >= 1 else (1 + more, None)
+
+
 def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
                            timed_steps: int = 3) -> float:
     """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on

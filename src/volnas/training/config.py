@@ -63,6 +63,10 @@ class TrainConfig(BaseModel):
     # fit are set before the first one (at most ``epochs``), so the cosine schedule ends with
     # the budget, and no epoch starts that would end after it (volnas.training.budget)
     time_budget: float | None = Field(None, gt=0)
+    # set by a time budget after the first epoch, not by hand: the last epoch stops after
+    # this many training batches, so the training fills the budget instead of ending up to
+    # an epoch early (volnas.training.trainer.Trainer.fill_epochs)
+    last_epoch_batches: int | None = Field(None, ge=1)
 
     @field_validator("time_budget", mode="before")
     @classmethod

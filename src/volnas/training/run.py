@@ -52,6 +52,7 @@ from volnas.training.rundir import (
     run_dir_held,
 )
 from volnas.training.trainer import Trainer
+from volnas.training.tta import COST as TTA_COST
 from volnas.training.tta import TTA_MODES, predict_tta
 
 
@@ -65,6 +66,7 @@ def run_training(
     test: bool = True,
     model: torch.nn.Module | None = None,
     deadline: float | None = None,
+    fill: int | None = None,
 ) -> dict[str, Any]:
     """Train, pick the best validation checkpoint, test it once; returns the test metrics.
 
@@ -75,7 +77,9 @@ def run_training(
     With ``test=False`` (architecture probes) the test split is not touched and the best
     validation metrics are returned instead. ``model`` overrides building ``cfg.model``.
     ``deadline`` (``time.time()``) stops the training before an epoch that would end after
-    it (:class:`Trainer`); the best checkpoint so far is then tested.
+    it (:class:`Trainer`); the best checkpoint so far is then tested. With ``fill`` as well
+    (a search's budgeted retrain; ``cfg.time_budget`` sets it itself), the epochs are
+    re-planned after the first, at most ``fill``, to end at the deadline (:attr:`Trainer.fill_epochs`).
     """
     started = time.time()
     console = console or make_console()
@@ -90,14 +94,15 @@ def run_training(
             if dist_info().is_main:
                 remove_stale_temporaries(run_dir)
             return _train(cfg, run_dir, resume=True, console=console, test=test, model=model,
-                          saved_epochs=saved_epochs, deadline=deadline, started=started)
+                          saved_epochs=saved_epochs, deadline=deadline, started=started,
+                          fill=fill)
     check_start(cfg, model_given=model is not None)
     prepare_run_dir(run_dir, resume)
     with run_dir_held(run_dir):
         prepare_run_dir(run_dir, resume)  # still empty now that it is ours
         try:
             return _train(cfg, run_dir, resume=False, console=console, test=test, model=model,
-                          deadline=deadline, started=started)
+                          deadline=deadline, started=started, fill=fill)
         except Exception:
             if dist_info().is_main and not (run_dir / "checkpoint" / "last.json").exists():
                 remove_failed_start(run_dir, existed)
@@ -115,6 +120,7 @@ def _train(
     saved_epochs: int | None = None,
     deadline: float | None = None,
     started: float | None = None,
+    fill: int | None = None,
 ) -> dict[str, Any]:
     if not resume:  # a resumed run's files are pinned already
         if dist_info().is_main:
@@ -145,6 +151,7 @@ def _train(
     extended = _extensions(run_dir) if resume else []
     if saved_epochs is not None and cfg.epochs != saved_epochs:
         extended.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs})
+        cfg = cfg.model_copy(update={"last_epoch_batches": None})  # the new epochs are whole
     info = {
         "classes": source.class_names,
         "positive_class": positive,
@@ -177,6 +184,20 @@ def _train(
     trainer = Trainer(model, cfg, class_names=source.class_names, positive_class=positive,
                       device=device, run_dir=run_dir, console=console, class_counts=counts)
     trainer.deadline = deadline
+    if budget:
+        fill = int(budget.get("epochs_asked", cfg.epochs))
+    if fill is not None and deadline is not None:
+        trainer.fill_epochs = fill
+        trainer.post_passes = after_training_passes(cfg.tta, len(source.split("test")),
+                                                    len(ds["val"])) if test else 0.0
+
+        def save_plan(planned: TrainConfig, record: dict[str, Any]) -> None:
+            info["fill_plan"] = record
+            if dist_info().is_main:
+                atomic_write_text(run_dir / "config.yaml", dump_config(planned))
+                atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+
+        trainer.on_plan = save_plan
     trainer.fit(train_loader, val_loader, resume=resume)
     if dist_info().is_main:
         plot_history(trainer.history, run_dir / "curves.png", best_epoch=trainer.best_epoch)
@@ -225,6 +246,15 @@ def _fit_budget(
                       f"{per_epoch:.0f} s fit (at most {cfg.epochs} asked)")
         cfg = cfg.model_copy(update={"epochs": epochs})
     return cfg, end if deadline is None else min(deadline, end), record
+
+
+def after_training_passes(tta: str, n_test: int, n_val: int) -> float:
+    """The work after the last epoch in validation passes: choosing the test-time
+    augmentation on the validation split (every mode tried), then the test pass with the
+    costliest mode (:func:`calibrate`, :func:`test_once`)."""
+    tried = list(TTA_MODES) if tta == "auto" else [tta]
+    cost = {m: TTA_COST[m] for m in tried}
+    return sum(cost.values()) + max(cost.values()) * n_test / max(n_val, 1)
 
 
 def _extensions(run_dir: Path) -> list[dict[str, int]]:

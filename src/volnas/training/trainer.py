@@ -22,12 +22,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from volnas.core.distributed import all_gather_objects, barrier
+from volnas.core.distributed import all_gather_objects, barrier, broadcast_object
 from volnas.core.distributed import info as dist_info
 from volnas.core.faults import crash_point
 from volnas.core.files import atomic_write_text, save_tensors
 from volnas.core.markup import make_console
 from volnas.data.augment import Policy
+from volnas.training.budget import fill_plan
 from volnas.training.checkpoint import load_training_state, model_state, save_training_state
 from volnas.training.config import TrainConfig
 from volnas.training.device import autocast, eval_mode, prepare_model, to_device
@@ -149,6 +150,14 @@ class Trainer:
         # a wall-clock time (time.time()): no epoch is started that would end after it,
         # judged by the mean epoch so far; at least one epoch always runs (--time-budget)
         self.deadline: float | None = None
+        # with a deadline: after the first epoch, re-plan the epochs (at most this many, the
+        # last one possibly partial) from its measured time so the training ends at the
+        # deadline less ``post_passes`` validation passes (calibration and the test pass)
+        self.fill_epochs: int | None = None
+        self.post_passes = 0.0
+        # called with the re-planned configuration and what the plan was made of
+        self.on_plan: Callable[[TrainConfig, dict[str, Any]], None] | None = None
+        self._timing: list[tuple[float, int, float]] = []  # (train s, batches, rest s) per epoch
 
     find_unused_parameters = False  # the supernet runs one path per step: True there
 
@@ -212,12 +221,18 @@ class Trainer:
         torch.manual_seed(self.cfg.seed * 100_003 + epoch)
         np.random.seed((self.cfg.seed * 100_003 + epoch) % 2**32)
 
-    def train_epoch(self, loader: Iterable, epoch: int, total: int | None = None) -> dict[str, float]:
+    def train_epoch(self, loader: Iterable, epoch: int, total: int | None = None,
+                    limit: int | None = None) -> dict[str, float]:
+        """One pass over ``loader`` (its first ``limit`` batches when given)."""
         self.model.train()
         sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        if limit is not None and total is not None:
+            total = min(total, limit)
         with make_progress(self.console) as progress:
             task = progress.add_task(f"epoch {epoch}", total=total, info="")
-            for batch in loader:
+            for i, batch in enumerate(loader):
+                if limit is not None and i >= limit:
+                    break
                 out = self.train_batch(batch)
                 crash_point("train.step")
                 for k in sums:
@@ -327,7 +342,8 @@ class Trainer:
         if resume and (ckpt_dir / "last.json").exists():
             self._resume(ckpt_dir)
             self.console.print(f"resumed after epoch {self.epoch} (best epoch {self.best_epoch})")
-        for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+        while self.epoch < self.cfg.epochs:  # a re-plan after epoch 1 may change the end
+            epoch = self.epoch + 1
             if self._out_of_time():
                 self.console.print(f"time budget: stopped after epoch {self.epoch} of "
                                    f"{self.cfg.epochs}")
@@ -343,10 +359,14 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             total = len(train_loader) if hasattr(train_loader, "__len__") else None
             row: dict[str, Any] = {"epoch": epoch, "lr": lr}
-            row.update(self.train_epoch(train_loader, epoch, total))
+            limit = self.cfg.last_epoch_batches if epoch == self.cfg.epochs else None
+            row.update(self.train_epoch(train_loader, epoch, total, limit))
+            t_train = time.perf_counter() - t0
             self.scheduler.step()
             self.recalibrate_bn(train_loader)
+            t_val = time.perf_counter()
             val = self.evaluate(val_loader)
+            t_val = time.perf_counter() - t_val
             row.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"],
                         "val_f1": val["f1"], "val_auc": val["auc"]})
             row["seconds"] = time.perf_counter() - t0
@@ -366,6 +386,11 @@ class Trainer:
             if main:
                 self._write_history()
             self.console.print(_epoch_line(row, self.cfg.epochs, improved))
+            if total:
+                batches = total if limit is None else min(total, limit)
+                self._timing.append((t_train, batches, row["seconds"] - t_train))
+                if epoch == 1 and self.fill_epochs is not None and self.deadline is not None:
+                    self._fill(total, t_val)
             self.on_epoch_end(epoch, row)
             extra, tensors = self.extra_state()
             if main:
@@ -381,12 +406,56 @@ class Trainer:
                 break
         return self.history
 
+    def _fill(self, batches: int, val_seconds: float) -> None:
+        """Re-plan the epochs after the first from its measured time: as many as end by the
+        deadline less the work after training (at most :attr:`fill_epochs`), the last one cut
+        to the training batches that still fit. Epoch 1's learning rate is the same for any
+        length of the cosine schedule, so the run equals one planned this way from the start."""
+        t_train, _, rest = self._timing[-1]
+        post = self.post_passes * val_seconds
+        free = self.deadline - time.time() - post  # type: ignore[operator]
+        epochs, partial = fill_plan(free, t_train, rest, batches, self.fill_epochs)  # type: ignore[arg-type]
+        epochs, partial = broadcast_object((epochs, partial))  # every rank runs the same plan
+        assert epochs is not None
+        if epochs != self.cfg.epochs:
+            self._anneal_over(epochs)
+        self.cfg = self.cfg.model_copy(update={"epochs": epochs, "last_epoch_batches": partial})
+        record = {"after_epoch": 1, "epochs": epochs, "last_epoch_batches": partial,
+                  "batches_per_epoch": batches, "epoch_seconds": round(t_train + rest, 2),
+                  "after_training_seconds_estimate": round(post, 2)}
+        self.console.print(f"time budget: {epochs} epoch(s) fit, measured on epoch 1"
+                           + (f", the last one {partial} of {batches} batches" if partial else ""))
+        if self.on_plan is not None:
+            self.on_plan(self.cfg, record)
+
+    def _anneal_over(self, epochs: int) -> None:
+        """Make the cosine schedule end after ``epochs`` epochs from where it is now."""
+        sched = self.scheduler
+        if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            return
+        sched.T_max = epochs
+        for group, base in zip(self.optimizer.param_groups, sched.base_lrs, strict=True):
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * (
+                1 + math.cos(math.pi * sched.last_epoch / epochs)) / 2
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # noqa: SLF001
+
+    def _next_epoch_seconds(self) -> float:
+        """The expected wall time of the next epoch: this process's timed epochs (a partial
+        last epoch scaled by its batches), else the mean of the history's."""
+        nxt = self.epoch + 1
+        limit = self.cfg.last_epoch_batches if nxt == self.cfg.epochs else None
+        if not self._timing:
+            return epochs_mean_seconds(self.history)
+        per_batch = sum(t for t, _, _ in self._timing) / sum(b for _, b, _ in self._timing)
+        rest = sum(r for _, _, r in self._timing) / len(self._timing)
+        batches = max(b for _, b, _ in self._timing)
+        return per_batch * (batches if limit is None else min(limit, batches)) + rest
+
     def _out_of_time(self) -> bool:
         """Would the next epoch end after :attr:`deadline`? (Never before one epoch ran.)"""
         if self.deadline is None or not self.history:
             return False
-        mean = epochs_mean_seconds(self.history)
-        out = time.time() + mean > self.deadline
+        out = time.time() + self._next_epoch_seconds() > self.deadline
         if self.dist.enabled:  # every rank stops at the same epoch
             out = any(all_gather_objects(out))
         return out
