@@ -211,6 +211,8 @@ def _train(
     metrics = test_once(trainer, cfg, source, run_dir, console, temperature, tta)
     metrics.update({"best_epoch": trainer.best_epoch, "train_seconds": train_seconds,
                     "world_size": dist_info().world_size})
+    if started is not None:  # this process's wall time, from its start to the test's end
+        metrics["run_seconds"] = round(time.time() - started, 2)
     if dist_info().is_main:
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
