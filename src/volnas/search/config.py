@@ -168,5 +168,6 @@ class SearchConfig(TrainConfig):
             "augment": self.augment,
             "model": f"supernet:{self.space}",
             "time_budget": None,  # the search's budget is split by volnas.search.budget
+            "last_epoch_batches": None,
         })
         return TrainConfig.model_validate(base)

@@ -28,7 +28,8 @@ from volnas.training.run import run_training
 def retrain_config(cfg: SearchConfig, model: str, epochs: int) -> TrainConfig:
     """The TrainConfig of a probe or of the final retrain (full resolution)."""
     base = {k: getattr(cfg, k) for k in TrainConfig.model_fields}
-    base.update({"model": model, "epochs": epochs, "time_budget": None})  # stages: search.budget
+    base.update({"model": model, "epochs": epochs, "time_budget": None,  # stages: search.budget
+                 "last_epoch_batches": None})
     return TrainConfig.model_validate(base)
 
 
