@@ -230,7 +230,55 @@ def test_a_replanned_run_resumes_to_the_same_end(
     full, broken = ([[r[k] for k in keys] for r in _history(tmp_path / name)]
                     for name in ("full", "broken"))
     assert len(full) == 3 and full == broken
+    plan = json.loads((tmp_path / "broken" / "run.json").read_text())["fill_plan"]
+    assert (plan["epochs"], plan["last_epoch_batches"]) == (3, 2)  # the resume kept the record
     _resume(tmp_path / "broken", "--epochs", "4")
     saved = yaml.safe_load((tmp_path / "broken" / "config.yaml").read_text())
     assert (saved["epochs"], saved["last_epoch_batches"]) == (4, None)
     assert len(_history(tmp_path / "broken")) == 4
+
+
+def test_a_filled_run_cuts_the_epoch_that_would_end_late(tmp_path: Path) -> None:
+    """When the epochs run slower than the plan assumed, the epoch that would end after the
+    deadline (less the time kept for calibration and the test) trains only the batches that
+    fit, and is recorded; an epoch that fits is not cut, and with no time left none runs."""
+    from rich.console import Console
+
+    from volnas.training.trainer import Trainer
+
+    trainer = Trainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)),
+                      TrainConfig(epochs=10, device="cpu"), class_names=["a", "b"],
+                      positive_class="b", device=torch.device("cpu"), run_dir=tmp_path,
+                      console=Console(quiet=True))
+    records: list[tuple[str, dict]] = []
+    trainer.on_plan = lambda cfg, key, record: records.append((key, record))
+    trainer.fill_epochs, trainer.post_seconds = 10, 4.0
+    trainer._timing = [(10.0, 20, 2.0)]  # epochs of 20 batches: 0.5 s each, then 2 s
+    trainer.epoch = 3
+    trainer.deadline = time.time() + 4.0 + 30.0  # 30 s to go: a 12 s epoch fits
+    assert trainer._deadline_cut(20) is None and not records
+    trainer.deadline = time.time() + 4.0 + 7.2  # 7.2 s: 2 s validation, 10 batches
+    assert trainer._deadline_cut(20) == 10
+    assert records == [("deadline_cut", {"epoch": 4, "batches": 10, "of": 20,
+                                         "planned_epochs": 10})]
+    trainer.deadline = time.time() + 4.0 + 1.0  # less than the validation alone
+    assert trainer._deadline_cut(20) == 0
+    trainer.fill_epochs = None  # a run that is not filled stops on whole epochs only
+    assert trainer._deadline_cut(20) is None
+
+
+def test_a_cut_epoch_is_the_last(data: tuple[Path, str], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from volnas.training.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_deadline_cut",
+                        lambda self, batches: 2 if self.epoch == 2 else None)
+    _train(data, tmp_path / "cut", "--epochs", "6", "--time-budget", "1h")
+    monkeypatch.undo()
+    _train(data, tmp_path / "whole", "--epochs", "6")
+    cut, whole = _history(tmp_path / "cut"), _history(tmp_path / "whole")
+    assert len(cut) == 3 and len(whole) == 6
+    keys = ("lr", "train_loss", "val_auc")
+    assert [[r[k] for k in keys] for r in cut[:2]] == [[r[k] for k in keys] for r in whole[:2]]
+    assert cut[2]["lr"] == whole[2]["lr"] and cut[2]["train_loss"] != whole[2]["train_loss"]
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["auc"] is not None

@@ -166,6 +166,7 @@ def _train(
         **model_profile(model, cfg),
         **({"extended": extended} if extended else {}),
         **({"time_budget": budget} if budget else {}),
+        **(_earlier_records(run_dir, ("fill_plan", "deadline_cut")) if resume else {}),
     }
     if dist_info().is_main:
         text = dump_config(cfg)
@@ -191,8 +192,11 @@ def _train(
         trainer.post_passes = after_training_passes(cfg.tta, len(source.split("test")),
                                                     len(ds["val"])) if test else 0.0
 
-        def save_plan(planned: TrainConfig, record: dict[str, Any]) -> None:
-            info["fill_plan"] = record
+        trainer.post_seconds = (info.get("fill_plan") or {}).get(
+            "after_training_seconds_estimate")  # a resumed run's, planned by its first process
+
+        def save_plan(planned: TrainConfig, key: str, record: dict[str, Any]) -> None:
+            info[key] = record
             if dist_info().is_main:
                 atomic_write_text(run_dir / "config.yaml", dump_config(planned))
                 atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
@@ -257,6 +261,15 @@ def after_training_passes(tta: str, n_test: int, n_val: int) -> float:
     tried = list(TTA_MODES) if tta == "auto" else [tta]
     cost = {m: TTA_COST[m] for m in tried}
     return sum(cost.values()) + max(cost.values()) * n_test / max(n_val, 1)
+
+
+def _earlier_records(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``keys`` of an earlier run.json of ``run_dir`` (the first process's budget plan)."""
+    try:
+        earlier = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: earlier[k] for k in keys if isinstance(earlier, dict) and k in earlier}
 
 
 def _extensions(run_dir: Path) -> list[dict[str, int]]:

@@ -155,8 +155,12 @@ class Trainer:
         # deadline less ``post_passes`` validation passes (calibration and the test pass)
         self.fill_epochs: int | None = None
         self.post_passes = 0.0
-        # called with the re-planned configuration and what the plan was made of
-        self.on_plan: Callable[[TrainConfig, dict[str, Any]], None] | None = None
+        # seconds kept after training for calibration and the test pass (set by the plan, or
+        # by the caller on resume); a filled run whose next epoch would end later than the
+        # deadline less these runs the training batches that fit instead, then stops
+        self.post_seconds: float | None = None
+        # called with the configuration, "fill_plan" or "deadline_cut", and its record
+        self.on_plan: Callable[[TrainConfig, str, dict[str, Any]], None] | None = None
         self._timing: list[tuple[float, int, float]] = []  # (train s, batches, rest s) per epoch
 
     find_unused_parameters = False  # the supernet runs one path per step: True there
@@ -342,9 +346,12 @@ class Trainer:
         if resume and (ckpt_dir / "last.json").exists():
             self._resume(ckpt_dir)
             self.console.print(f"resumed after epoch {self.epoch} (best epoch {self.best_epoch})")
-        while self.epoch < self.cfg.epochs:  # a re-plan after epoch 1 may change the end
+        cut: int | None = None
+        while self.epoch < self.cfg.epochs and cut is None:  # the plan may change the end
             epoch = self.epoch + 1
-            if self._out_of_time():
+            cut = self._deadline_cut(len(train_loader) if hasattr(train_loader, "__len__")
+                                     else None)
+            if cut == 0 or (cut is None and self._out_of_time()):
                 self.console.print(f"time budget: stopped after epoch {self.epoch} of "
                                    f"{self.cfg.epochs}")
                 break
@@ -360,6 +367,7 @@ class Trainer:
             total = len(train_loader) if hasattr(train_loader, "__len__") else None
             row: dict[str, Any] = {"epoch": epoch, "lr": lr}
             limit = self.cfg.last_epoch_batches if epoch == self.cfg.epochs else None
+            limit = cut if cut is not None else limit
             row.update(self.train_epoch(train_loader, epoch, total, limit))
             t_train = time.perf_counter() - t0
             self.scheduler.step()
@@ -425,8 +433,9 @@ class Trainer:
                   "after_training_seconds_estimate": round(post, 2)}
         self.console.print(f"time budget: {epochs} epoch(s) fit, measured on epoch 1"
                            + (f", the last one {partial} of {batches} batches" if partial else ""))
+        self.post_seconds = post
         if self.on_plan is not None:
-            self.on_plan(self.cfg, record)
+            self.on_plan(self.cfg, "fill_plan", record)
 
     def _anneal_over(self, epochs: int) -> None:
         """Make the cosine schedule end after ``epochs`` epochs from where it is now."""
@@ -450,6 +459,34 @@ class Trainer:
         rest = sum(r for _, _, r in self._timing) / len(self._timing)
         batches = max(b for _, b, _ in self._timing)
         return per_batch * (batches if limit is None else min(limit, batches)) + rest
+
+    def _deadline_cut(self, batches: int | None) -> int | None:
+        """For a filled run (:attr:`fill_epochs`) whose next epoch would end after the
+        deadline less :attr:`post_seconds`: the training batches that still fit (0: none);
+        None when it fits, or when the run is not filled or has no epoch timed yet. The cut
+        is recorded (``deadline_cut``); the schedule is not changed."""
+        if (self.fill_epochs is None or self.deadline is None or not self._timing
+                or not batches):
+            return None
+        end = self.deadline - (self.post_seconds or 0.0)
+        now = time.time()
+        per_batch = sum(t for t, _, _ in self._timing) / sum(b for _, b, _ in self._timing)
+        rest = sum(r for _, _, r in self._timing) / len(self._timing)
+        planned = self.cfg.last_epoch_batches if self.epoch + 1 == self.cfg.epochs else None
+        planned = min(planned or batches, batches)
+        fit = max(int((end - now - rest) // per_batch), 0)
+        cut = None if fit >= planned else fit
+        if self.dist.enabled:  # every rank cuts the same epoch to the same batches
+            cuts = [c for c in all_gather_objects(cut) if c is not None]
+            cut = min(cuts) if cuts else None
+        if cut:
+            record = {"epoch": self.epoch + 1, "batches": cut, "of": planned,
+                      "planned_epochs": self.cfg.epochs}
+            self.console.print(f"time budget: epoch {self.epoch + 1} cut to {cut} of {planned} "
+                               f"batches to end on time; the last epoch")
+            if self.on_plan is not None:
+                self.on_plan(self.cfg, "deadline_cut", record)
+        return cut
 
     def _out_of_time(self) -> bool:
         """Would the next epoch end after :attr:`deadline`? (Never before one epoch ran.)"""
