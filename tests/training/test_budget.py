@@ -181,10 +181,12 @@ def test_a_replanned_run_equals_the_run_planned_that_way_from_the_start(
     run is then the same, number for number, as one given those epochs and that cut from the
     start (epoch 1's learning rate does not depend on the schedule's length), and its last
     epoch trains on the cut's batches only. The plan is fixed here (a roomy budget, the
-    planner replaced) so that the machine's speed cannot change it."""
+    planner replaced, the clock's say over the last epoch off) so that the machine's speed
+    cannot change it."""
     import volnas.training.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "fill_plan", lambda *a, **k: (3, 2))
+    monkeypatch.setattr(trainer_module.Trainer, "_deadline_cut", lambda self, batches: None)
     _train(data, tmp_path / "budget", "--epochs", "6", "--time-budget", "1h")
     info = json.loads((tmp_path / "budget" / "run.json").read_text())
     assert info["time_budget"]["epochs"] == 6  # the estimate fitted all 6 asked...
@@ -212,6 +214,7 @@ def test_a_replanned_run_resumes_to_the_same_end(
     from volnas.training.trainer import Trainer
 
     monkeypatch.setattr(trainer_module, "fill_plan", lambda *a, **k: (3, 2))
+    monkeypatch.setattr(Trainer, "_deadline_cut", lambda self, batches: None)
     _train(data, tmp_path / "full", "--epochs", "6", "--time-budget", "1h")
     real_epoch = Trainer.train_epoch
 
@@ -241,7 +244,8 @@ def test_a_replanned_run_resumes_to_the_same_end(
 def test_a_filled_run_cuts_the_epoch_that_would_end_late(tmp_path: Path) -> None:
     """When the epochs run slower than the plan assumed, the epoch that would end after the
     deadline (less the time kept for calibration and the test) trains only the batches that
-    fit, and is recorded; an epoch that fits is not cut, and with no time left none runs."""
+    fit, and is recorded; an epoch that fits is not cut, and with no time left none runs.
+    The planned last epoch takes what fits, up to a whole epoch."""
     from rich.console import Console
 
     from volnas.training.trainer import Trainer
@@ -259,10 +263,19 @@ def test_a_filled_run_cuts_the_epoch_that_would_end_late(tmp_path: Path) -> None
     assert trainer._deadline_cut(20) is None and not records
     trainer.deadline = time.time() + 4.0 + 7.2  # 7.2 s: 2 s validation, 10 batches
     assert trainer._deadline_cut(20) == 10
-    assert records == [("deadline_cut", {"epoch": 4, "batches": 10, "of": 20,
+    assert records == [("deadline_cut", {"epoch": 4, "batches": 10, "planned": 20,
                                          "planned_epochs": 10})]
     trainer.deadline = time.time() + 4.0 + 1.0  # less than the validation alone
     assert trainer._deadline_cut(20) == 0
+    # the planned last epoch (cut to 6 batches) gets what fits: more than planned when the
+    # epochs ran faster than the first, up to a whole epoch, and nothing changes if as planned
+    trainer.cfg = trainer.cfg.model_copy(update={"epochs": 4, "last_epoch_batches": 6})
+    trainer.deadline = time.time() + 4.0 + 7.2
+    assert trainer._deadline_cut(20) == 10
+    trainer.deadline = time.time() + 4.0 + 30.0
+    assert trainer._deadline_cut(20) == 20
+    trainer.deadline = time.time() + 4.0 + 5.2
+    assert trainer._deadline_cut(20) is None  # 6 batches fit, as planned
     trainer.fill_epochs = None  # a run that is not filled stops on whole epochs only
     assert trainer._deadline_cut(20) is None
 

@@ -461,10 +461,13 @@ class Trainer:
         return per_batch * (batches if limit is None else min(limit, batches)) + rest
 
     def _deadline_cut(self, batches: int | None) -> int | None:
-        """For a filled run (:attr:`fill_epochs`) whose next epoch would end after the
-        deadline less :attr:`post_seconds`: the training batches that still fit (0: none);
-        None when it fits, or when the run is not filled or has no epoch timed yet. The cut
-        is recorded (``deadline_cut``); the schedule is not changed."""
+        """The training batches of the next epoch of a filled run (:attr:`fill_epochs`) as
+        the deadline less :attr:`post_seconds` sets them: an epoch that would end later is
+        cut to the batches that fit (0: none) and is the last; the planned last epoch gets
+        the batches that fit, up to a whole epoch, more or fewer than planned (the epochs
+        after the first may run faster or slower than it). None: as planned (also for a run
+        that is not filled or has no epoch timed yet). Recorded as ``deadline_cut``; the
+        schedule is not changed."""
         if (self.fill_epochs is None or self.deadline is None or not self._timing
                 or not batches):
             return None
@@ -472,18 +475,18 @@ class Trainer:
         now = time.time()
         per_batch = sum(t for t, _, _ in self._timing) / sum(b for _, b, _ in self._timing)
         rest = sum(r for _, _, r in self._timing) / len(self._timing)
-        planned = self.cfg.last_epoch_batches if self.epoch + 1 == self.cfg.epochs else None
-        planned = min(planned or batches, batches)
-        fit = max(int((end - now - rest) // per_batch), 0)
-        cut = None if fit >= planned else fit
-        if self.dist.enabled:  # every rank cuts the same epoch to the same batches
+        last = self.epoch + 1 == self.cfg.epochs
+        planned = min((self.cfg.last_epoch_batches if last else None) or batches, batches)
+        fit = min(max(int((end - now - rest) // per_batch), 0), batches)
+        cut = None if fit == planned or (fit > planned and not last) else fit
+        if self.dist.enabled:  # every rank runs the same batches
             cuts = [c for c in all_gather_objects(cut) if c is not None]
             cut = min(cuts) if cuts else None
         if cut:
-            record = {"epoch": self.epoch + 1, "batches": cut, "of": planned,
+            record = {"epoch": self.epoch + 1, "batches": cut, "planned": planned,
                       "planned_epochs": self.cfg.epochs}
-            self.console.print(f"time budget: epoch {self.epoch + 1} cut to {cut} of {planned} "
-                               f"batches to end on time; the last epoch")
+            self.console.print(f"time budget: epoch {self.epoch + 1} trains {cut} of {batches} "
+                               f"batches (planned {planned}) to end on time; the last epoch")
             if self.on_plan is not None:
                 self.on_plan(self.cfg, "deadline_cut", record)
         return cut
