@@ -371,7 +371,9 @@ def test_budgeted_differentiable_search_fits_its_epochs_and_resumes_them(
     retrain = (tmp_path / "run" / "final" / "history.csv").read_text().splitlines()
     assert 2 <= len(retrain) < 501
     resumed = run_search(cfg, tmp_path / "run", resume=True)  # every stage done: same result
-    assert resumed["genotype"] == result["genotype"] and resumed["test"] == result["test"]
+    assert resumed["genotype"] == result["genotype"]
+    assert ({k: v for k, v in resumed["test"].items() if k != "run_seconds"}  # a wall time
+            == {k: v for k, v in result["test"].items() if k != "run_seconds"})
 
 
 def test_front_topk_retrains_the_next_members_of_the_front(

@@ -295,3 +295,26 @@ def test_a_cut_epoch_is_the_last(data: tuple[Path, str], tmp_path: Path,
     assert [[r[k] for k in keys] for r in cut[:2]] == [[r[k] for k in keys] for r in whole[:2]]
     assert cut[2]["lr"] == whole[2]["lr"] and cut[2]["train_loss"] != whole[2]["train_loss"]
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["auc"] is not None
+
+
+def test_a_budget_too_short_for_one_epoch_cuts_the_first(
+        data: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When one epoch and the calibration and test passes do not fit the budget (MC3-18 on
+    one core in ten minutes: a 412 s epoch, then 250 s of test-time-augmented passes), the
+    first epoch, the only one, trains the batches that fit; the post-training time is part
+    of the plan from the start."""
+    import volnas.training.run as run_module
+
+    monkeypatch.setattr(run_module, "estimate_step_seconds", lambda net, cfg: 1.0)
+    _train(data, tmp_path / "run", "--epochs", "50", "--time-budget", "6s")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["time_budget"]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    # 21 training scans in batches of 4: 5 steps of "1 s", plus 3 validation scans and 5
+    # BatchNorm batches at a third of a step: a 7 s epoch against 5.8 s usable, less the
+    # "0.33 s" validation pass times (1 + 6 / 3) passes after training
+    assert record["epoch_seconds_estimate"] == pytest.approx(7.0)
+    assert record["after_training_seconds_estimate"] == pytest.approx(1.0, abs=0.01)
+    assert record["epochs"] == 1 and 1 <= record["first_epoch_batches"] < 5
+    assert (saved["epochs"], saved["last_epoch_batches"]) == (1, record["first_epoch_batches"])
+    assert len(_history(tmp_path / "run")) == 1
+    assert "fill_plan" not in json.loads((tmp_path / "run" / "run.json").read_text())

@@ -39,14 +39,11 @@ def fill_plan(free: float, train_seconds: float, rest_seconds: float, batches: i
     return (2 + more, min(last, batches)) if last >= 1 else (1 + more, None)
 
 
-def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
-                           timed_steps: int = 3) -> float:
-    """Seconds of one training epoch of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
-    random batches at ``cfg``'s input (after one untimed) times the epoch's steps, plus the
-    BatchNorm re-estimation and validation batches at a third of a step each. Data loading
-    is not counted: the Trainer's deadline catches what this misses. The step is the
-    Trainer's (memory format, autocast). ``net``'s weights are stepped (lr 1e-6): pass a copy
-    where that matters."""
+def estimate_step_seconds(net: nn.Module, cfg: TrainConfig, timed_steps: int = 3) -> float:
+    """Seconds of one training step of ``net`` with ``cfg``: ``timed_steps`` Adam steps on
+    random batches at ``cfg``'s input, after one untimed. The step is the Trainer's (memory
+    format, autocast). ``net``'s weights are stepped (lr 1e-6): pass a copy where that
+    matters."""
     device = resolve_device(cfg.device)
     net = prepare_model(net, device, cfg.channels_last).train()
     bs = cfg.batch_size
@@ -67,7 +64,21 @@ def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val
     t0 = time.perf_counter()
     for _ in range(timed_steps):
         step()
-    per_step = (time.perf_counter() - t0) / timed_steps
+    return (time.perf_counter() - t0) / timed_steps
+
+
+def epoch_seconds(per_step: float, cfg: TrainConfig, n_train: int, n_val: int) -> float:
+    """An epoch of training steps of ``per_step`` seconds, plus the BatchNorm re-estimation
+    and validation batches at a third of a step each. Data loading is not counted: the
+    Trainer's deadline catches what this misses."""
+    bs = cfg.batch_size
     steps = max(n_train // bs, 1)
     light = min(cfg.bn_recalibration, steps) + math.ceil(n_val / bs)
     return per_step * (steps + light / 3)
+
+
+def estimate_epoch_seconds(net: nn.Module, cfg: TrainConfig, n_train: int, n_val: int,
+                           timed_steps: int = 3) -> float:
+    """Seconds of one training epoch of ``net`` with ``cfg`` (:func:`estimate_step_seconds`
+    scaled by :func:`epoch_seconds`)."""
+    return epoch_seconds(estimate_step_seconds(net, cfg, timed_steps), cfg, n_train, n_val)

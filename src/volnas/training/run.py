@@ -21,7 +21,7 @@ from volnas.core.distributed import info as dist_info
 from volnas.core.files import atomic_write_text, remove_stale_temporaries
 from volnas.core.markup import make_console
 from volnas.data.dataset import DataSource, make_loader, open_source
-from volnas.training.budget import RESERVE, estimate_epoch_seconds, fit_epochs
+from volnas.training.budget import RESERVE, epoch_seconds, estimate_step_seconds, fit_epochs
 from volnas.training.checkpoint import load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_saved_config
 from volnas.training.device import resolve_device, seed_everything
@@ -145,9 +145,12 @@ def _train(
                          hint=MEMORY_HINT)
     budget: dict[str, Any] = {}
     if cfg.time_budget is not None:
+        passes = (after_training_passes(cfg.tta, len(source.split("test")), len(ds["val"]))
+                  if test else 0.0)
         cfg, deadline, budget = _fit_budget(cfg, run_dir, model, (len(ds["train"]), len(ds["val"])),
                                             resume=resume, started=started or time.time(),
-                                            deadline=deadline, console=console)
+                                            deadline=deadline, console=console,
+                                            post_passes=passes)
     extended = _extensions(run_dir) if resume else []
     if saved_epochs is not None and cfg.epochs != saved_epochs:
         extended.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs})
@@ -192,8 +195,8 @@ def _train(
         trainer.post_passes = after_training_passes(cfg.tta, len(source.split("test")),
                                                     len(ds["val"])) if test else 0.0
 
-        trainer.post_seconds = (info.get("fill_plan") or {}).get(
-            "after_training_seconds_estimate")  # a resumed run's, planned by its first process
+        trainer.post_seconds = ((info.get("fill_plan") or budget or {}).get(
+            "after_training_seconds_estimate"))  # measured on epoch 1, else estimated
 
         def save_plan(planned: TrainConfig, key: str, record: dict[str, Any]) -> None:
             info[key] = record
@@ -225,6 +228,7 @@ def _train(
 def _fit_budget(
     cfg: TrainConfig, run_dir: Path, model: torch.nn.Module, splits: tuple[int, int], *,
     resume: bool, started: float, deadline: float | None, console: Console,
+    post_passes: float = 0.0,
 ) -> tuple[TrainConfig, float, dict[str, Any]]:
     """``cfg.time_budget`` applied: the epochs that fit (a new run; a resumed one keeps its
     own), the deadline of the last epoch (the budget less :data:`RESERVE` for calibration and
@@ -244,13 +248,26 @@ def _fit_budget(
         end = started + usable
         device = resolve_device(cfg.device)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            per_epoch = estimate_epoch_seconds(copy.deepcopy(model), cfg, *splits)
-        epochs = int(broadcast_object(fit_epochs(per_epoch, end - time.time(), cfg.epochs)))
+            per_step = estimate_step_seconds(copy.deepcopy(model), cfg)
+        per_epoch = epoch_seconds(per_step, cfg, *splits)
+        # calibration and the test pass, in validation passes of a third of a step per batch
+        post = post_passes * per_step / 3 * math.ceil(splits[1] / cfg.batch_size)
+        left = end - time.time() - post
+        epochs = fit_epochs(per_epoch, left, cfg.epochs)
+        first = None  # not even one epoch fits: the first, the only one, is cut to what does
+        steps = max(splits[0] // cfg.batch_size, 1)
+        if left < per_epoch:
+            cut = max(int((left - (per_epoch - per_step * steps)) // per_step), 1)
+            first = cut if cut < steps else None
+        epochs, first = broadcast_object((int(epochs), first))
         record |= {"epoch_seconds_estimate": round(per_epoch, 2), "epochs_asked": cfg.epochs,
-                   "epochs": epochs}
+                   "epochs": epochs, "after_training_seconds_estimate": round(post, 2),
+                   **({"first_epoch_batches": first} if first else {})}
         console.print(f"time budget {cfg.time_budget:.0f} s: {epochs} epoch(s) of about "
-                      f"{per_epoch:.0f} s fit (at most {cfg.epochs} asked)")
-        cfg = cfg.model_copy(update={"epochs": epochs})
+                      f"{per_epoch:.0f} s fit (at most {cfg.epochs} asked)"
+                      + (f", cut to {first} of {steps} batches" if first else "")
+                      + f"; about {post:.0f} s kept for calibration and the test")
+        cfg = cfg.model_copy(update={"epochs": epochs, "last_epoch_batches": first})
     return cfg, end if deadline is None else min(deadline, end), record
 
 

@@ -397,7 +397,8 @@ class Trainer:
             if total:
                 batches = total if limit is None else min(total, limit)
                 self._timing.append((t_train, batches, row["seconds"] - t_train))
-                if epoch == 1 and self.fill_epochs is not None and self.deadline is not None:
+                if (epoch == 1 and limit is None and self.fill_epochs is not None
+                        and self.deadline is not None):  # a cut first epoch is the only one
                     self._fill(total, t_val)
             self.on_epoch_end(epoch, row)
             extra, tensors = self.extra_state()
