@@ -300,7 +300,7 @@ def test_a_cut_epoch_is_the_last(data: tuple[Path, str], tmp_path: Path,
 def test_a_budget_too_short_for_one_epoch_cuts_the_first(
         data: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When one epoch and the calibration and test passes do not fit the budget (MC3-18 on
-    one core in ten minutes: a 412 s epoch, then 250 s of test-time-augmented passes), the
+    one core in ten minutes: a 412 s epoch, then 272 s of set-up, calibration and test), the
     first epoch, the only one, trains the batches that fit; the post-training time is part
     of the plan from the start."""
     import volnas.training.run as run_module

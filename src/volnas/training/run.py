@@ -144,14 +144,16 @@ def _train(
                          channels_last=cfg.channels_last, what=f"training {cfg.model}",
                          hint=MEMORY_HINT)
     budget: dict[str, Any] = {}
+    # calibration and the test pass, in validation passes (planned by a budget)
+    passes = (after_training_passes(cfg.tta, len(source.split("test")), len(ds["val"]))
+              if test and (cfg.time_budget is not None or fill is not None) else 0.0)
     if cfg.time_budget is not None:
-        passes = (after_training_passes(cfg.tta, len(source.split("test")), len(ds["val"]))
-                  if test else 0.0)
         cfg, deadline, budget = _fit_budget(cfg, run_dir, model, (len(ds["train"]), len(ds["val"])),
                                             resume=resume, started=started or time.time(),
                                             deadline=deadline, console=console,
                                             post_passes=passes)
-    extended = _extensions(run_dir) if resume else []
+    earlier = _earlier_info(run_dir) if resume else {}
+    extended = list(earlier.get("extended", []))
     if saved_epochs is not None and cfg.epochs != saved_epochs:
         extended.append({"from_epochs": saved_epochs, "to_epochs": cfg.epochs})
         cfg = cfg.model_copy(update={"last_epoch_batches": None})  # the new epochs are whole
@@ -169,7 +171,7 @@ def _train(
         **model_profile(model, cfg),
         **({"extended": extended} if extended else {}),
         **({"time_budget": budget} if budget else {}),
-        **(_earlier_records(run_dir, ("fill_plan", "deadline_cut")) if resume else {}),
+        **{k: earlier[k] for k in ("fill_plan", "deadline_cut") if k in earlier},
     }
     if dist_info().is_main:
         text = dump_config(cfg)
@@ -192,9 +194,7 @@ def _train(
         fill = int(budget.get("epochs_asked", cfg.epochs))
     if fill is not None and deadline is not None:
         trainer.fill_epochs = fill
-        trainer.post_passes = after_training_passes(cfg.tta, len(source.split("test")),
-                                                    len(ds["val"])) if test else 0.0
-
+        trainer.post_passes = passes
         trainer.post_seconds = ((info.get("fill_plan") or budget or {}).get(
             "after_training_seconds_estimate"))  # measured on epoch 1, else estimated
 
@@ -280,22 +280,14 @@ def after_training_passes(tta: str, n_test: int, n_val: int) -> float:
     return sum(cost.values()) + max(cost.values()) * n_test / max(n_val, 1)
 
 
-def _earlier_records(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """``keys`` of an earlier run.json of ``run_dir`` (the first process's budget plan)."""
+def _earlier_info(run_dir: Path) -> dict[str, Any]:
+    """The run.json an earlier process of ``run_dir`` wrote (its extensions and budget
+    plans are kept on resume); empty when missing or unreadable."""
     try:
         earlier = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {k: earlier[k] for k in keys if isinstance(earlier, dict) and k in earlier}
-
-
-def _extensions(run_dir: Path) -> list[dict[str, int]]:
-    """The epoch extensions recorded in an earlier run.json of ``run_dir``."""
-    path = run_dir / "run.json"
-    try:
-        return list(json.loads(path.read_text()).get("extended", []))
-    except (OSError, ValueError, AttributeError):
-        return []
+    return earlier if isinstance(earlier, dict) else {}
 
 
 def choose_tta(

@@ -346,11 +346,11 @@ class Trainer:
         if resume and (ckpt_dir / "last.json").exists():
             self._resume(ckpt_dir)
             self.console.print(f"resumed after epoch {self.epoch} (best epoch {self.best_epoch})")
+        total = len(train_loader) if hasattr(train_loader, "__len__") else None
         cut: int | None = None
         while self.epoch < self.cfg.epochs and cut is None:  # the plan may change the end
             epoch = self.epoch + 1
-            cut = self._deadline_cut(len(train_loader) if hasattr(train_loader, "__len__")
-                                     else None)
+            cut = self._deadline_cut(total)
             if cut == 0 or (cut is None and self._out_of_time()):
                 self.console.print(f"time budget: stopped after epoch {self.epoch} of "
                                    f"{self.cfg.epochs}")
@@ -364,7 +364,6 @@ class Trainer:
             if sampler_gen is not None:
                 sampler_gen.manual_seed(self.cfg.seed * 100_003 + epoch)
             lr = self.optimizer.param_groups[0]["lr"]
-            total = len(train_loader) if hasattr(train_loader, "__len__") else None
             row: dict[str, Any] = {"epoch": epoch, "lr": lr}
             limit = self.cfg.last_epoch_batches if epoch == self.cfg.epochs else None
             limit = cut if cut is not None else limit
@@ -399,7 +398,7 @@ class Trainer:
                 self._timing.append((t_train, batches, row["seconds"] - t_train))
                 if (epoch == 1 and limit is None and self.fill_epochs is not None
                         and self.deadline is not None):  # a cut first epoch is the only one
-                    self._fill(total, t_val)
+                    self._fill(t_val)
             self.on_epoch_end(epoch, row)
             extra, tensors = self.extra_state()
             if main:
@@ -415,12 +414,12 @@ class Trainer:
                 break
         return self.history
 
-    def _fill(self, batches: int, val_seconds: float) -> None:
+    def _fill(self, val_seconds: float) -> None:
         """Re-plan the epochs after the first from its measured time: as many as end by the
         deadline less the work after training (at most :attr:`fill_epochs`), the last one cut
         to the training batches that still fit. Epoch 1's learning rate is the same for any
         length of the cosine schedule, so the run equals one planned this way from the start."""
-        t_train, _, rest = self._timing[-1]
+        t_train, batches, rest = self._timing[-1]  # epoch 1, whole
         post = self.post_passes * val_seconds
         free = self.deadline - time.time() - post  # type: ignore[operator]
         epochs, partial = fill_plan(free, t_train, rest, batches, self.fill_epochs)  # type: ignore[arg-type]
@@ -449,6 +448,12 @@ class Trainer:
                 1 + math.cos(math.pi * sched.last_epoch / epochs)) / 2
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # noqa: SLF001
 
+    def _pace(self) -> tuple[float, float]:
+        """Seconds per training batch and per epoch's BatchNorm re-estimation and validation,
+        over this process's timed epochs."""
+        per_batch = sum(t for t, _, _ in self._timing) / sum(b for _, b, _ in self._timing)
+        return per_batch, sum(r for _, _, r in self._timing) / len(self._timing)
+
     def _next_epoch_seconds(self) -> float:
         """The expected wall time of the next epoch: this process's timed epochs (a partial
         last epoch scaled by its batches), else the mean of the history's."""
@@ -456,8 +461,7 @@ class Trainer:
         limit = self.cfg.last_epoch_batches if nxt == self.cfg.epochs else None
         if not self._timing:
             return epochs_mean_seconds(self.history)
-        per_batch = sum(t for t, _, _ in self._timing) / sum(b for _, b, _ in self._timing)
-        rest = sum(r for _, _, r in self._timing) / len(self._timing)
+        per_batch, rest = self._pace()
         batches = max(b for _, b, _ in self._timing)
         return per_batch * (batches if limit is None else min(limit, batches)) + rest
 
@@ -474,8 +478,7 @@ class Trainer:
             return None
         end = self.deadline - (self.post_seconds or 0.0)
         now = time.time()
-        per_batch = sum(t for t, _, _ in self._timing) / sum(b for _, b, _ in self._timing)
-        rest = sum(r for _, _, r in self._timing) / len(self._timing)
+        per_batch, rest = self._pace()
         last = self.epoch + 1 == self.cfg.epochs
         planned = min((self.cfg.last_epoch_batches if last else None) or batches, batches)
         fit = min(max(int((end - now - rest) // per_batch), 0), batches)
