@@ -7,7 +7,9 @@ which says whether a difference is within noise.
         [--out compare.md]
 
 A run is a training run folder or a search folder (its ``final/`` is used); each must hold
-``metrics.json`` and ``predictions_test.csv`` of the same test scans. ``--latency`` also
+``metrics.json`` and ``predictions_test.csv`` of the same test scans. A ``volnas cv`` folder
+compares instead on the training split's held-out predictions (``cv.json``,
+``predictions_oof.csv``): give only CV folders of the same folds (``--folds``, ``--cv-seed``). ``--latency`` also
 measures each run's network on this CPU (batch 1, as ``bench_run_latency.py``) and adds
 milliseconds per scan to the table and the plot: time it on an otherwise idle machine.
 """
@@ -26,14 +28,18 @@ from volnas.training.metrics import paired_bootstrap_auc
 
 
 def load_run(folder: Path) -> tuple[dict, list[dict[str, str]]]:
-    """(test metrics, prediction rows) of a run folder or of a search's final run."""
+    """(test metrics, prediction rows) of a run folder or of a search's final run; of a
+    ``volnas cv`` folder, its pooled held-out metrics and predictions of the training split."""
     if (folder / "final" / "metrics.json").is_file():
         folder = folder / "final"
-    metrics = json.loads((folder / "metrics.json").read_text())
-    with open(folder / "predictions_test.csv", newline="") as f:
+    if (folder / "cv.json").is_file():
+        metrics, path = json.loads((folder / "cv.json").read_text())["oof"], "predictions_oof.csv"
+    else:
+        metrics, path = json.loads((folder / "metrics.json").read_text()), "predictions_test.csv"
+    with open(folder / path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise SystemExit(f"{folder / 'predictions_test.csv'}: no predictions")
+        raise SystemExit(f"{folder / path}: no predictions")
     return metrics, rows
 
 

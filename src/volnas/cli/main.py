@@ -1,6 +1,6 @@
 """``volnas``: one command, a sub-command per stage of the pipeline.
 
-data (synth, index) -> models -> train / evaluate -> search / genotype -> export / ensemble / predict
+data (synth, index) -> models -> train / cv / evaluate -> search / genotype -> export / ensemble / predict
 -> explain -> benchmark; ``demo`` runs the main job on built-in data.
 """
 
@@ -13,7 +13,7 @@ from volnas.cli.demo import demo_cmd
 from volnas.cli.deploy_cmds import benchmark_cmd, ensemble_cmd, export_cmd, predict_cmd
 from volnas.cli.explain_cmd import explain_cmd
 from volnas.cli.search_cmds import genotype_app, search_cmd
-from volnas.cli.train_cmds import evaluate_cmd, models_cmd, train_cmd
+from volnas.cli.train_cmds import cv_cmd, evaluate_cmd, models_cmd, train_cmd
 
 app = typer.Typer(
     help="Find, train and explain 3D CNNs that classify medical volumes.",
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.command("models")(models_cmd)
 app.command("train")(train_cmd)
+app.command("cv")(cv_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("search")(search_cmd)
 app.add_typer(genotype_app, name="genotype")

@@ -1,4 +1,4 @@
-"""``volnas models``, ``volnas train`` and ``volnas evaluate``."""
+"""``volnas models``, ``volnas train``, ``volnas cv`` and ``volnas evaluate``."""
 
 from __future__ import annotations
 
@@ -101,6 +101,52 @@ def train_cmd(
     metrics = start_run(run_training, TrainConfig, config, overrides, out, resume)
     console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "
                   f"f1 {metrics['f1']:.4f})")
+
+
+def cv_cmd(
+    data: str = typer.Option(None, "--data", help="Manifest CSV or MedMNIST .npz."),
+    model: str = typer.Option(None, "--model", help=f"Registry name (see `volnas models`) or "
+                              f"genotype:FILE {_d('model')}."),
+    out: Path = typer.Option(..., "--out", "-o", help="CV folder (never overwritten)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Folds of the training split."),
+    cv_seed: int = typer.Option(0, "--cv-seed", help="Seed of the patients' assignment to "
+                                "folds; keep it the same for models you compare [0]."),
+    epochs: int = typer.Option(None, "--epochs", help=f"Epochs per fold {_d('epochs')}."),
+    batch_size: int = typer.Option(None, "--batch-size", help=f"Batch size {_d('batch_size')}."),
+    slices: int = typer.Option(None, "--slices", help=f"Slices per scan T {_d('slices')}."),
+    size: str = typer.Option(None, "--size", help=f"In-plane HxW after resize/crop {_d('size')}."),
+    lr: float = typer.Option(None, "--lr", help=f"Learning rate {_d('lr')}."),
+    seed: int = typer.Option(None, "--seed", help=f"Training seed {_d('seed')}."),
+    config: Path = typer.Option(None, "--config", help="YAML config; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the CV in --out."),
+    device: str = typer.Option(None, "--device", help=f"auto | cpu | cuda[:N] {_d('device')}."),
+    workers: int = typer.Option(None, "--workers",
+                                help=f"Data loader worker processes {_d('num_workers')}."),
+    augment: str = typer.Option(None, "--augment", help="auto | none | flip | POLICY.json "
+                                f"{_d('augment')}."),
+    class_weight: ClassWeight = typer.Option(
+        None, "--class-weight", help=f"Loss weights; balanced: n/(k*n_c) {_d('class_weight')}."),
+) -> None:
+    """Cross-validate a model on the training split: one run per fold, every training scan
+    predicted once by the fold that held it out; the validation and test splits are not read.
+
+    Use it to compare settings where the validation split is too small to tell them apart
+    (the same --folds and --cv-seed give the same folds, so CV folders pair up scan by scan
+    in benchmarks/paired_compare.py). Writes cv.json and predictions_oof.csv."""
+    from volnas.training.cv import run_cv
+
+    overrides = {
+        "data": data, "model": model, "epochs": epochs, "batch_size": batch_size,
+        "slices": slices, "size": optional_shape(size, 2, "--size"), "lr": lr, "seed": seed,
+        "device": device, "num_workers": workers, "augment": augment,
+        "class_weight": class_weight, "tta": "none",
+    }
+
+    def run(cfg: TrainConfig, out: Path, **kw: object) -> dict:
+        return run_cv(cfg, out, folds, cv_seed=cv_seed, **kw)  # type: ignore[arg-type]
+
+    summary = start_run(run, TrainConfig, config, overrides, out, resume)
+    console.print(f"CV folder: {esc(out)}  (cv.json: pooled AUC {summary['oof']['auc']:.4f})")
 
 
 def evaluate_cmd(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from volnas.data.cache import StackCache
 from volnas.data.index import build_index
 from volnas.data.manifest import ManifestRow, read_manifest, read_manifest_info
 from volnas.data.preprocess import PreprocessConfig, StackGeometry, take_slices
+from volnas.data.splits import split_patients
 from volnas.data.volume import DataError
 
 SPLITS = ("train", "val", "test")
@@ -37,6 +38,21 @@ class DataSource:
 
     def label_index(self, label: str) -> int:
         return self.class_names.index(label)
+
+    def fold(self, folds: int, index: int, seed: int = 0) -> DataSource:
+        """The training split as fold ``index`` (0-based) of ``folds``-fold cross-validation:
+        its patients, grouped and stratified by label (:func:`split_patients`, ``seed``),
+        are the ``val`` split, the other folds' the ``train`` split. The source's own
+        validation and test scans are not in it, so nothing run on a fold can read them."""
+        if not 2 <= folds or not 0 <= index < folds:
+            raise ValueError(f"fold {index} of {folds}: need folds >= 2 and 0 <= fold < folds")
+        train = self.split("train")
+        where = split_patients([r.patient_id for r in train], [r.label for r in train],
+                               [1 / folds] * folds, seed,
+                               names=[f"fold {i + 1}" for i in range(folds)])
+        rows = [replace(r, split="val" if where[r.patient_id] == index else "train")
+                for r in train]
+        return DataSource(rows, self.class_names, self.positive_class, self.origin)
 
 
 def open_source(path: str | Path) -> DataSource:

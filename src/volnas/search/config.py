@@ -110,6 +110,8 @@ class SearchConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _resolve_strategy(self) -> SearchConfig:
+        if self.cv_fold is not None:
+            raise ValueError("cv_fold is for `volnas cv`'s runs, not a search")
         if self.strategy is None:
             self.strategy = "differentiable" if self.aug_mode != "off" else "random"
         return self

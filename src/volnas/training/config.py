@@ -7,12 +7,28 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from volnas.core.durations import parse_duration
 from volnas.data.preprocess import PreprocessConfig
 
 C = TypeVar("C", bound="TrainConfig")
+
+
+class CVFold(BaseModel):
+    """Which fold of a cross-validation on the training split a run trains
+    (:meth:`volnas.data.dataset.DataSource.fold`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    folds: int = Field(5, ge=2)
+    index: int = Field(0, ge=0)  # 0-based; the folder is fold<index + 1>
+    seed: int = 0  # of the patients' assignment to folds (the same for every model compared)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> CVFold:
+        if self.index >= self.folds:
+            raise ValueError(f"fold index {self.index} of {self.folds} folds")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -67,6 +83,9 @@ class TrainConfig(BaseModel):
     # this many training batches, so the training fills the budget instead of ending up to
     # an epoch early (volnas.training.trainer.Trainer.fill_epochs)
     last_epoch_batches: int | None = Field(None, ge=1)
+    # set by `volnas cv` on each fold's run (volnas.training.cv), not by hand: the run trains
+    # on the other folds of the training split and validates on this one, and has no test
+    cv_fold: CVFold | None = None
 
     @field_validator("time_budget", mode="before")
     @classmethod

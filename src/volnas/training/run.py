@@ -25,7 +25,7 @@ from volnas.training.budget import RESERVE, epoch_seconds, estimate_step_seconds
 from volnas.training.checkpoint import load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_saved_config
 from volnas.training.device import resolve_device, seed_everything
-from volnas.training.evaluate import CALIBRATION, evaluate_and_write
+from volnas.training.evaluate import CALIBRATION, evaluate_and_write, write_predictions
 from volnas.training.memory import MEMORY_HINT, check_run_memory
 from volnas.training.metrics import (
     apply_temperature,
@@ -54,6 +54,9 @@ from volnas.training.rundir import (
 from volnas.training.trainer import Trainer
 from volnas.training.tta import COST as TTA_COST
 from volnas.training.tta import TTA_MODES, predict_tta
+
+# A cross-validation fold's predictions of its held-out scans (volnas.training.cv)
+FOLD_PREDICTIONS = "predictions_fold.csv"
 
 
 def run_training(
@@ -130,6 +133,15 @@ def _train(
         cfg = broadcast_object(cfg)
     seed_everything(cfg.seed)
     source = open_source(cfg.data)
+    if cfg.cv_fold is not None:  # a fold of `volnas cv`: the training split only
+        if test:
+            raise ValueError("a cross-validation fold has no test split: run it with test=False "
+                             "(volnas cv does)")
+        if cfg.patience is not None:
+            raise ValueError("early stopping would choose on the held-out fold: volnas cv "
+                             "trains every fold for --epochs (set patience to null)")
+        f = cfg.cv_fold
+        source = source.fold(f.folds, f.index, f.seed)
     positive = positive_of(cfg, source)
     ds = build_datasets(cfg, source, ("train", "val"))
     train_loader = make_loader(ds["train"], cfg.batch_size, train=True,
@@ -211,6 +223,11 @@ def _train(
     # The epochs' own wall times: a resumed run counts the epochs of every process, not
     # only this one's (an epoch cut off by a stop is not counted).
     train_seconds = epochs_seconds(trainer.history)
+    if cfg.cv_fold is not None:  # the held-out fold, predicted by the final weights
+        probs, labels, _ = trainer.predict(val_loader)
+        if dist_info().is_main:
+            write_predictions(run_dir / FOLD_PREDICTIONS, ds["val"], labels, probs,
+                              source.class_names)
     if not test:
         best = json.loads((run_dir / "best_val_metrics.json").read_text())
         return best | {"best_epoch": trainer.best_epoch, "train_seconds": train_seconds}
