@@ -134,7 +134,9 @@ def test_an_interrupted_cv_resumes_to_the_same_predictions(
         run_cv(_cfg(data), tmp_path / "cut", 2)
     first = (tmp_path / "cut" / "fold1" / "predictions_fold.csv").stat().st_mtime_ns
     monkeypatch.setattr(cv_module, "run_training", run_training)
-    resumed = run_cv(_cfg(data, seed=99), tmp_path / "cut", 7, resume=True)  # saved settings win
+    with pytest.raises(ValueError, match="folds 7 given at resume"):
+        run_cv(_cfg(data), tmp_path / "cut", 7, resume=True)
+    resumed = run_cv(_cfg(data, seed=99), tmp_path / "cut", resume=True)  # saved settings win
     assert (tmp_path / "cut" / "fold1" / "predictions_fold.csv").stat().st_mtime_ns == first
     assert resumed["folds"] == 2 and resumed["seed"] == 1
     assert _rows(tmp_path / "cut" / "predictions_oof.csv") == \

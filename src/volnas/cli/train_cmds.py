@@ -108,8 +108,8 @@ def cv_cmd(
     model: str = typer.Option(None, "--model", help=f"Registry name (see `volnas models`) or "
                               f"genotype:FILE {_d('model')}."),
     out: Path = typer.Option(..., "--out", "-o", help="CV folder (never overwritten)."),
-    folds: int = typer.Option(5, "--folds", min=2, help="Folds of the training split."),
-    cv_seed: int = typer.Option(0, "--cv-seed", help="Seed of the patients' assignment to "
+    folds: int = typer.Option(None, "--folds", min=2, help="Folds of the training split [5]."),
+    cv_seed: int = typer.Option(None, "--cv-seed", help="Seed of the patients' assignment to "
                                 "folds; keep it the same for models you compare [0]."),
     epochs: int = typer.Option(None, "--epochs", help=f"Epochs per fold {_d('epochs')}."),
     batch_size: int = typer.Option(None, "--batch-size", help=f"Batch size {_d('batch_size')}."),

@@ -45,6 +45,7 @@ from volnas.training.rundir import (
     run_dir_held,
 )
 
+FOLDS = 5
 CV_FILE = "cv.json"
 OOF_FILE = "predictions_oof.csv"
 
@@ -52,17 +53,18 @@ OOF_FILE = "predictions_oof.csv"
 def run_cv(
     cfg: TrainConfig,
     out: Path,
-    folds: int = 5,
+    folds: int | None = None,
     *,
-    cv_seed: int = 0,
+    cv_seed: int | None = None,
     resume: bool = False,
     given: dict[str, Any] | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Train ``folds`` runs of ``cfg`` (one per fold of the training split), then pool their
-    held-out predictions; returns ``cv.json``'s content. With ``resume`` the folder's saved
-    settings are used (``cfg``, ``folds`` and ``cv_seed`` are not), finished folds are kept
-    and an interrupted one continues from its checkpoint."""
+    """Train ``folds`` runs of ``cfg`` (one per fold of the training split; default
+    :data:`FOLDS`), then pool their held-out predictions; returns ``cv.json``'s content.
+    With ``resume`` the folder's saved settings are used (``cfg`` is not; ``given``, ``folds``
+    and ``cv_seed`` may only repeat them), finished folds are kept and an interrupted one
+    continues from its checkpoint."""
     console = console or make_console()
     out = Path(out)
     started = time.time()
@@ -72,8 +74,14 @@ def run_cv(
         if saved is None:
             raise RunDirError(f"{out}: not a cross-validation folder (no {CV_FILE})")
         cfg = resumed_config(out, given)
+        for name, value in (("folds", folds), ("cv_seed", cv_seed)):
+            if value is not None and value != saved[name]:
+                raise ValueError(f"{out}: {name} {value} given at resume; the folder was "
+                                 f"made with {saved[name]}")
         folds, cv_seed = int(saved["folds"]), int(saved["cv_seed"])
     else:
+        folds = FOLDS if folds is None else folds
+        cv_seed = 0 if cv_seed is None else cv_seed
         if cfg.cv_fold is not None:
             raise ValueError("cv_fold is set by volnas cv for each fold; leave it unset")
         if folds < 2:
