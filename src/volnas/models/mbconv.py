@@ -9,15 +9,64 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class _DepthwiseCPU(torch.autograd.Function):
+    """A stride-1 depthwise convolution whose input gradient is the forward convolution of
+    the output gradient with the kernel flipped, which is the same sum. PyTorch's CPU kernel
+    for that gradient takes 3-4x a forward pass (2026, torch 2.13), and in a searched network
+    the depthwise layers' backward pass is most of a training step
+    (``benchmarks/bench_depthwise.py``)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor,
+                padding: tuple[int, int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding  # type: ignore[attr-defined]
+        return F.conv3d(x, weight, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        padding, groups = list(ctx.padding), weight.shape[0]  # type: ignore[attr-defined]
+        gx = gw = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            gx = F.conv3d(grad, weight.flip(2, 3, 4), padding=padding, groups=groups)
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]
+            gw = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1, 1], padding, [1, 1, 1], False, [0, 0, 0],
+                groups, [False, True, False])[1]
+        return gx, gw, None
+
+
+class DepthwiseConv3d(nn.Conv3d):
+    """Depthwise k^3 convolution (one filter per channel, odd k, "same" padding); on the CPU
+    at stride 1 its backward pass takes the faster route of :class:`_DepthwiseCPU`, with the
+    same gradients. Parameters and state dict are those of ``nn.Conv3d``."""
+
+    def __init__(self, channels: int, k: int, stride: int = 1) -> None:
+        super().__init__(channels, channels, k, stride=stride, padding=k // 2, groups=channels,
+                         bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or self.stride != (1, 1, 1) or not torch.is_grad_enabled():
+            return super().forward(x)
+        return _DepthwiseCPU.apply(x, self.weight, self.padding)
+
+
 class ConvBNAct(nn.Sequential):
-    """Conv3d -> BatchNorm3d -> ReLU6 (the stem and calibration layers)."""
+    """Conv3d -> BatchNorm3d -> ReLU6 (the stem and calibration layers; with ``groups`` equal
+    to the channels, the depthwise layer of :class:`MBConv3D`)."""
 
     def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
                  act: bool = True) -> None:
+        depthwise = groups > 1 and groups == cin == cout and k % 2 == 1
         layers: list[nn.Module] = [
+            DepthwiseConv3d(cin, k, stride) if depthwise else
             nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
             nn.BatchNorm3d(cout),
         ]
