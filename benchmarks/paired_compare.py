@@ -144,7 +144,9 @@ def main() -> None:
     groups = np.array([r["patient_id"] for r in ref_rows])
     ref_p = [probs_of(rows, classes) for _, rows in ref_runs]
     extra = " ms / scan |" if ms else ""
-    lines = ["| run | seeds | " + " | ".join(h for _, h in COLUMNS)
+    cv = "split" in ref_runs[0][0] and "held-out" in str(ref_runs[0][0]["split"])
+    heads = [h.replace("test AUC", "CV held-out AUC") if cv else h for _, h in COLUMNS]
+    lines = ["| run | seeds | " + " | ".join(heads)
              + f" |{extra} AUC - {ref_name} (95 % CI, paired) |",
              "|---|---|" + "---|" * (len(COLUMNS) + bool(ms)) + "---|"]
     for name, runs in named:

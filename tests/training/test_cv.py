@@ -147,6 +147,7 @@ def test_an_interrupted_cv_resumes_to_the_same_predictions(
     done = subprocess.run([sys.executable, str(script), f"a={tmp_path / 'whole'}",
                            f"b={tmp_path / 'cut'}"], capture_output=True, text=True, check=True)
     assert "| b | 1 |" in done.stdout and "+0.000 (+0.000 to +0.000)" in done.stdout
+    assert "CV held-out AUC" in done.stdout
 
 
 def test_a_fold_is_refused_a_test_or_early_stopping(data: tuple[Path, str], tmp_path: Path) -> None:
