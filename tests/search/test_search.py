@@ -405,7 +405,8 @@ def test_stride_rule_cell1_moves_cell1s_downsampling_later(tmp_path: Path) -> No
     net = Genotype.from_string(g.to_string()).build().eval()
     assert net.features(torch.zeros(1, 1, 28, 28, 28)).shape[2:] == (4, 4, 4)
     assert cell1.path_params(path) == end.path_params(path)
-    assert SearchConfig().stride_rule == "end"
+    assert SearchConfig().stride_rule == "cell1"
+    assert SearchConfig.from_saved({"data": "x.npz"}).stride_rule == "end"  # older runs
     from volnas.search.random_search import draw_genotypes
 
     cfg = SearchConfig(data="x.npz", space="covidnet3d-s", stride_rule="cell1",

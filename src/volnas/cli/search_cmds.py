@@ -83,7 +83,8 @@ def search_cmd(
         "(MedMNIST 28^3, few slices) leave no layer on a 1^3 or 2^3 map [fit]."),
     stride_rule: str = typer.Option(
         None, "--stride-rule", help="Which downsampling fitting drops first: end (the last "
-        "ones) or cell1 (cell 1's, so it works on the stem's map; then the last ones) [end]."),
+        "ones) or cell1 (cell 1's, so it works on the stem's map; then the last ones) "
+        f"{default('stride_rule')}."),
     arch_lr: float = typer.Option(
         None, "--arch-lr", help="Adam lr of the logits [arch_travel / the search's architecture "
         f"steps: a logit with a steady gradient moves ~{SearchConfig().arch_travel:g} over the "
