@@ -84,9 +84,9 @@ def measure_latency(folders: list[Path], threads: int, repeats: int = 7) -> list
 
 
 def plot(named: list[tuple[str, list[tuple[dict, list]]]], path: Path,
-         ms: dict[str, list[float]] | None = None) -> None:
-    """Test AUC against parameters (and against ms per scan when measured), log scale,
-    one colour per name."""
+         ms: dict[str, list[float]] | None = None, ylabel: str = "test AUC") -> None:
+    """AUC (``ylabel``) against parameters (and against ms per scan when measured), log
+    scale, one colour per name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,7 +106,7 @@ def plot(named: list[tuple[str, list[tuple[dict, list]]]], path: Path,
                        s=90, label=f"{name} (n={len(runs)})")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test AUC")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -171,7 +171,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.plot is not None:
-        plot(named, args.plot, ms or None)
+        plot(named, args.plot, ms or None, "CV held-out AUC" if cv else "test AUC")
     if args.out is not None:
         args.out.write_text(text + "\n")
 
