@@ -301,12 +301,12 @@ def test_a_budget_too_short_for_one_epoch_cuts_the_first(
         data: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When one epoch and the calibration and test passes do not fit the budget (MC3-18 on
     one core in ten minutes: a 412 s epoch, then 272 s of set-up, calibration and test), the
-    first epoch, the only one, trains the batches that fit; the post-training time is part
-    of the plan from the start."""
+    first epoch, planned as the only one, trains the batches that fit; the post-training
+    time is part of the plan from the start."""
     import volnas.training.run as run_module
 
     monkeypatch.setattr(run_module, "estimate_step_seconds", lambda net, cfg: 1.0)
-    _train(data, tmp_path / "run", "--epochs", "50", "--time-budget", "6s")
+    _train(data, tmp_path / "run", "--epochs", "3", "--time-budget", "6s")
     record = json.loads((tmp_path / "run" / "run.json").read_text())["time_budget"]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     # 21 training scans in batches of 4: 5 steps of "1 s", plus 3 validation scans and 5
@@ -315,6 +315,42 @@ def test_a_budget_too_short_for_one_epoch_cuts_the_first(
     assert record["epoch_seconds_estimate"] == pytest.approx(7.0)
     assert record["after_training_seconds_estimate"] == pytest.approx(1.0, abs=0.01)
     assert record["epochs"] == 1 and 1 <= record["first_epoch_batches"] < 5
-    assert (saved["epochs"], saved["last_epoch_batches"]) == (1, record["first_epoch_batches"])
-    assert len(_history(tmp_path / "run")) == 1
-    assert "fill_plan" not in json.loads((tmp_path / "run" / "run.json").read_text())
+    # the real steps take milliseconds, not the "1 s" estimated: timed on the cut first
+    # epoch, the re-plan after it fills the budget with the 2 epochs left of the 3 asked
+    plan = json.loads((tmp_path / "run" / "run.json").read_text())["fill_plan"]
+    assert plan["first_epoch_batches"] == record["first_epoch_batches"]
+    assert (plan["epochs"], plan["last_epoch_batches"]) == (3, None) == (
+        saved["epochs"], saved["last_epoch_batches"])
+    assert len(_history(tmp_path / "run")) == 3
+
+
+def test_the_time_left_after_a_cut_first_epoch_is_filled(tmp_path: Path) -> None:
+    """A first epoch cut to the batches the estimate said fit (the only epoch planned) is
+    timed per batch; when it ran faster than estimated, the re-plan after it adds the
+    batches that fit before the deadline less the work after training, and nothing when
+    none do."""
+    from rich.console import Console
+
+    from volnas.training.trainer import Trainer
+
+    trainer = Trainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)),
+                      TrainConfig(epochs=1, last_epoch_batches=8, device="cpu"),
+                      class_names=["a", "b"], positive_class="b", device=torch.device("cpu"),
+                      run_dir=tmp_path, console=Console(quiet=True))
+    records: list[tuple[str, dict]] = []
+    trainer.on_plan = lambda cfg, key, record: records.append((key, record))
+    trainer.fill_epochs, trainer.post_passes = 10, 2.0
+    trainer._timing = [(4.0, 8, 1.0)]  # 8 of 20 batches at 0.5 s, then 1 s of validation
+    trainer.epoch = 1
+    # 1 s validation passes, 2 of them after training; 15 s free after those: one whole
+    # epoch (10 s + 1 s), then 4 s: 1 s of validation and 6 batches
+    trainer.deadline = time.time() + 2.0 + 15.2
+    trainer._fill(1.0, 20)
+    assert (trainer.cfg.epochs, trainer.cfg.last_epoch_batches) == (3, 6)
+    key, record = records[-1]
+    assert key == "fill_plan" and record["first_epoch_batches"] == 8
+    assert record["epoch_seconds"] == pytest.approx(11.0)
+    trainer.cfg = trainer.cfg.model_copy(update={"epochs": 1, "last_epoch_batches": 8})
+    trainer.deadline = time.time() + 2.0 + 0.5  # as estimated: nothing more fits
+    trainer._fill(1.0, 20)
+    assert trainer.cfg.epochs == 1

@@ -271,7 +271,7 @@ def _fit_budget(
         post = post_passes * per_step / 3 * math.ceil(splits[1] / cfg.batch_size)
         left = end - time.time() - post
         epochs = fit_epochs(per_epoch, left, cfg.epochs)
-        first = None  # not even one epoch fits: the first, the only one, is cut to what does
+        first = None  # not even one epoch fits: the first (the only one planned) is cut to what does
         steps = max(splits[0] // cfg.batch_size, 1)
         if left < per_epoch:
             cut = max(int((left - (per_epoch - per_step * steps)) // per_step), 1)

@@ -396,9 +396,8 @@ class Trainer:
             if total:
                 batches = total if limit is None else min(total, limit)
                 self._timing.append((t_train, batches, row["seconds"] - t_train))
-                if (epoch == 1 and limit is None and self.fill_epochs is not None
-                        and self.deadline is not None):  # a cut first epoch is the only one
-                    self._fill(t_val)
+                if epoch == 1 and self.fill_epochs is not None and self.deadline is not None:
+                    self._fill(t_val, total)
             self.on_epoch_end(epoch, row)
             extra, tensors = self.extra_state()
             if main:
@@ -414,12 +413,15 @@ class Trainer:
                 break
         return self.history
 
-    def _fill(self, val_seconds: float) -> None:
+    def _fill(self, val_seconds: float, batches: int) -> None:
         """Re-plan the epochs after the first from its measured time: as many as end by the
         deadline less the work after training (at most :attr:`fill_epochs`), the last one cut
         to the training batches that still fit. Epoch 1's learning rate is the same for any
-        length of the cosine schedule, so the run equals one planned this way from the start."""
-        t_train, batches, rest = self._timing[-1]  # epoch 1, whole
+        length of the cosine schedule, so the run equals one planned this way from the start.
+        A first epoch cut by the budget (planned as the only one) is timed per batch: when it
+        ran faster than its estimate, the batches that fit after it are trained too."""
+        t_train, timed, rest = self._timing[-1]  # epoch 1: ``timed`` of ``batches`` batches
+        t_train *= batches / timed  # a whole epoch's training
         post = self.post_passes * val_seconds
         free = self.deadline - time.time() - post  # type: ignore[operator]
         epochs, partial = fill_plan(free, t_train, rest, batches, self.fill_epochs)  # type: ignore[arg-type]
@@ -430,6 +432,7 @@ class Trainer:
         self.cfg = self.cfg.model_copy(update={"epochs": epochs, "last_epoch_batches": partial})
         record = {"after_epoch": 1, "epochs": epochs, "last_epoch_batches": partial,
                   "batches_per_epoch": batches, "epoch_seconds": round(t_train + rest, 2),
+                  **({"first_epoch_batches": timed} if timed < batches else {}),
                   "after_training_seconds_estimate": round(post, 2)}
         self.console.print(f"time budget: {epochs} epoch(s) fit, measured on epoch 1"
                            + (f", the last one {partial} of {batches} batches" if partial else ""))
