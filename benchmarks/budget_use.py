@@ -45,7 +45,8 @@ def budget_row(run: Path) -> dict[str, Any]:
             "epochs_run": len(history), "epochs_planned": plan.get("epochs"),
             "last_cut": plan.get("last_epoch_batches"),
             "batches": plan.get("batches_per_epoch"),
-            "estimate": estimate, "epoch1": epochs[0] if epochs else None}
+            "estimate": estimate, "epoch1": epochs[0] if epochs else None,
+            "first_cut": (info.get("time_budget") or {}).get("first_epoch_batches")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         cut = f"{r['last_cut']} of {r['batches']} batches" if r["last_cut"] else "whole"
         est = (f"{r['estimate']:.0f} / {r['epoch1']:.0f}" if r["estimate"] is not None
                and r["epoch1"] is not None else "-")
+        if r["first_cut"] and est != "-":  # the estimate is a whole epoch's
+            est += f" ({r['first_cut']} of {r['batches']} batches)"
         print(f"| {r['run']} | {r['budget']:.0f} | "
               + (f"{r['used']:.0f} | {100 * share:.1f}{'' if inside else ' (out)'}"
                  if share is not None else "- | -")

@@ -353,4 +353,5 @@ def test_the_time_left_after_a_cut_first_epoch_is_filled(tmp_path: Path) -> None
     trainer.cfg = trainer.cfg.model_copy(update={"epochs": 1, "last_epoch_batches": 8})
     trainer.deadline = time.time() + 2.0 + 0.5  # as estimated: nothing more fits
     trainer._fill(1.0, 20)
-    assert trainer.cfg.epochs == 1
+    assert (trainer.cfg.epochs, trainer.cfg.last_epoch_batches) == (1, 8)  # as it ran
+    assert records[-1][1]["last_epoch_batches"] == 8

@@ -425,6 +425,8 @@ class Trainer:
         post = self.post_passes * val_seconds
         free = self.deadline - time.time() - post  # type: ignore[operator]
         epochs, partial = fill_plan(free, t_train, rest, batches, self.fill_epochs)  # type: ignore[arg-type]
+        if epochs == 1 and timed < batches:
+            partial = timed  # the cut first epoch stays the last, as run
         epochs, partial = broadcast_object((epochs, partial))  # every rank runs the same plan
         assert epochs is not None
         if epochs != self.cfg.epochs:
