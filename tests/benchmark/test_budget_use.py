@@ -44,3 +44,19 @@ def test_budget_use_reads_training_and_search_runs(tmp_path: Path,
     out = capsys.readouterr().out
     assert "30 of 75 batches" in out and "66.7 (out)" in out
     assert "1 of 2 runs within 10 % of their budget" in out
+
+
+def test_budget_use_marks_a_whole_epoch_estimate_against_a_cut_first_epoch(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    mod = _script()
+    _run(tmp_path / "mc3", [236.0],
+         {"time_budget": {"seconds": 600.0, "epoch_seconds_estimate": 649.0,
+                          "first_epoch_batches": 20},
+          "fill_plan": {"epochs": 1, "last_epoch_batches": 20, "batches_per_epoch": 74,
+                        "first_epoch_batches": 20}},
+         {"run_seconds": 377.0})
+    row = mod.budget_row(tmp_path / "mc3")
+    assert row["first_cut"] == 20 and row["last_cut"] == 20
+    assert mod.main([str(tmp_path / "mc3")]) == 0
+    out = capsys.readouterr().out
+    assert "649 / 236 (20 of 74 batches)" in out and "62.8 (out)" in out
