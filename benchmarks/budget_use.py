@@ -40,13 +40,20 @@ def budget_row(run: Path) -> dict[str, Any]:
         estimate = record.get("epoch_seconds_estimate")
     plan = info.get("fill_plan") or {}
     epochs = [float(r["seconds"]) for r in history]
+    first_cut = (info.get("time_budget") or {}).get("first_epoch_batches")
+    last_cut = plan.get("last_epoch_batches")
+    if last_cut is None and len(history) == 1:
+        last_cut = first_cut  # a cut first epoch that stayed the only one
     return {"run": str(run), "budget": budget, "used": used,
             "share": used / budget if budget and used is not None else None,
             "epochs_run": len(history), "epochs_planned": plan.get("epochs"),
-            "last_cut": plan.get("last_epoch_batches"),
-            "batches": plan.get("batches_per_epoch"),
+            "last_cut": last_cut, "batches": plan.get("batches_per_epoch"),
             "estimate": estimate, "epoch1": epochs[0] if epochs else None,
-            "first_cut": (info.get("time_budget") or {}).get("first_epoch_batches")}
+            "first_cut": first_cut}
+
+
+def _batches(n: int, of: int | None) -> str:
+    return f"{n} of {of} batches" if of else f"{n} batches"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         share = r["share"]
         inside = share is not None and abs(1 - share) <= args.within
         ok += inside
-        cut = f"{r['last_cut']} of {r['batches']} batches" if r["last_cut"] else "whole"
+        cut = _batches(r["last_cut"], r["batches"]) if r["last_cut"] else "whole"
         est = (f"{r['estimate']:.0f} / {r['epoch1']:.0f}" if r["estimate"] is not None
                and r["epoch1"] is not None else "-")
         if r["first_cut"] and est != "-":  # the estimate is a whole epoch's
-            est += f" ({r['first_cut']} of {r['batches']} batches)"
+            est += f" ({_batches(r['first_cut'], r['batches'])})"
         print(f"| {r['run']} | {r['budget']:.0f} | "
               + (f"{r['used']:.0f} | {100 * share:.1f}{'' if inside else ' (out)'}"
                  if share is not None else "- | -")

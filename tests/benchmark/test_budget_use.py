@@ -52,11 +52,15 @@ def test_budget_use_marks_a_whole_epoch_estimate_against_a_cut_first_epoch(
     _run(tmp_path / "mc3", [236.0],
          {"time_budget": {"seconds": 600.0, "epoch_seconds_estimate": 649.0,
                           "first_epoch_batches": 20},
-          "fill_plan": {"epochs": 1, "last_epoch_batches": 20, "batches_per_epoch": 74,
-                        "first_epoch_batches": 20}},
+          "fill_plan": {"epochs": 1, "last_epoch_batches": 20, "batches_per_epoch": 74}},
          {"run_seconds": 377.0})
-    row = mod.budget_row(tmp_path / "mc3")
-    assert row["first_cut"] == 20 and row["last_cut"] == 20
-    assert mod.main([str(tmp_path / "mc3")]) == 0
+    # a run from before the cut was kept in fill_plan, and one with no re-plan at all
+    _run(tmp_path / "old", [236.0],
+         {"time_budget": {"seconds": 600.0, "epoch_seconds_estimate": 386.0,
+                          "first_epoch_batches": 73}}, {"run_seconds": 522.0})
+    assert mod.budget_row(tmp_path / "mc3")["last_cut"] == 20
+    assert mod.budget_row(tmp_path / "old")["last_cut"] == 73
+    assert mod.main([str(tmp_path / "mc3"), str(tmp_path / "old")]) == 0
     out = capsys.readouterr().out
     assert "649 / 236 (20 of 74 batches)" in out and "62.8 (out)" in out
+    assert "| 73 batches | 386 / 236 (73 batches) |" in out and "None" not in out

@@ -434,7 +434,6 @@ class Trainer:
         self.cfg = self.cfg.model_copy(update={"epochs": epochs, "last_epoch_batches": partial})
         record = {"after_epoch": 1, "epochs": epochs, "last_epoch_batches": partial,
                   "batches_per_epoch": batches, "epoch_seconds": round(t_train + rest, 2),
-                  **({"first_epoch_batches": timed} if timed < batches else {}),
                   "after_training_seconds_estimate": round(post, 2)}
         self.console.print(f"time budget: {epochs} epoch(s) fit, measured on epoch 1"
                            + (f", the last one {partial} of {batches} batches" if partial else ""))
