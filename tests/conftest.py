@@ -54,3 +54,15 @@ def tiny_genotype():
         return f"genotype:{path}"
 
     return make
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # under `pytest -n 2` (make test)
+    import torch
+
+    # one thread a worker: the workers share the cores, and a thread that waits for a
+    # busy core costs small 3D ops milliseconds each
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    # xdist gives its workers a 80x24 terminal size; output here is a log, as without it
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
