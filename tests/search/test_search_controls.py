@@ -305,6 +305,10 @@ def test_benchmark_runs_a_random_search_cell(tmp_path: Path, tiny_space: str) ->
     assert row["name"] == f"{tiny_space}_random" and row["n_done"] == 1
     result = json.loads((tmp_path / "b" / "runs" / row["name"] / "seed0" / "result.json").read_text())
     assert result["strategy"] == "random" and len(result["probes"]) == 2
+    # the report's search time is the probes' (a random search's whole search), not the draw
+    (run,) = row["runs"]
+    assert run["seconds"] == pytest.approx(result["total_seconds"] - result["retrain_seconds"])
+    assert run["seconds"] >= result["probe_seconds"] > 0
 
 
 # ------------------------------------------------------------------ space ceiling

@@ -103,10 +103,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "MedMNIST data often report an averaged F1 without saying so); AUC from softmax "
         "probabilities. Size is "
         "parameters x 4 bytes (MB of 2^20 bytes); std uses ddof=1. Wall time: training of one "
-        "run (baselines) or the search itself (searches; total includes probes and the retrain), "
-        "as the sum of the epochs' wall times in the runs' history.csv files: a run resumed "
-        "after a stop counts the epochs of every process; setup, test and an epoch cut off by "
-        "a stop are not counted.",
+        "run (baselines) or, for searches, everything before the retrain of the pick (search "
+        "epochs and probes; the probes of a random search; a supernet and its evolution), with "
+        "the retrain in the total. Epoch times are summed from the runs' history.csv files (a "
+        "run resumed after a stop counts the epochs of every process; setup, test and an "
+        "epoch cut off by a stop are not counted); stages without epochs (a random search's "
+        "draws, an evolution's generations) are timed by the search itself.",
         "",
     ]
     if compared:

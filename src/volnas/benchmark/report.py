@@ -63,9 +63,13 @@ def _run_record(cell: Cell) -> dict[str, Any] | None:
     else:
         result = json.loads(cell.done_file.read_text())
         logged = search_run_seconds(cell.dir)
-        rec.update({"seconds": _first(logged["search_seconds"], result.get("search_seconds")),
-                    "total_seconds": _first(logged["total_seconds"], result.get("total_seconds")),
-                    "train_seconds": _first(logged["retrain_seconds"], metrics.get("train_seconds")),
+        total = _first(logged["total_seconds"], result.get("total_seconds"))
+        retrain = _first(logged["retrain_seconds"], metrics.get("train_seconds"))
+        # "search": everything before the retrain, whatever the strategy spends it on (search
+        # epochs and probes; the probes alone for random; supernet and evolution)
+        before = (total - retrain if total is not None and retrain is not None
+                  else _first(logged["search_seconds"], result.get("search_seconds")))
+        rec.update({"seconds": before, "total_seconds": total, "train_seconds": retrain,
                     "genotype": result.get("genotype"),
                     "decision": result.get("decision")
                     or decision_from_log(cell.dir, result.get("space", ""),
