@@ -56,7 +56,7 @@ def tiny_genotype():
     return make
 
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # under `pytest -n 2` (make test)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # under `pytest -n auto` (make test)
     import torch
 
     # one thread a worker: the workers share the cores, and a thread that waits for a
