@@ -353,3 +353,79 @@ def test_the_time_left_after_a_cut_first_epoch_is_filled(tmp_path: Path) -> None
     trainer._fill(1.0, 20)
     assert (trainer.cfg.epochs, trainer.cfg.last_epoch_batches) == (1, 8)  # as it ran
     assert records[-1][1]["last_epoch_batches"] == 8
+
+
+def test_auto_tta_tries_flips_only_where_that_fits_a_tenth_of_the_budget() -> None:
+    from volnas.training.run import plan_tta
+
+    # 100 validation and 300 test scans: auto needs 1 + 4 validation passes and up to 4 x 3
+    # for the test, none 1 + 3; flips costs 13 passes more
+    assert plan_tta("auto", 300, 100, 1.0, 600.0) == ("auto", {})  # 13 s of 600
+    mode, record = plan_tta("auto", 300, 100, 5.0, 600.0)  # 65 s: more than 60
+    assert mode == "none" and record["flips_seconds_estimate"] == pytest.approx(65.0)
+    assert record["tta_asked"] == "auto" and "10%" in record["why"]
+    # a mode the user set is theirs, whatever it costs
+    assert plan_tta("flips", 300, 100, 100.0, 600.0) == ("flips", {})
+    assert plan_tta("none", 300, 100, 100.0, 600.0) == ("none", {})
+
+
+def test_a_budget_that_cannot_spare_the_flips_trial_plans_without_it(
+        data: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MC3-18 in ten minutes on one core: trying flips after training would take a quarter
+    of the budget, kept from the training and then unused when validation prefers no TTA.
+    Such a run plans tta none from the start; one with room for it keeps auto."""
+    import volnas.training.run as run_module
+
+    monkeypatch.setattr(run_module, "estimate_step_seconds", lambda net, cfg: 1.0)
+    _train(data, tmp_path / "tight", "--epochs", "3", "--time-budget", "6s", "--tta", "auto")
+    run = tmp_path / "tight"
+    record = json.loads((run / "run.json").read_text())["time_budget"]
+    # "1/3 s" validation passes (3 scans, one batch): none needs 1 + 6 / 3 of them after
+    # training, auto 5 + 4 x 2; the 10 passes more (3.3 s) are over 10 % of 6 s
+    assert record["tta_plan"]["tta"] == "none"
+    assert record["tta_plan"]["flips_seconds_estimate"] == pytest.approx(10 / 3, abs=0.01)
+    assert record["after_training_seconds_estimate"] == pytest.approx(1.0, abs=0.01)
+    assert yaml.safe_load((run / "config.yaml").read_text())["tta"] == "none"
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["tta"] == "none" and set(calibration["tta_val_scores"]) == {"none"}
+
+    _train(data, tmp_path / "roomy", "--epochs", "2", "--time-budget", "1h", "--tta", "auto")
+    run = tmp_path / "roomy"
+    info = json.loads((run / "run.json").read_text())
+    assert "tta_plan" not in info["time_budget"] and "tta_plan" not in info["fill_plan"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["tta"] == "auto"
+    assert set(json.loads((run / "calibration.json").read_text())["tta_val_scores"]) == {
+        "none", "flips"}
+
+
+def test_the_replan_on_epoch_one_drops_a_flips_trial_that_no_longer_fits(
+        tmp_path: Path) -> None:
+    """A search's budgeted retrain has no timed steps before it: epoch 1's measured
+    validation pass decides, and the time it frees goes to training."""
+    from rich.console import Console
+
+    from volnas.training.run import after_training_passes, plan_tta
+    from volnas.training.trainer import Trainer
+
+    def plan(pass_seconds: float) -> tuple[str, float, dict]:
+        mode, record = plan_tta("auto", 300, 100, pass_seconds, 20.0)
+        return mode, after_training_passes(mode, 300, 100), record
+
+    trainer = Trainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)),
+                      TrainConfig(epochs=1, device="cpu", tta="auto"),
+                      class_names=["a", "b"], positive_class="b", device=torch.device("cpu"),
+                      run_dir=tmp_path, console=Console(quiet=True))
+    records: list[tuple[str, dict]] = []
+    trainer.on_plan = lambda cfg, key, record: records.append((key, record))
+    trainer.fill_epochs, trainer.post_passes, trainer.plan_tta = 10, 17.0, plan
+    trainer._timing = [(10.0, 20, 1.0)]  # a whole epoch: 20 batches at 0.5 s, 1 s validation
+    trainer.epoch = 1
+    # 1 s validation passes: flips would take 13 s more, over 2 s (10 % of 20): none's 4
+    # passes are kept, and 15.2 s after them fit one more epoch and 6 batches
+    trainer.deadline = time.time() + 4.0 + 15.2
+    trainer._fill(1.0, 20)
+    assert trainer.cfg.tta == "none" and trainer.post_passes == pytest.approx(4.0)
+    assert (trainer.cfg.epochs, trainer.cfg.last_epoch_batches) == (3, 6)
+    key, record = records[-1]
+    assert key == "fill_plan" and record["tta_plan"]["tta"] == "none"
+    assert record["after_training_seconds_estimate"] == pytest.approx(4.0)

@@ -15,6 +15,9 @@ from volnas.training.device import autocast, prepare_model, resolve_device, to_d
 
 # Share of a budget kept after the last training epoch, for calibration and the test pass.
 RESERVE = 0.03
+# Most of a budget that ``tta: auto`` may keep for trying flips after training
+# (``volnas.training.run.plan_tta``): kept time that validation then does not use is lost.
+TTA_SHARE = 0.10
 
 
 def fit_epochs(epoch_seconds: float, seconds: float, cap: int) -> int:

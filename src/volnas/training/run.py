@@ -21,7 +21,13 @@ from volnas.core.distributed import info as dist_info
 from volnas.core.files import atomic_write_text, remove_stale_temporaries
 from volnas.core.markup import make_console
 from volnas.data.dataset import DataSource, make_loader, open_source
-from volnas.training.budget import RESERVE, epoch_seconds, estimate_step_seconds, fit_epochs
+from volnas.training.budget import (
+    RESERVE,
+    TTA_SHARE,
+    epoch_seconds,
+    estimate_step_seconds,
+    fit_epochs,
+)
 from volnas.training.checkpoint import load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_saved_config
 from volnas.training.device import resolve_device, seed_everything
@@ -157,13 +163,15 @@ def _train(
                          hint=MEMORY_HINT)
     budget: dict[str, Any] = {}
     # calibration and the test pass, in validation passes (planned by a budget)
-    passes = (after_training_passes(cfg.tta, len(source.split("test")), len(ds["val"]))
-              if test and (cfg.time_budget is not None or fill is not None) else 0.0)
+    n_test = len(source.split("test")) if test else 0
+    planned = test and (cfg.time_budget is not None or fill is not None)
+    passes = after_training_passes(cfg.tta, n_test, len(ds["val"])) if planned else 0.0
     if cfg.time_budget is not None:
         cfg, deadline, budget = _fit_budget(cfg, run_dir, model, (len(ds["train"]), len(ds["val"])),
                                             resume=resume, started=started or time.time(),
                                             deadline=deadline, console=console,
-                                            post_passes=passes)
+                                            post_passes=passes, n_test=n_test)
+        passes = after_training_passes(cfg.tta, n_test, len(ds["val"])) if planned else 0.0
     earlier = _earlier_info(run_dir) if resume else {}
     extended = list(earlier.get("extended", []))
     if saved_epochs is not None and cfg.epochs != saved_epochs:
@@ -209,6 +217,15 @@ def _train(
         trainer.post_passes = passes
         trainer.post_seconds = ((info.get("fill_plan") or budget or {}).get(
             "after_training_seconds_estimate"))  # measured on epoch 1, else estimated
+        if planned and cfg.tta == "auto":  # re-checked on epoch 1's measured validation pass
+            stage = cfg.time_budget or max(deadline - time.time(), 0.0)
+            n_val = len(ds["val"])
+
+            def tta_plan(pass_seconds: float) -> tuple[str, float, dict[str, Any]]:
+                mode, record = plan_tta("auto", n_test, n_val, pass_seconds, stage)
+                return mode, after_training_passes(mode, n_test, n_val), record
+
+            trainer.plan_tta = tta_plan
 
         def save_plan(planned: TrainConfig, key: str, record: dict[str, Any]) -> None:
             info[key] = record
@@ -245,12 +262,14 @@ def _train(
 def _fit_budget(
     cfg: TrainConfig, run_dir: Path, model: torch.nn.Module, splits: tuple[int, int], *,
     resume: bool, started: float, deadline: float | None, console: Console,
-    post_passes: float = 0.0,
+    post_passes: float = 0.0, n_test: int = 0,
 ) -> tuple[TrainConfig, float, dict[str, Any]]:
     """``cfg.time_budget`` applied: the epochs that fit (a new run; a resumed one keeps its
     own), the deadline of the last epoch (the budget less :data:`RESERVE` for calibration and
     the test pass; a resume is charged the epochs already run, not the time lost to a kill),
-    and what run.json records of it."""
+    and what run.json records of it. ``post_passes`` validation passes follow the training
+    (:func:`after_training_passes` of ``cfg.tta`` and ``n_test`` test scans); ``tta: auto``
+    becomes ``none`` where trying flips would not fit (:func:`plan_tta`)."""
     assert cfg.time_budget is not None
     usable = cfg.time_budget * (1 - RESERVE)
     record: dict[str, Any] = {"seconds": cfg.time_budget,
@@ -268,7 +287,15 @@ def _fit_budget(
             per_step = estimate_step_seconds(copy.deepcopy(model), cfg)
         per_epoch = epoch_seconds(per_step, cfg, *splits)
         # calibration and the test pass, in validation passes of a third of a step per batch
-        post = post_passes * per_step / 3 * math.ceil(splits[1] / cfg.batch_size)
+        pass_seconds = per_step / 3 * math.ceil(splits[1] / cfg.batch_size)
+        if n_test and cfg.tta == "auto":
+            tta, tta_record = plan_tta(cfg.tta, n_test, splits[1], pass_seconds, cfg.time_budget)
+            if tta != cfg.tta:
+                cfg = cfg.model_copy(update={"tta": tta})
+                post_passes = after_training_passes(tta, n_test, splits[1])
+                record |= {"tta_plan": tta_record}
+                console.print(f"time budget: {tta_record['why']}")
+        post = post_passes * pass_seconds
         left = end - time.time() - post
         epochs = fit_epochs(per_epoch, left, cfg.epochs)
         first = None  # not even one epoch fits: the first (the only one planned) is cut to what does
@@ -295,6 +322,26 @@ def after_training_passes(tta: str, n_test: int, n_val: int) -> float:
     tried = list(TTA_MODES) if tta == "auto" else [tta]
     cost = {m: TTA_COST[m] for m in tried}
     return sum(cost.values()) + max(cost.values()) * n_test / max(n_val, 1)
+
+
+def plan_tta(tta: str, n_test: int, n_val: int, pass_seconds: float,
+             budget_seconds: float) -> tuple[str, dict[str, Any]]:
+    """The test-time augmentation a budget of ``budget_seconds`` allows, and why (empty when
+    ``tta`` stands): ``auto`` tries flips only where that (its validation passes and the
+    costlier test pass, beyond what ``none`` needs, at ``pass_seconds`` a validation pass)
+    takes at most :data:`TTA_SHARE` of the budget, else it is ``none``. The time is kept
+    before training starts, and is left unused whenever validation then prefers no TTA: a
+    network whose epoch is most of the budget (MC3-18 in ten minutes on one core) would
+    otherwise end a quarter of its budget early."""
+    if tta != "auto":
+        return tta, {}
+    extra = (after_training_passes("auto", n_test, n_val)
+             - after_training_passes("none", n_test, n_val)) * pass_seconds
+    if extra <= TTA_SHARE * budget_seconds:
+        return tta, {}
+    return "none", {"tta_asked": "auto", "tta": "none", "flips_seconds_estimate": round(extra, 2),
+                    "why": f"tta auto -> none: trying flips would take about {extra:.0f} s, "
+                           f"more than {TTA_SHARE:.0%} of {budget_seconds:.0f} s"}
 
 
 def _earlier_info(run_dir: Path) -> dict[str, Any]:

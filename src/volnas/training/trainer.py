@@ -159,6 +159,9 @@ class Trainer:
         # by the caller on resume); a filled run whose next epoch would end later than the
         # deadline less these runs the training batches that fit instead, then stops
         self.post_seconds: float | None = None
+        # with ``tta: auto``: the mode, validation passes after training and record that a
+        # measured validation pass of that many seconds allows (volnas.training.run.plan_tta)
+        self.plan_tta: Callable[[float], tuple[str, float, dict[str, Any]]] | None = None
         # called with the configuration, "fill_plan" or "deadline_cut", and its record
         self.on_plan: Callable[[TrainConfig, str, dict[str, Any]], None] | None = None
         self._timing: list[tuple[float, int, float]] = []  # (train s, batches, rest s) per epoch
@@ -422,6 +425,14 @@ class Trainer:
         ran faster than its estimate, the batches that fit after it are trained too."""
         t_train, timed, rest = self._timing[-1]  # epoch 1: ``timed`` of ``batches`` batches
         t_train *= batches / timed  # a whole epoch's training
+        tta: dict[str, Any] = {}
+        if self.plan_tta is not None and self.cfg.tta == "auto":
+            # every rank runs the same plan (each timed its own validation pass)
+            mode, passes, tta = broadcast_object(self.plan_tta(val_seconds))
+            if mode != self.cfg.tta:
+                self.cfg = self.cfg.model_copy(update={"tta": mode})
+                self.post_passes = passes
+                self.console.print(f"time budget: {tta['why']}")
         post = self.post_passes * val_seconds
         free = self.deadline - time.time() - post  # type: ignore[operator]
         epochs, partial = fill_plan(free, t_train, rest, batches, self.fill_epochs)  # type: ignore[arg-type]
@@ -434,7 +445,8 @@ class Trainer:
         self.cfg = self.cfg.model_copy(update={"epochs": epochs, "last_epoch_batches": partial})
         record = {"after_epoch": 1, "epochs": epochs, "last_epoch_batches": partial,
                   "batches_per_epoch": batches, "epoch_seconds": round(t_train + rest, 2),
-                  "after_training_seconds_estimate": round(post, 2)}
+                  "after_training_seconds_estimate": round(post, 2),
+                  **({"tta_plan": tta} if tta else {})}
         self.console.print(f"time budget: {epochs} epoch(s) fit, measured on epoch 1"
                            + (f", the last one {partial} of {batches} batches" if partial else ""))
         self.post_seconds = post
