@@ -54,6 +54,8 @@ def metric(m: dict, key: str) -> float | None:
         return (m.get("calibration") or {}).get(key)
     if key == "params":
         return m.get("params", 0) / 1e6
+    if key == "gflops":  # multiply-adds counted twice, one scan
+        return m["flops_per_scan"] / 1e9 if m.get("flops_per_scan") else None
     return m.get(key)
 
 
@@ -68,8 +70,9 @@ def cell(runs: list[dict], key: str) -> str:
     return f"{statistics.mean(vals):.3f} +- {statistics.stdev(vals):.3f}"
 
 
-COLUMNS = (("params", "params (M)"), ("auc", "test AUC"), ("accuracy", "ACC"), ("f1", "F1"),
-           ("f1_weighted", "weighted F1"), ("ece", "ECE raw"),
+COLUMNS = (("params", "params (M)"), ("gflops", "GFLOPs / scan"), ("auc", "test AUC"),
+           ("accuracy", "ACC"), ("precision", "precision"), ("sensitivity", "sensitivity"),
+           ("f1", "F1"), ("f1_weighted", "weighted F1"), ("ece", "ECE raw"),
            ("ece_calibrated", "ECE calibrated"))
 
 

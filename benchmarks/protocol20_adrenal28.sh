@@ -9,6 +9,8 @@
 #   bash benchmarks/protocol20_adrenal28.sh [PROCS]           # run what is missing, report
 #   REPORT_ONLY=1 bash benchmarks/protocol20_adrenal28.sh     # only the reports
 #   DEVICE=cuda bash benchmarks/protocol20_adrenal28.sh 4     # 4 processes on a GPU
+#   LATENCY=0 REPORT_ONLY=1 bash ...                          # reports while cells run:
+#       no latency column (timed beside running cells, it would be inflated)
 #
 # Why 20 epochs: ResNet3D-18's validation AUC has flattened by then on this data (best
 # epochs 8, 12 and 20 of 20 in three seeds, 2026-12-07), and the compact networks' by 16.
@@ -61,7 +63,9 @@ done
 for i in "${!pairs[@]}"; do  # ResNet3D-18 first: the reference of the paired column
   if [[ ${pairs[$i]} == resnet3d_18=* ]]; then pairs=("${pairs[$i]}" "${pairs[@]:0:$i}" "${pairs[@]:$((i + 1))}"); break; fi
 done
+LAT=()
+[[ ${LATENCY:-1} == 0 ]] || LAT=(--latency)
 if [[ ${#pairs[@]} -gt 1 ]]; then
-  OMP_NUM_THREADS=1 "$PY" benchmarks/paired_compare.py "${pairs[@]}" --latency \
+  OMP_NUM_THREADS=1 "$PY" benchmarks/paired_compare.py "${pairs[@]}" "${LAT[@]}" \
       --plot "$OUT/compare.png" --out "$OUT/compare.md" > /dev/null
 fi
