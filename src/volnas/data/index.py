@@ -331,14 +331,16 @@ def _index_folder(
 
     rows: list[ManifestRow] = []
     used: set[str] = set()
+    errors: list[DataError] = []  # without skip_bad: every bad scan, raised together
     for c in candidates:
         try:
             info = check_scan(c.path, c.fmt, full=full_check)
         except DataError as err:
+            err.bad_scan = True
             if not skip_bad:
-                err.bad_scan = True
-                raise
-            bad.append((str(c.path), str(err)))
+                errors.append(err)
+            else:
+                bad.append((str(c.path), str(err)))
             continue
         pid = c.patient if c.patient is not None else (info.patient_id or c.fallback_patient)
         keys = (c.path.relative_to(root).as_posix(), c.rel, c.path.name, scan_stem(c.path.name))
@@ -358,6 +360,8 @@ def _index_folder(
                 split="",
             )
         )
+    if errors:
+        raise errors[0] if len(errors) == 1 else _bad_scans(root, errors)
     kinds = sorted({c.fmt for c in candidates})
     layout = "+".join(kinds) if kinds else "empty"
     notes = []
@@ -365,6 +369,15 @@ def _index_folder(
         unused = len(set(pid_map) - used)
         notes.append(f"patients.csv: {len(used)} scans mapped, {unused} entries matched no scan")
     return rows, [Skipped(p, r) for p, r in bad], layout, notes
+
+
+def _bad_scans(root: Path, errors: list[DataError], shown: int = 20) -> DataError:
+    """One error listing every bad scan (the first ``shown``), so that a folder with several
+    damaged files is fixed in one pass, not one file per run."""
+    lines = [f"  {e}" for e in errors[:shown]]
+    if len(errors) > shown:
+        lines.append(f"  ... and {len(errors) - shown} more")
+    return DataError(root, f"{len(errors)} bad scans:\n" + "\n".join(lines), bad_scan=True)
 
 
 # --------------------------------------------------------------------------- manifest I/O
