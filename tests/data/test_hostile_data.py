@@ -331,3 +331,25 @@ def test_cli_suggests_skip_bad_only_for_bad_scans(tmp_path):
     assert res.exit_code == 0, res.output
     assert "x.skipped.csv" in " ".join(res.output.split()) and hint not in res.output
     assert (tmp_path / "m" / "x.skipped.csv").read_text().count("2.jpg") == 1
+
+
+def test_cli_shows_a_left_out_localizer_as_a_warning_line(tmp_path):
+    """A scout beside its series is indexed without it, and `data index` says so in one
+    plain warning line (not a Python warning with its source line)."""
+    import pydicom
+
+    from volnas.data.synth import synthesize
+
+    res = synthesize(tmp_path / "d", scans=8, fmt="dicom", classes=2, shape=(8, 16, 16), seed=1)
+    series = next(p.parent for p in sorted(res.out.rglob("*.dcm")))
+    ds = pydicom.dcmread(next(series.glob("*.dcm")))
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = "7.7.7", "7.7.7.1"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.save_as(series / "scout.dcm")
+    out = CliRunner().invoke(app, ["data", "index", str(res.out), "--out",
+                                   str(tmp_path / "m.csv")])
+    assert out.exit_code == 0, out.output
+    assert "warning:" in out.output and "scout.dcm" in out.output
+    assert "DataWarning" not in out.output
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8  # every scan indexed, the scout's series too

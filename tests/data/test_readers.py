@@ -278,6 +278,33 @@ def test_dicom_fallbacks_slice_location_then_instance_number(tmp_path):
     assert v.meta["ordered_by"] == "InstanceNumber"
 
 
+def test_a_localizer_beside_its_series_is_left_out_with_a_warning(tmp_path):
+    """A study exported into one folder often holds the scout (ImageType LOCALIZER, another
+    series, another size) beside the axial series: the series is read, the scout listed."""
+    import pydicom
+
+    folder = tmp_path / "study"
+    write_series(folder, n=3)
+    scout = write_ct_slice(folder / "scout.dcm", np.zeros((5, 9), np.uint16),
+                           ipp=(0, 0, 0), iop=(1, 0, 0, 0, 0, -1), series_uid="7.7.7")
+    ds = pydicom.dcmread(scout)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.save_as(scout)
+    for fn in (read_scan, check_scan):
+        with pytest.warns(DataWarning, match="1 localizer image.*scout.dcm"):
+            out = fn(folder)
+    assert out.n_slices == 3
+    with pytest.warns(DataWarning):
+        v = read_scan(folder)
+    assert v.array.shape == (3, 6, 7) and "scout.dcm" in v.meta["ignored"]
+    assert any("localizer" in n for n in v.meta["notes"])
+    # a second series that is not a localizer is still refused
+    write_ct_slice(folder / "other.dcm", np.zeros((6, 7), np.uint16), ipp=(0, 0, 99),
+                   series_uid="9.9.9")
+    with pytest.warns(DataWarning), pytest.raises(DataError, match="2 series mixed"):
+        read_scan(folder)
+
+
 def test_dicom_errors_name_the_file(tmp_path):
     px = np.zeros((4, 4), np.uint16)
     mixed = tmp_path / "mixed"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
 
-from volnas.cli.common import Difficulty, Format, console, fail, parse_shape
-from volnas.core.markup import esc
-from volnas.data.volume import DataError
+from volnas.cli.common import Difficulty, Format, console, err_console, fail, parse_shape
+from volnas.core.markup import esc, print_warning
+from volnas.data.volume import DataError, DataWarning
 
 data_app = typer.Typer(help="Synthesise, index and inspect scan datasets.", no_args_is_help=True,
                        rich_markup_mode=None)
@@ -71,8 +72,10 @@ def data_index(
     if out.exists():
         fail(f"{out}: manifest already exists; refusing to overwrite")
     try:
-        res = build_index(source, split=fractions, seed=seed, skip_bad=skip_bad,
-                          class_map=cmap, positive_class=positive)
+        with warnings.catch_warnings(record=True) as caught:  # shown as warning lines below
+            warnings.simplefilter("always", DataWarning)
+            res = build_index(source, split=fractions, seed=seed, skip_bad=skip_bad,
+                              class_map=cmap, positive_class=positive)
     except DataError as e:
         hint = "\n(pass --skip-bad to skip bad scans and list them)" if (
             e.bad_scan and not skip_bad) else ""
@@ -80,6 +83,11 @@ def data_index(
     except ValueError as e:  # e.g. $VOLNAS_MAX_VOXELS is not a number
         fail(str(e))
     write_manifest(res, out)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            print_warning(err_console, w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for note in res.notes:
         console.print(f"note: {esc(note)}", soft_wrap=True)
     console.print(summary_table(res.rows))

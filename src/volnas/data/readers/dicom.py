@@ -5,7 +5,8 @@ names such as ``1.2.840.5`` count as having none) are candidates; ``DICOMDIR``, 
 files, other extensions and extension-less *text* files (README, ...) are ignored and
 listed in ``meta["ignored"]``. A candidate that does not parse as a DICOM image is a
 DataError. DICOM objects without an image header (no Rows/Columns, e.g. a structured
-report) are ignored and listed too. Slices are ordered by ImagePositionPatient projected on
+report) are ignored and listed too, and so are localizer images (ImageType LOCALIZER)
+beside a series that has other images, with a warning. Slices are ordered by ImagePositionPatient projected on
 the slice normal (row x column direction cosines), else SliceLocation, else InstanceNumber -
 never by file name. Stored values go through RescaleSlope / RescaleIntercept (per slice).
 ``is_hu`` is True for Modality CT, or RescaleType HU, or (Modality absent) when a
@@ -173,6 +174,13 @@ def _floats(ds, keyword: str) -> list[float] | None:
         return None
 
 
+def _is_localizer(ds) -> bool:
+    """A scout / localizer image (ImageType value LOCALIZER), not a slice of a volume."""
+    kind = ds.get("ImageType")
+    values = [kind] if isinstance(kind, str) else list(kind or [])
+    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
+
+
 def _plan_series(
     folder: Path, slices: list[_Slice], ignored: list[str]
 ) -> tuple[list[_Slice], np.ndarray, bool, dict]:
@@ -185,6 +193,16 @@ def _plan_series(
         images.append(s)
     if not images:
         raise DataError(folder, "no DICOM image files in folder")
+    notes: list[str] = []
+    scouts = [s for s in images if _is_localizer(s.ds)]
+    if scouts and len(scouts) < len(images):  # a scout exported beside its series
+        names = sorted(s.path.name for s in scouts)
+        ignored.extend(names)
+        images = [s for s in images if not _is_localizer(s.ds)]
+        msg = (f"{len(names)} localizer image(s) (ImageType LOCALIZER) left out of the series: "
+               + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+        notes.append(msg)
+        warnings.warn(f"{folder}: {msg}", DataWarning, stacklevel=3)
     _check_slices(len(images), images[0].path if len(images) == 1 else folder)
 
     uids = [str(s.ds.get("SeriesInstanceUID", "")) for s in images]
@@ -210,7 +228,6 @@ def _plan_series(
     check_voxel_budget(folder, (len(images), *shapes[0]), "shape (files x Rows x Columns)")
 
     iop = _floats(images[0].ds, "ImageOrientationPatient")
-    notes = []
     if iop is None or len(iop) != 6:
         iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         notes.append("ImageOrientationPatient missing: axial assumed")
