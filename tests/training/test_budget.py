@@ -360,13 +360,14 @@ def test_auto_tta_tries_flips_only_where_that_fits_a_tenth_of_the_budget() -> No
 
     # 100 validation and 300 test scans: auto needs 1 + 4 validation passes and up to 4 x 3
     # for the test, none 1 + 3; flips costs 13 passes more
-    assert plan_tta("auto", 300, 100, 1.0, 600.0) == ("auto", {})  # 13 s of 600
-    mode, record = plan_tta("auto", 300, 100, 5.0, 600.0)  # 65 s: more than 60
-    assert mode == "none" and record["flips_seconds_estimate"] == pytest.approx(65.0)
+    assert plan_tta("auto", 300, 100, 1.0, budget_seconds=600.0) == ("auto", 17.0, {})  # 13 s
+    mode, passes, record = plan_tta("auto", 300, 100, 5.0, budget_seconds=600.0)  # 65 s > 60
+    assert (mode, passes) == ("none", 4.0)
+    assert record["flips_seconds_estimate"] == pytest.approx(65.0)
     assert record["tta_asked"] == "auto" and "10%" in record["why"]
     # a mode the user set is theirs, whatever it costs
-    assert plan_tta("flips", 300, 100, 100.0, 600.0) == ("flips", {})
-    assert plan_tta("none", 300, 100, 100.0, 600.0) == ("none", {})
+    assert plan_tta("flips", 300, 100, 100.0, budget_seconds=600.0) == ("flips", 16.0, {})
+    assert plan_tta("none", 300, 100, 100.0, budget_seconds=600.0) == ("none", 4.0, {})
 
 
 def test_a_budget_that_cannot_spare_the_flips_trial_plans_without_it(
@@ -402,14 +403,14 @@ def test_the_replan_on_epoch_one_drops_a_flips_trial_that_no_longer_fits(
         tmp_path: Path) -> None:
     """A search's budgeted retrain has no timed steps before it: epoch 1's measured
     validation pass decides, and the time it frees goes to training."""
+    import functools
+
     from rich.console import Console
 
-    from volnas.training.run import after_training_passes, plan_tta
+    from volnas.training.run import plan_tta
     from volnas.training.trainer import Trainer
 
-    def plan(pass_seconds: float) -> tuple[str, float, dict]:
-        mode, record = plan_tta("auto", 300, 100, pass_seconds, 20.0)
-        return mode, after_training_passes(mode, 300, 100), record
+    plan = functools.partial(plan_tta, "auto", 300, 100, budget_seconds=20.0)
 
     trainer = Trainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)),
                       TrainConfig(epochs=1, device="cpu", tta="auto"),

@@ -4,6 +4,7 @@ writes is described in :mod:`volnas.training.rundir`."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import platform
@@ -219,13 +220,8 @@ def _train(
             "after_training_seconds_estimate"))  # measured on epoch 1, else estimated
         if planned and cfg.tta == "auto":  # re-checked on epoch 1's measured validation pass
             stage = cfg.time_budget or max(deadline - time.time(), 0.0)
-            n_val = len(ds["val"])
-
-            def tta_plan(pass_seconds: float) -> tuple[str, float, dict[str, Any]]:
-                mode, record = plan_tta("auto", n_test, n_val, pass_seconds, stage)
-                return mode, after_training_passes(mode, n_test, n_val), record
-
-            trainer.plan_tta = tta_plan
+            trainer.plan_tta = functools.partial(plan_tta, "auto", n_test, len(ds["val"]),
+                                                 budget_seconds=stage)
 
         def save_plan(planned: TrainConfig, key: str, record: dict[str, Any]) -> None:
             info[key] = record
@@ -289,10 +285,10 @@ def _fit_budget(
         # calibration and the test pass, in validation passes of a third of a step per batch
         pass_seconds = per_step / 3 * math.ceil(splits[1] / cfg.batch_size)
         if n_test and cfg.tta == "auto":
-            tta, tta_record = plan_tta(cfg.tta, n_test, splits[1], pass_seconds, cfg.time_budget)
+            tta, passes, tta_record = plan_tta(cfg.tta, n_test, splits[1], pass_seconds,
+                                               budget_seconds=cfg.time_budget)
             if tta != cfg.tta:
-                cfg = cfg.model_copy(update={"tta": tta})
-                post_passes = after_training_passes(tta, n_test, splits[1])
+                cfg, post_passes = cfg.model_copy(update={"tta": tta}), passes
                 record |= {"tta_plan": tta_record}
                 console.print(f"time budget: {tta_record['why']}")
         post = post_passes * pass_seconds
@@ -324,22 +320,24 @@ def after_training_passes(tta: str, n_test: int, n_val: int) -> float:
     return sum(cost.values()) + max(cost.values()) * n_test / max(n_val, 1)
 
 
-def plan_tta(tta: str, n_test: int, n_val: int, pass_seconds: float,
-             budget_seconds: float) -> tuple[str, dict[str, Any]]:
-    """The test-time augmentation a budget of ``budget_seconds`` allows, and why (empty when
-    ``tta`` stands): ``auto`` tries flips only where that (its validation passes and the
+def plan_tta(tta: str, n_test: int, n_val: int, pass_seconds: float, *,
+             budget_seconds: float) -> tuple[str, float, dict[str, Any]]:
+    """The test-time augmentation a budget of ``budget_seconds`` allows, the validation passes
+    after training with it (:func:`after_training_passes`), and why (empty when ``tta``
+    stands): ``auto`` tries flips only where that (its validation passes and the
     costlier test pass, beyond what ``none`` needs, at ``pass_seconds`` a validation pass)
     takes at most :data:`TTA_SHARE` of the budget, else it is ``none``. The time is kept
     before training starts, and is left unused whenever validation then prefers no TTA: a
     network whose epoch is most of the budget (MC3-18 in ten minutes on one core) would
     otherwise end a quarter of its budget early."""
+    passes = after_training_passes(tta, n_test, n_val)
     if tta != "auto":
-        return tta, {}
-    extra = (after_training_passes("auto", n_test, n_val)
-             - after_training_passes("none", n_test, n_val)) * pass_seconds
+        return tta, passes, {}
+    none = after_training_passes("none", n_test, n_val)
+    extra = (passes - none) * pass_seconds
     if extra <= TTA_SHARE * budget_seconds:
-        return tta, {}
-    return "none", {"tta_asked": "auto", "tta": "none", "flips_seconds_estimate": round(extra, 2),
+        return tta, passes, {}
+    return "none", none, {"tta_asked": "auto", "tta": "none", "flips_seconds_estimate": round(extra, 2),
                     "why": f"tta auto -> none: trying flips would take about {extra:.0f} s, "
                            f"more than {TTA_SHARE:.0%} of {budget_seconds:.0f} s"}
 

@@ -6,9 +6,9 @@ files, other extensions and extension-less *text* files (README, ...) are ignore
 listed in ``meta["ignored"]``. A candidate that does not parse as a DICOM image is a
 DataError. DICOM objects without an image header (no Rows/Columns, e.g. a structured
 report) are ignored and listed too, and so are localizer images (ImageType LOCALIZER)
-beside a series that has other images, with a warning. Slices are ordered by ImagePositionPatient projected on
-the slice normal (row x column direction cosines), else SliceLocation, else InstanceNumber -
-never by file name. Stored values go through RescaleSlope / RescaleIntercept (per slice).
+beside a series that has other images, with a warning. Slices are ordered by
+ImagePositionPatient projected on the slice normal (row x column direction cosines), else
+SliceLocation, else InstanceNumber - never by file name. Stored values go through RescaleSlope / RescaleIntercept (per slice).
 ``is_hu`` is True for Modality CT, or RescaleType HU, or (Modality absent) when a
 RescaleIntercept is present. The shape the headers claim (Rows x Columns x number of
 files) must fit the voxel budget before any pixel data is decoded.
