@@ -353,6 +353,84 @@ def test_dicom_errors_name_the_file(tmp_path):
         detect_format(next(one.iterdir()))
 
 
+def test_dicom_missing_or_irregular_slices_are_refused_naming_the_neighbours(tmp_path):
+    folder, zs = write_series(tmp_path / "gap", n=7, dz=2.5)
+    by_z = {}
+    for f in folder.iterdir():
+        by_z[read_scan_header_z(f)] = f
+    by_z.pop(zs[3]).unlink()  # the slice at -42.5 mm
+    below, above = by_z[zs[2]].name, by_z[zs[4]].name
+    for fn in (read_scan, check_scan):
+        with pytest.raises(DataError, match=rf"{above}: 1 slice\(s\) missing between {below}"
+                           r" and this file: slice step 5 mm, the series' step is 2.5 mm"):
+            fn(folder)
+
+    # ordered by InstanceNumber alone (no position, no location): a skipped number
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    for k in (1, 2, 3, 5, 6):
+        write_ct_slice(inst / f"s{k}.dcm", np.zeros((6, 7), np.uint16), ipp=None, instance=k)
+    with pytest.raises(
+            DataError, match=r"s5\.dcm: 1 slice\(s\) missing between s3\.dcm.*InstanceNumber"):
+        read_scan(inst)
+
+    # spacing off by a fraction, not a multiple: uneven
+    odd = tmp_path / "uneven"
+    write_series(odd, n=5, dz=2.0)
+    write_ct_slice(odd / "late.dcm", np.zeros((6, 7), np.uint16), ipp=(-10.0, -20.0, -41.3))
+    with pytest.raises(DataError, match=r"late\.dcm: uneven slice spacing"):
+        read_scan(odd)
+
+
+def read_scan_header_z(path: Path) -> float:
+    import pydicom
+
+    return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
+
+
+def test_dicom_non_image_objects_warn_and_damaged_images_fail(tmp_path):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    def headerless(path: Path, sop: str) -> None:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID = "1.2.3.4.5"
+        ds.save_as(path, enforce_file_format=True)
+
+    sr = tmp_path / "sr"
+    write_series(sr, n=4)
+    headerless(sr / "report.dcm", BasicTextSRStorage)
+    with pytest.warns(DataWarning, match=r"1 DICOM object\(s\) without an image left out: report\.dcm"):
+        v = read_scan(sr)
+    assert v.array.shape[0] == 4 and v.meta["ignored"] == ["report.dcm"]
+
+    img = tmp_path / "img"
+    write_series(img, n=4)
+    headerless(img / "cut.dcm", CTImageStorage)
+    for fn in (read_scan, check_scan):
+        with pytest.raises(DataError, match=r"cut\.dcm: image object without Rows/Columns"):
+            fn(img)
+
+
+def test_real_jpeg_series_with_a_file_cut_in_its_pixel_sequence_fails(dicom_series, tmp_path):
+    """pydicom reads such a file as an empty dataset with a warning: it must not be dropped."""
+    import shutil
+
+    folder = tmp_path / "series"
+    shutil.copytree(dicom_series, folder)
+    victim = sorted(folder.iterdir())[len(list(folder.iterdir())) // 2]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[: len(raw) // 2])
+    for fn in (read_scan, check_scan):
+        with pytest.raises(DataError, match=rf"{victim.name}: .*truncated"):
+            fn(folder)
+
+
 # --------------------------------------------------------------------------- NIfTI
 
 

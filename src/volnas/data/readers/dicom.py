@@ -4,9 +4,11 @@ Files named ``*.dcm`` / ``*.dicom`` / ``*.ima`` and files without an extension (
 names such as ``1.2.840.5`` count as having none) are candidates; ``DICOMDIR``, hidden
 files, other extensions and extension-less *text* files (README, ...) are ignored and
 listed in ``meta["ignored"]``. A candidate that does not parse as a DICOM image is a
-DataError. DICOM objects without an image header (no Rows/Columns, e.g. a structured
-report) are ignored and listed too, and so are localizer images (ImageType LOCALIZER)
-beside a series that has other images, with a warning. Slices are ordered by
+DataError, and so is a truncated file. DICOM objects that are not images (no Rows/Columns
+and a non-image SOP class, e.g. a structured report) are left out and listed too, and so
+are localizer images (ImageType LOCALIZER) beside a series that has other images, both with
+a warning. A series with a missing slice (a step over 1.5x the median) or irregular
+spacing is a DataError naming the files either side. Slices are ordered by
 ImagePositionPatient projected on the slice normal (row x column direction cosines), else
 SliceLocation, else InstanceNumber - never by file name. Stored values go through RescaleSlope / RescaleIntercept (per slice).
 ``is_hu`` is True for Modality CT, or RescaleType HU, or (Modality absent) when a
@@ -88,7 +90,8 @@ def _dcmread(path: Path, header_only: bool) -> _Slice:
 
     _check_nonempty(path)
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             try:
                 ds = pydicom.dcmread(f, stop_before_pixels=header_only)
             except InvalidDicomError:
@@ -99,6 +102,12 @@ def _dcmread(path: Path, header_only: bool) -> _Slice:
                     raise DataError(
                         path, "not a DICOM file (no DICM preamble, no image header)"
                     ) from None
+            # pydicom answers a file cut inside a sequence with a warning and an empty or
+            # partial dataset; a partial slice must never pass as a non-image object
+            cut = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+            if cut or len(ds) == 0:
+                why = cut[0] if cut else "no data elements"
+                raise DataError(path, f"truncated DICOM file ({why})")
             return _Slice(path, ds, f.tell() if header_only else None)
     except DataError:
         raise
@@ -181,19 +190,66 @@ def _is_localizer(ds) -> bool:
     return any(str(v).strip().upper() == "LOCALIZER" for v in values)
 
 
+def _is_image_storage(ds) -> bool:
+    """The object claims to be an image (its SOP class, or an image modality's pixels)."""
+    sop = ds.get("SOPClassUID")
+    name = str(getattr(sop, "name", "") or "")
+    if sop is not None and name:
+        return "Image Storage" in name
+    return "PixelData" in ds
+
+
+def _check_spacing(steps: np.ndarray, ordered: list[_Slice], order_by: str) -> None:
+    """Refuse a series with missing or irregular slices, naming the files either side.
+
+    A step over 1.5x or under 0.5x the median step (position, slice location or instance
+    number) means a slice file is missing or does not belong: its volume would be stacked
+    as if evenly spaced and its heatmap placed off the scan by up to a gap.
+    """
+    if steps.size < 2:
+        return
+    steps = np.abs(steps)
+    med = float(np.median(steps))
+    bad = np.flatnonzero((steps > 1.5 * med) | (steps < 0.5 * med))
+    if not bad.size:
+        return
+    i = int(bad[0])
+    a, b = ordered[i].path.name, ordered[i + 1].path
+    unit = " mm" if order_by != "InstanceNumber" else ""
+    kind = "InstanceNumber" if order_by == "InstanceNumber" else "slice"
+    if steps[i] > 1.5 * med:
+        missing = round(steps[i] / med) - 1
+        what = f"{missing} slice(s) missing between {a} and this file"
+    else:
+        what = f"uneven slice spacing between {a} and this file"
+    raise DataError(
+        b,
+        f"{what}: {kind} step {steps[i]:.3g}{unit}, the series' step is {med:.3g}{unit} "
+        f"({order_by}; {bad.size} irregular step(s) in the series)",
+    )
+
+
 def _plan_series(
     folder: Path, slices: list[_Slice], ignored: list[str]
 ) -> tuple[list[_Slice], np.ndarray, bool, dict]:
     """Validate one series; return its slices in order, affine, is_hu and meta."""
-    images = []
+    images, others = [], []
     for s in slices:
-        if "Rows" not in s.ds or "Columns" not in s.ds:
-            ignored.append(s.path.name)  # a DICOM object that is not an image (SR, KO, ...)
-            continue
-        images.append(s)
+        if "Rows" in s.ds and "Columns" in s.ds:
+            images.append(s)
+        elif _is_image_storage(s.ds):
+            raise DataError(s.path, "image object without Rows/Columns (truncated or damaged header)")
+        else:
+            others.append(s.path.name)  # a DICOM object that is not an image (SR, KO, ...)
     if not images:
         raise DataError(folder, "no DICOM image files in folder")
     notes: list[str] = []
+    if others:
+        ignored.extend(others)
+        msg = (f"{len(others)} DICOM object(s) without an image left out: "
+               + ", ".join(sorted(others)[:5]) + (" ..." if len(others) > 5 else ""))
+        notes.append(msg)
+        warnings.warn(f"{folder}: {msg}", DataWarning, stacklevel=3)
     scouts = [s for s in images if _is_localizer(s.ds)]
     if scouts and len(scouts) < len(images):  # a scout exported beside its series
         names = sorted(s.path.name for s in scouts)
@@ -268,6 +324,7 @@ def _plan_series(
             b, f"duplicate slice position {keys_sorted[dup[0]]:.4f} ({order_by}), same as {a.name}"
         )
     ordered = [images[i] for i in idx]
+    _check_spacing(np.diff(keys_sorted), ordered, order_by)
 
     ps = _floats(ordered[0].ds, "PixelSpacing")
     if ps is None or len(ps) != 2:
