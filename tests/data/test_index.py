@@ -242,8 +242,8 @@ def _bad_tree(root: Path) -> dict[str, str]:
     slice_tree(root, {"covid": 6, "normal": 6})
     bad = {}
     z = png_scan(root / "covid" / "pz" / "s")
-    (z / "zero_9.png").write_bytes(b"")
-    bad["zero_9.png"] = "0 bytes"
+    (z / "9.png").write_bytes(b"")
+    bad["9.png"] = "0 bytes"
     t = root / "covid" / "pt" / "s"
     t.mkdir(parents=True)
     img = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
@@ -253,8 +253,8 @@ def _bad_tree(root: Path) -> dict[str, str]:
     (t / "t1.png").write_bytes(raw[: len(raw) // 2])
     bad["t1.png"] = "unreadable"
     m = png_scan(root / "normal" / "pm" / "s")
-    Image.fromarray(np.zeros((9, 9), np.uint8)).save(m / "odd_7.png")
-    bad["odd_7.png"] = "mixed slice sizes"
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(m / "7.png")
+    bad["7.png"] = "mixed slice sizes"
     png_scan(root / "normal" / "po" / "single", n=1)
     bad["single"] = "at least 2 slices"
     (root / "normal" / "pe" / "emptyscan").mkdir(parents=True)

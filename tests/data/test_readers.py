@@ -208,6 +208,29 @@ def test_slice_errors_name_the_file(tmp_path):
         read_scan(amb)
 
 
+def test_an_image_off_the_numbered_pattern_is_never_stacked_in(tmp_path):
+    a = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    ok = write_slices(tmp_path / "ok", [a] * 3, ["IM-0001-0010", "IM-0001-0002", "IM-0001-0001"])
+    assert read_scan(ok).meta["files"] == ["IM-0001-0001.png", "IM-0001-0002.png", "IM-0001-0010.png"]
+    (ok / "notes.txt").write_text("ignored, listed")
+    assert read_scan(ok).meta["ignored"] == ["notes.txt"]
+
+    extra = write_slices(tmp_path / "extra", [a] * 4, ["slice_001", "slice_002", "slice_003", "preview"])
+    Image.fromarray(a).save(extra / "slice_002 (copy).png")
+    for fn in (read_scan, check_scan):
+        with pytest.raises(DataError, match=r"preview\.png: not named like the folder's 3 numbered "
+                           r"slices \(slice_001\.png, \.\.\.\): preview\.png, slice_002 \(copy\)\.png"):
+            fn(extra, "slices")
+
+    mixed = write_slices(tmp_path / "mixed", [a] * 3, ["1", "2", "3"])
+    Image.fromarray(a).save(mixed / "4.jpg")
+    with pytest.raises(DataError, match=r"4\.jpg: not named like"):
+        read_scan(mixed, "slices")
+
+    letters = write_slices(tmp_path / "letters", [a] * 3, ["a", "b", "c"])  # no numbers: no pattern
+    assert read_scan(letters).shape == (3, 4, 5)
+
+
 # --------------------------------------------------------------------------- DICOM
 
 

@@ -10,6 +10,8 @@ listed in ``meta["ignored"]``.
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,29 @@ from volnas.data.volume import DataError, Volume, check_voxel_budget, max_voxels
 SLICE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+
+
+def _check_name_pattern(folder: Path, files: list[str]) -> None:
+    """In a numbered series (slice_001.png, ...) every image must follow the same pattern.
+
+    Another image in the folder (a preview.jpg, "slice_7 (copy).png") would otherwise be
+    stacked in as a slice wherever its name sorts.
+    """
+    patterns = Counter(_NUMBER.sub("#", n.lower()) for n in files)
+    main, count = patterns.most_common(1)[0]
+    if "#" not in main or len(patterns) == 1:
+        return
+    odd = [n for n in files if _NUMBER.sub("#", n.lower()) != main]
+    example = next(n for n in files if n not in odd)
+    shown = ", ".join(odd[:5]) + (f", ... ({len(odd)} files)" if len(odd) > 5 else "")
+    raise DataError(
+        folder / odd[0],
+        f"not named like the folder's {count} numbered slices ({example}, ...): {shown}; "
+        "move other images out of the slice folder",
+    )
+
+
 def _slice_files(folder: Path) -> tuple[list[Path], list[str]]:
     if not folder.is_dir():
         raise DataError(folder, "not a folder")
@@ -40,6 +65,7 @@ def _slice_files(folder: Path) -> tuple[list[Path], list[str]]:
     if not files:
         raise DataError(folder, "empty folder (no .png/.jpg/.tif slices)")
     files.sort(key=lambda n: (natural_key(n), n))
+    _check_name_pattern(folder, files)
     for a, b in zip(files, files[1:], strict=False):
         if natural_key(a) == natural_key(b):
             raise DataError(folder / b, f"ambiguous slice order: same number as {a}")
