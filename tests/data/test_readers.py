@@ -549,6 +549,15 @@ def test_registry_and_detection(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
+def test_a_study_folder_points_to_its_series(tmp_path):
+    write_series(tmp_path / "study" / "series_2", n=3)
+    write_series(tmp_path / "study" / "series_1", n=3)
+    with pytest.raises(DataError, match=r"study: folder holds no .*2 subfolder\(s\) "
+                       r"\(series_1, series_2\): pass each scan's own folder"):
+        read_scan(tmp_path / "study")
+    assert read_scan(tmp_path / "study" / "series_1").shape == (3, 6, 7)
+
+
 def test_real_dicom_series(dicom_series):
     import pydicom
 

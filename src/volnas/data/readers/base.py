@@ -217,7 +217,13 @@ def detect_format(path: str | Path) -> str:
     if p.is_dir():
         if not any(not is_hidden(e.name) for e in os.scandir(p)):
             raise DataError(p, "empty folder")
-        raise DataError(p, f"folder holds no {folder_formats()}")
+        subs = sorted(e.name for e in os.scandir(p) if e.is_dir() and not is_hidden(e.name))
+        hint = ""
+        if subs:
+            shown = ", ".join(subs[:3]) + (", ..." if len(subs) > 3 else "")
+            hint = (f"; it has {len(subs)} subfolder(s) ({shown}): pass each scan's own folder "
+                    "(one series), or index the tree with `volnas data index`")
+        raise DataError(p, f"folder holds no {folder_formats()}{hint}")
     raise DataError(p, "no such file or folder")
 
 
