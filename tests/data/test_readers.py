@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import random
 import time
 from pathlib import Path
@@ -324,6 +325,33 @@ def test_a_localizer_beside_its_series_is_left_out_with_a_warning(tmp_path):
                    series_uid="9.9.9")
     with pytest.warns(DataWarning), pytest.raises(DataError, match="2 series mixed"):
         read_scan(folder)
+
+
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "RLELossless"])
+def test_compressed_dicom_series_decode_to_the_same_hu(tmp_path, syntax):
+    """PACS exports often store JPEG 2000 or RLE: both read as the uncompressed series does."""
+    import pydicom
+    import pydicom.encaps
+    import pydicom.uid
+
+    plain, _ = write_series(tmp_path / "plain", n=4, shape=(64, 64))
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for f in plain.iterdir():
+        ds = pydicom.dcmread(f)
+        if syntax == "RLELossless":
+            ds.compress(pydicom.uid.RLELossless)  # pydicom's own encoder
+        else:  # Pillow's OpenJPEG encodes 16-bit lossless J2K; pydicom has no encoder without extras
+            buf = io.BytesIO()
+            Image.fromarray(ds.pixel_array).save(buf, format="JPEG2000", irreversible=False, no_jp2=True)
+            ds.PixelData = pydicom.encaps.encapsulate([buf.getvalue()])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+        ds.save_as(packed / f.name)
+    want, got = read_scan(plain), read_scan(packed)
+    assert got.meta["transfer_syntax"] == str(getattr(pydicom.uid, syntax))
+    np.testing.assert_array_equal(got.array, want.array)
+    assert check_scan(packed).n_slices == 4
 
 
 def test_dicom_errors_name_the_file(tmp_path):
