@@ -354,6 +354,91 @@ def test_compressed_dicom_series_decode_to_the_same_hu(tmp_path, syntax):
     assert check_scan(packed).n_slices == 4
 
 
+def write_enhanced_ct(path: Path, frames: np.ndarray, zs: list[float], *, per_frame: bool = True,
+                      slopes: list[float] | None = None) -> Path:
+    """One Enhanced CT file: frames (n, rows, cols) at z = zs[k], geometry in functional groups."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.SeriesInstanceUID = "CT", "P009", "1.2.3.9"
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared = Dataset()
+    orient, measures = Dataset(), Dataset()
+    orient.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.8], 2.5
+    shared.PlaneOrientationSequence = Sequence([orient])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1.0, -1024.0, "HU"
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    if per_frame:
+        items = []
+        for k, z in enumerate(zs):
+            fg, pos = Dataset(), Dataset()
+            pos.ImagePositionPatient = [-10.0, -20.0, float(z)]
+            fg.PlanePositionSequence = Sequence([pos])
+            if slopes is not None:
+                t = Dataset()
+                t.RescaleSlope, t.RescaleIntercept = slopes[k], -1024.0
+                fg.PixelValueTransformationSequence = Sequence([t])
+            items.append(fg)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(items)
+    ds.PixelData = frames.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_enhanced_multiframe_ct_reads_as_the_same_series_of_single_files(tmp_path):
+    singles, zs = write_series(tmp_path / "singles", n=5, dz=2.5)
+    want = read_scan(singles)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(5)  # frames stored out of position order
+    stored = np.stack([np.full((6, 7), 1024 + 10 * k, np.uint16) for k in range(5)])
+    stored[:, 0, 0] += 1
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    write_enhanced_ct(folder / "ct.dcm", stored[order], [zs[k] for k in order])
+    for fn in (read_scan, check_scan):
+        fn(folder)
+    got = read_scan(folder)
+    np.testing.assert_array_equal(got.array, want.array)
+    np.testing.assert_allclose(got.affine, want.affine)
+    assert got.is_hu and got.meta["files"][0] == f"ct.dcm#{int(np.flatnonzero(order == 0)[0]) + 1}"
+    assert check_scan(folder).n_slices == 5
+
+    # per-frame rescale overrides the shared one
+    scaled = tmp_path / "scaled"
+    scaled.mkdir()
+    write_enhanced_ct(scaled / "ct.dcm", stored, zs, slopes=[1.0, 2.0, 1.0, 1.0, 1.0])
+    v = read_scan(scaled)
+    assert v.array[1, 1, 1] == 2 * 1034 - 1024 and v.array[2, 1, 1] == 20
+
+    # without per-frame positions, and with a frame missing: errors naming the file
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    write_enhanced_ct(flat / "ct.dcm", stored, zs, per_frame=False)
+    with pytest.raises(DataError, match=r"ct\.dcm: multi-frame DICOM \(5 frames\) without a per-frame"):
+        read_scan(flat)
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    write_enhanced_ct(gap / "ct.dcm", stored[[0, 1, 3, 4]], [zs[k] for k in (0, 1, 3, 4)])
+    for fn in (read_scan, check_scan):
+        with pytest.raises(DataError, match=r"ct\.dcm: 1 slice\(s\) missing between ct\.dcm frame 2 and "
+                           r"ct\.dcm frame 3"):
+            fn(gap)
+
+
 def test_dicom_errors_name_the_file(tmp_path):
     px = np.zeros((4, 4), np.uint16)
     mixed = tmp_path / "mixed"

@@ -4,7 +4,8 @@ Files named ``*.dcm`` / ``*.dicom`` / ``*.ima`` and files without an extension (
 names such as ``1.2.840.5`` count as having none) are candidates; ``DICOMDIR``, hidden
 files, other extensions and extension-less *text* files (README, ...) are ignored and
 listed in ``meta["ignored"]``. A candidate that does not parse as a DICOM image is a
-DataError, and so is a truncated file. DICOM objects that are not images (no Rows/Columns
+DataError, and so is a truncated file. A multi-frame (enhanced) image is read frame by frame,
+each frame's position, orientation, spacing and rescale from its functional groups. DICOM objects that are not images (no Rows/Columns
 and a non-image SOP class, e.g. a structured report) are left out and listed too, and so
 are localizer images (ImageType LOCALIZER) beside a series that has other images, both with
 a warning. A series with a missing slice (a step over 1.5x the median) or irregular
@@ -80,8 +81,10 @@ _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 @dataclass
 class _Slice:
     path: Path
-    ds: object  # pydicom Dataset
+    ds: object  # pydicom Dataset (for a frame of a multi-frame file: that frame's header)
     pixel_offset: int | None = None  # where parsing stopped (header-only reads)
+    frame: int | None = None  # index in a multi-frame file
+    parent: _Slice | None = None  # the multi-frame file a frame comes from
 
 
 def _dcmread(path: Path, header_only: bool) -> _Slice:
@@ -190,6 +193,11 @@ def _is_localizer(ds) -> bool:
     return any(str(v).strip().upper() == "LOCALIZER" for v in values)
 
 
+def _label(s: _Slice) -> str:
+    """A slice's file name, with its frame number for a frame of a multi-frame file."""
+    return s.path.name if s.frame is None else f"{s.path.name} frame {s.frame + 1}"
+
+
 def _is_image_storage(ds) -> bool:
     """The object claims to be an image (its SOP class, or an image modality's pixels)."""
     sop = ds.get("SOPClassUID")
@@ -214,19 +222,74 @@ def _check_spacing(steps: np.ndarray, ordered: list[_Slice], order_by: str) -> N
     if not bad.size:
         return
     i = int(bad[0])
-    a, b = ordered[i].path.name, ordered[i + 1].path
+    b = ordered[i + 1]
+    pair = f"{_label(ordered[i])} and " + ("this file" if b.frame is None else _label(b))
     unit = " mm" if order_by != "InstanceNumber" else ""
     kind = "InstanceNumber" if order_by == "InstanceNumber" else "slice"
     if steps[i] > 1.5 * med:
-        missing = round(steps[i] / med) - 1
-        what = f"{missing} slice(s) missing between {a} and this file"
+        what = f"{round(steps[i] / med) - 1} slice(s) missing between {pair}"
     else:
-        what = f"uneven slice spacing between {a} and this file"
+        what = f"uneven slice spacing between {pair}"
     raise DataError(
-        b,
+        b.path,
         f"{what}: {kind} step {steps[i]:.3g}{unit}, the series' step is {med:.3g}{unit} "
         f"({order_by}; {bad.size} irregular step(s) in the series)",
     )
+
+
+_FRAME_KEYS = ("Modality", "PatientID", "SeriesInstanceUID", "Rows", "Columns", "SamplesPerPixel",
+               "ImageType", "RescaleType", "SOPClassUID")
+
+
+def _functional_item(groups, shared, keyword: str):
+    """The first item of a functional group sequence, per frame first, else shared."""
+    for g in (groups, shared):
+        if g is not None and keyword in g and len(g[keyword].value):
+            return g[keyword].value[0]
+    return None
+
+
+def _expand_frames(s: _Slice) -> list[_Slice]:
+    """A multi-frame (enhanced) image as one pseudo-slice per frame, each with the header
+    the rest of the reader expects: position, orientation, spacing and rescale of its frame
+    from the functional groups (per-frame, else shared, else the top level)."""
+    from pydicom.dataset import Dataset
+
+    ds = s.ds
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    per = ds.get("PerFrameFunctionalGroupsSequence")
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    if per is None or len(per) != n:
+        got = "none" if per is None else f"{len(per)} items"
+        raise DataError(
+            s.path,
+            f"multi-frame DICOM ({n} frames) without a per-frame functional group for each "
+            f"frame (PerFrameFunctionalGroupsSequence: {got}), so its slice positions are "
+            "unknown; export the series as one file per slice",
+        )
+    frames = []
+    for k, fg in enumerate(per):
+        f = Dataset()
+        for key in _FRAME_KEYS:
+            if key in ds:
+                f[key] = ds[key]
+        f.file_meta = getattr(ds, "file_meta", None)
+        f.InstanceNumber = k + 1
+        for seq, keys in (
+            ("PlanePositionSequence", ("ImagePositionPatient",)),
+            ("PlaneOrientationSequence", ("ImageOrientationPatient",)),
+            ("PixelMeasuresSequence", ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices")),
+            ("PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept", "RescaleType")),
+        ):
+            item = _functional_item(fg, shared, seq)
+            for key in keys:
+                if item is not None and key in item:
+                    f[key] = item[key]
+                elif key in ds:
+                    f[key] = ds[key]
+        frames.append(_Slice(s.path, f, frame=k, parent=s))
+    return frames
 
 
 def _plan_series(
@@ -259,8 +322,6 @@ def _plan_series(
                + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
         notes.append(msg)
         warnings.warn(f"{folder}: {msg}", DataWarning, stacklevel=3)
-    _check_slices(len(images), images[0].path if len(images) == 1 else folder)
-
     uids = [str(s.ds.get("SeriesInstanceUID", "")) for s in images]
     if len(set(uids)) > 1:
         counts = Counter(uids)
@@ -273,12 +334,15 @@ def _plan_series(
         )
 
     for s in images:
-        n = int(s.ds.get("NumberOfFrames", 1) or 1)
-        if n > 1:
-            raise DataError(s.path, f"multi-frame DICOM ({n} frames) is not supported")
         spp = int(s.ds.get("SamplesPerPixel", 1) or 1)
         if spp != 1:
             raise DataError(s.path, f"colour DICOM (SamplesPerPixel={spp}) is not supported")
+    multi = [s for s in images if int(s.ds.get("NumberOfFrames", 1) or 1) > 1]
+    if multi:
+        images = [f for s in images
+                  for f in (_expand_frames(s) if int(s.ds.get("NumberOfFrames", 1) or 1) > 1 else [s])]
+        notes.append(f"{len(multi)} multi-frame file(s), {len(images)} frames in all")
+    _check_slices(len(images), images[0].path if len(images) == 1 else folder)
     shapes = [(int(s.ds.Rows), int(s.ds.Columns)) for s in images]
     _odd_one_out(shapes, [s.path for s in images], "slice sizes (rows, columns)")
     check_voxel_budget(folder, (len(images), *shapes[0]), "shape (files x Rows x Columns)")
@@ -319,9 +383,11 @@ def _plan_series(
     keys_sorted = keys[idx]
     dup = np.flatnonzero(np.isclose(np.diff(keys_sorted), 0.0, atol=1e-4))
     if dup.size:
-        a, b = images[idx[dup[0]]].path, images[idx[dup[0] + 1]].path
+        a, b = images[idx[dup[0]]], images[idx[dup[0] + 1]]
+        what = f" ({_label(b)})" if b.frame is not None else ""
         raise DataError(
-            b, f"duplicate slice position {keys_sorted[dup[0]]:.4f} ({order_by}), same as {a.name}"
+            b.path,
+            f"duplicate slice position{what} {keys_sorted[dup[0]]:.4f} ({order_by}), same as {_label(a)}",
         )
     ordered = [images[i] for i in idx]
     _check_spacing(np.diff(keys_sorted), ordered, order_by)
@@ -385,7 +451,7 @@ def _plan_series(
         "rescaled": rescaled,
         "slice_gap_min": float(gaps.min()),
         "slice_gap_max": float(gaps.max()),
-        "files": [s.path.name for s in ordered],
+        "files": [s.path.name if s.frame is None else f"{s.path.name}#{s.frame + 1}" for s in ordered],
         "ignored": sorted(ignored),
         "notes": notes,
     }
@@ -404,6 +470,26 @@ def _decode_dicom(s: _Slice) -> np.ndarray:
     return a
 
 
+def _decode_frame(s: _Slice, decoded: dict[Path, np.ndarray], h: int, w: int) -> np.ndarray:
+    """One slice's stored values: its file, or its frame of a multi-frame file."""
+    if s.frame is None:
+        full = s if s.pixel_offset is None else _dcmread(s.path, header_only=False)
+        a = _decode_dicom(full)
+        if a.shape != (h, w):
+            raise DataError(s.path, f"pixel data is {a.shape}, header says {(h, w)}")
+        return a
+    if s.path not in decoded:
+        assert s.parent is not None
+        full = s.parent if s.parent.pixel_offset is None else _dcmread(s.path, header_only=False)
+        a = _decode_dicom(full)
+        n = int(s.parent.ds.NumberOfFrames)
+        if a.shape != (n, h, w):
+            raise DataError(s.path, f"pixel data is {a.shape}, header says {(n, h, w)}")
+        decoded.clear()  # one multi-frame file in memory at a time
+        decoded[s.path] = a
+    return decoded[s.path][s.frame]
+
+
 def read_dicom(path: str | Path) -> Volume:
     """One DICOM series folder as a volume in HU (for CT)."""
     folder = Path(path)
@@ -412,10 +498,9 @@ def read_dicom(path: str | Path) -> Volume:
     ordered, affine, is_hu, meta = _plan_series(folder, slices, ignored)
     h, w = int(ordered[0].ds.Rows), int(ordered[0].ds.Columns)
     out = np.empty((len(ordered), h, w), dtype=np.float32)
+    decoded: dict[Path, np.ndarray] = {}  # multi-frame files, decoded once
     for i, s in enumerate(ordered):
-        a = _decode_dicom(s)
-        if a.shape != (h, w):
-            raise DataError(s.path, f"pixel data is {a.shape}, header says {(h, w)}")
+        a = _decode_frame(s, decoded, h, w)
         slope = float(s.ds.get("RescaleSlope", 1) or 1)
         inter = float(s.ds.get("RescaleIntercept", 0) or 0)
         if slope == 1.0 and inter == 0.0:
@@ -433,15 +518,14 @@ def check_dicom(path: str | Path) -> tuple[int, str]:
     files, ignored = _dicom_files(folder)
     slices = [_dcmread(f, header_only=True) for f in files]
     ordered, _, _, meta = _plan_series(folder, slices, ignored)
-    for s in ordered:
-        _check_pixel_bytes(s)
+    files_of = {s.path: s.parent or s for s in ordered}  # each file once, frames by their file
+    for f in files_of.values():
+        _check_pixel_bytes(f)
     h, w = int(ordered[0].ds.Rows), int(ordered[0].ds.Columns)
+    decoded: dict[Path, np.ndarray] = {}
     for s in ordered:
-        full = _dcmread(s.path, header_only=False)
-        a = _decode_dicom(full)
-        if a.shape != (h, w):
-            raise DataError(s.path, f"pixel data is {a.shape}, header says {(h, w)}")
-        scale = [float(full.ds.get(k, d) or d) for k, d in (("RescaleSlope", 1), ("RescaleIntercept", 0))]
+        a = _decode_frame(s, decoded, h, w)
+        scale = [float(s.ds.get(k, d) or d) for k, d in (("RescaleSlope", 1), ("RescaleIntercept", 0))]
         if not np.isfinite(scale).all() or (a.dtype.kind == "f" and not np.isfinite(a).all()):
             raise DataError(s.path, "NaN/inf in the pixel data or its rescale slope/intercept")
     return len(ordered), meta["patient_id"]
