@@ -415,7 +415,7 @@ def test_enhanced_multiframe_ct_reads_as_the_same_series_of_single_files(tmp_pat
     np.testing.assert_array_equal(got.array, want.array)
     np.testing.assert_allclose(got.affine, want.affine)
     assert got.is_hu and got.meta["files"][0] == f"ct.dcm#{int(np.flatnonzero(order == 0)[0]) + 1}"
-    assert check_scan(folder).n_slices == 5
+    assert check_scan(folder).n_slices == 5 == count_slices(folder)
 
     # per-frame rescale overrides the shared one
     scaled = tmp_path / "scaled"

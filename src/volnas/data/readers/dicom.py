@@ -550,7 +550,16 @@ class DicomSeriesReader(ScanReader):
         return read_dicom(path)
 
     def count_slices(self, path: str | Path) -> int:
-        return len(_dicom_files(Path(path))[0])
+        import pydicom
+
+        n = 0
+        for f in _dicom_files(Path(path))[0]:  # a multi-frame file counts its frames
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+                n += int(ds.get("NumberOfFrames", 1) or 1)
+            except Exception:
+                n += 1  # read_scan / check_scan name what is wrong with it
+        return n
 
     def check_quick(self, path: str | Path) -> ScanCheck:
         n, patient_id = check_dicom(path)
