@@ -444,7 +444,13 @@ def test_dicom_errors_name_the_file(tmp_path):
     mixed = tmp_path / "mixed"
     write_series(mixed, n=3)
     write_ct_slice(mixed / "other.dcm", px, ipp=(0, 0, 99), series_uid="9.9.9")
-    with pytest.raises(DataError, match="2 series mixed"):
+    import pydicom
+
+    ds = pydicom.dcmread(mixed / "other.dcm")
+    ds.SeriesNumber, ds.SeriesDescription = 502, "Dose Report"
+    ds.save_as(mixed / "other.dcm")
+    with pytest.raises(DataError, match=r"other\.dcm: 2 series mixed in one folder \(1\.2\.3\.4\.5 "
+                       r"\(3 files\); 9\.9\.9 \(1 files, #502 'Dose Report'\)\)"):
         read_scan(mixed)
 
     dup = tmp_path / "dup"

@@ -327,10 +327,18 @@ def _plan_series(
         counts = Counter(uids)
         main = counts.most_common(1)[0][0]
         odd = next(s for u, s in zip(uids, images, strict=True) if u != main)
-        listing = ", ".join(f"{u or '<none>'} ({n} files)" for u, n in counts.items())
+        def described(u: str) -> str:
+            ds = next(s.ds for v, s in zip(uids, images, strict=True) if v == u)
+            words = [f"#{ds.SeriesNumber}" if ds.get("SeriesNumber") not in (None, "") else "",
+                     f"'{ds.SeriesDescription}'" if ds.get("SeriesDescription") else ""]
+            extra = " ".join(w for w in words if w)
+            return f"{u or '<none>'} ({counts[u]} files{', ' + extra if extra else ''})"
+
+        listing = "; ".join(described(u) for u in counts)
         raise DataError(
             odd.path,
-            f"{len(counts)} series mixed in one folder ({listing}); this file is not in {main}",
+            f"{len(counts)} series mixed in one folder ({listing}); this file is not in {main}. "
+            "Put each series in a folder of its own and index the one to classify",
         )
 
     for s in images:
