@@ -23,10 +23,13 @@ from volnas.training.metrics import (
     bootstrap_ci,
     bootstrap_samples,
     brier,
+    choose_threshold,
     compute_metrics,
     ece,
     fit_temperature,
+    operating_point_metrics,
     paired_bootstrap_auc,
+    parse_operating_rule,
     resample_weights,
 )
 from volnas.training.rundir import RunDirError
@@ -283,6 +286,75 @@ def test_evaluate_applies_the_runs_temperature_or_says_it_has_none(calibrated_ru
     assert m["calibration"]["temperature"] is None and "uncalibrated" in m["calibration"]["note"]
     with open(tmp_path / "e3" / "predictions_val.csv") as f:
         assert "p_raw_" not in f.readline()
+
+
+# --------------------------------------------------------------------------- operating point
+
+
+def test_operating_point_rules_on_a_hand_computed_case() -> None:
+    # negatives score .1 .2 .3 .4 .6 .7, positives .5 .8 .9 .95
+    y = np.array([0] * 6 + [1] * 4)
+    s = np.array([.1, .2, .3, .4, .6, .7, .5, .8, .9, .95])
+    probs = np.stack([1 - s, s], axis=1)
+
+    def pick(rule: str) -> tuple[float, float, float]:
+        op = choose_threshold(y, probs, ["neg", "pos"], "pos", rule)
+        return op["threshold"], op["sensitivity"], op["specificity"]
+
+    # Youden: >= .8 gives 3/4 + 6/6 - 1 = .75, >= .5 gives 4/4 + 4/6 - 1 = .67
+    assert pick("youden") == pytest.approx((0.75, 0.75, 1.0))
+    assert pick("sensitivity:1") == pytest.approx((0.45, 1.0, 4 / 6))   # halfway .5 / .4
+    assert pick("sensitivity:0.75") == pytest.approx((0.75, 0.75, 1.0))
+    assert pick("specificity:0.5") == pytest.approx((0.35, 1.0, 0.5))
+    with pytest.raises(ValueError, match="choose youden, sensitivity:S"):
+        parse_operating_rule("sensitivity:90")
+    with pytest.raises(ValueError, match="only one side"):
+        choose_threshold(np.zeros(4, int), probs[:4], ["neg", "pos"], "pos", "youden")
+
+    m = operating_point_metrics(y, probs, ["neg", "pos"], "pos", 0.45, n_boot=500, seed=1)
+    assert m["binary_counts"] == {"tp": 4, "fp": 2, "fn": 0, "tn": 4}
+    assert (m["sensitivity"], m["specificity"], m["ppv"], m["npv"]) == pytest.approx(
+        (1.0, 4 / 6, 4 / 6, 1.0))
+    for k in ("specificity", "ppv", "accuracy"):
+        lo, hi = m["ci"][k]
+        assert lo <= m[k] <= hi and lo < hi
+    # a resample without positives has no sensitivity: skipped, never counted as 0
+    assert m["ci"]["sensitivity"] == [1.0, 1.0]
+
+
+def test_run_reports_test_metrics_at_the_validation_operating_point(calibrated_run,
+                                                                    tmp_path: Path) -> None:
+    import shutil
+
+    run = calibrated_run["run"]
+    cal = json.loads((run / "calibration.json").read_text())
+    op = cal["operating_point"]
+    assert op["rule"] == "youden" and op["chosen_on_n"] == cal["n_val"] and 0 < op["threshold"] < 1
+    m = json.loads((run / "metrics.json").read_text())
+    got = m["operating_point"]
+    assert got["threshold"] == op["threshold"] and got["chosen_on"] == "val"
+    assert got["probabilities"] == "calibrated"
+    with open(run / "predictions_test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    called = [int(r["positive_at_threshold"]) for r in rows]
+    assert called == [int(float(r["p_1"]) >= op["threshold"]) for r in rows]
+    truth = [r["label"] == m["positive_class"] for r in rows]
+    tp = sum(c and t for c, t in zip(called, truth, strict=True))
+    fn = sum((not c) and t for c, t in zip(called, truth, strict=True))
+    assert got["binary_counts"]["tp"] == tp and got["binary_counts"]["fn"] == fn
+    if tp + fn:
+        assert got["sensitivity"] == pytest.approx(tp / (tp + fn))
+    # evaluate applies the recorded threshold to other data; it never chooses a new one
+    copy = shutil.copytree(run, tmp_path / "run")
+    e = evaluate_run(copy, None, "val", out=tmp_path / "ev")
+    assert e["operating_point"]["threshold"] == op["threshold"]
+    assert e["operating_point"]["sensitivity"] == pytest.approx(op["sensitivity"])
+    assert e["operating_point"]["specificity"] == pytest.approx(op["specificity"])
+    c = json.loads((copy / "calibration.json").read_text())
+    c["operating_point"]["threshold"] = 3
+    (copy / "calibration.json").write_text(json.dumps(c))
+    with pytest.raises(RunDirError, match="not a valid operating point"):
+        evaluate_run(copy, None, "val", out=tmp_path / "ev2")
 
 
 # --------------------------------------------------------------------------- benchmark report

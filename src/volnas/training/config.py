@@ -59,6 +59,10 @@ class TrainConfig(BaseModel):
     # test-time augmentation of validation/test/predict probabilities (volnas.training.tta):
     # auto keeps flips only if it beats none on the validation select_metric
     tta: Literal["none", "flips", "auto"] = "auto"
+    # the threshold on P(positive) at which the test report gives sensitivity, specificity,
+    # PPV and NPV, chosen on the validation split: youden | sensitivity:S | specificity:S
+    # (volnas.training.metrics.choose_threshold); the argmax metrics are reported as well
+    operating_point: str = "youden"
     patience: int | None = Field(None, ge=1)  # early stopping on the validation metric
     # Before each validation, re-estimate BatchNorm statistics on this many clean training
     # batches (train mode, no gradient; 0: off). With few steps per epoch the running
@@ -86,6 +90,14 @@ class TrainConfig(BaseModel):
     # set by `volnas cv` on each fold's run (volnas.training.cv), not by hand: the run trains
     # on the other folds of the training split and validates on this one, and has no test
     cv_fold: CVFold | None = None
+
+    @field_validator("operating_point")
+    @classmethod
+    def _operating_point(cls, value: str) -> str:
+        from volnas.training.metrics import parse_operating_rule
+
+        parse_operating_rule(value)
+        return value
 
     @field_validator("time_budget", mode="before")
     @classmethod

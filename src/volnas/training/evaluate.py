@@ -28,6 +28,7 @@ from volnas.training.metrics import (
     calibration_summary,
     ci_record,
     compute_metrics,
+    operating_point_metrics,
 )
 from volnas.training.plots import plot_confusion, plot_reliability, plot_roc
 from volnas.training.rundir import (
@@ -42,7 +43,7 @@ from volnas.training.tta import TTA_MODES, predict_tta
 
 def evaluate_and_write(
     trainer: Trainer, dataset: ScanDataset, loader: Any, run_dir: Path, split: str,
-    temperature: float | None = None, tta: str = "none",
+    temperature: float | None = None, tta: str = "none", *, operating: dict | None = None,
 ) -> dict[str, Any]:
     """Metrics, per-scan predictions and plots of one split into ``run_dir``.
 
@@ -54,6 +55,9 @@ def evaluate_and_write(
     with a ``temperature`` (fitted on validation), calibrated, and the AUCs of the
     calibrated probabilities (the argmax metrics cannot change). The predictions CSV then
     holds the calibrated probabilities as ``p_<class>`` and the raw ones as ``p_raw_<class>``.
+    ``operating`` (the run's validation operating point, :func:`read_operating_point`) adds
+    ``operating_point``: sensitivity, specificity, PPV and NPV of the (calibrated)
+    P(positive) >= its threshold, with intervals, and a ``positive_at_threshold`` column.
     """
     probs, labels, loss = predict_tta(trainer, loader, tta)
     metrics = compute_metrics(labels, probs, trainer.class_names, trainer.positive_class)
@@ -72,10 +76,20 @@ def evaluate_and_write(
                                "volnas fitted a temperature)")
     metrics.update({"loss": loss, "split": split, "tta": tta, "calibration": calibration,
                     **model_profile(trainer.net, trainer.cfg)})
+    threshold = None
+    if operating:
+        threshold = float(operating["threshold"])
+        metrics["operating_point"] = {
+            "rule": operating["rule"], "chosen_on": "val",
+            "probabilities": "calibrated" if calibrated is not None else "raw",
+            **operating_point_metrics(labels, probs if calibrated is None else calibrated,
+                                      trainer.class_names, metrics["positive_class"], threshold,
+                                      groups)}
     if not dist_info().is_main:
         return metrics
     write_predictions(run_dir / f"predictions_{split}.csv", dataset, labels, probs,
-                      trainer.class_names, calibrated=calibrated, temperature=temperature)
+                      trainer.class_names, calibrated=calibrated, temperature=temperature,
+                      threshold=threshold, positive=metrics["positive_index"])
     plot_confusion(np.array(metrics["confusion_matrix"]), trainer.class_names,
                    run_dir / f"confusion_{split}.png", title=f"{split} confusion matrix")
     plot_roc(labels, probs, trainer.class_names, metrics["positive_class"],
@@ -88,15 +102,19 @@ def evaluate_and_write(
 def write_predictions(
     path: Path, dataset: ScanDataset, labels: np.ndarray, probs: np.ndarray, classes: list[str],
     *, calibrated: np.ndarray | None = None, temperature: float | None = None,
+    threshold: float | None = None, positive: int | None = None,
 ) -> None:
     """One line per scan. With ``calibrated`` probabilities, ``p_<class>`` holds them, the
-    ``temperature`` column says by which temperature, and ``p_raw_<class>`` the model's own."""
+    ``temperature`` column says by which temperature, and ``p_raw_<class>`` the model's own.
+    With a ``threshold``, ``positive_at_threshold`` is 1 where p_<positive> >= it."""
     buf = io.StringIO()
     w = csv.writer(buf)
     shown = probs if calibrated is None else calibrated
     head = ["scan_id", "patient_id", "label", "predicted", *[f"p_{c}" for c in classes]]
     if calibrated is not None:
         head += ["temperature", *[f"p_raw_{c}" for c in classes]]
+    if threshold is not None:
+        head += ["threshold", "positive_at_threshold"]
     w.writerow(head)
     for i, (row, y) in enumerate(zip(dataset.rows, labels, strict=True)):
         p = shown[i]
@@ -104,6 +122,8 @@ def write_predictions(
                 *[f"{v:.6f}" for v in p]]
         if calibrated is not None:
             line += [f"{temperature:.6g}", *[f"{v:.6f}" for v in probs[i]]]
+        if threshold is not None and positive is not None:
+            line += [f"{threshold:.6g}", int(p[positive] >= threshold)]
         w.writerow(line)
     atomic_write_text(path, buf.getvalue())
 
@@ -127,6 +147,24 @@ def read_temperature(run_dir: Path) -> float | None:
     if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t < float("inf")):
         raise RunDirError(f"{path}: temperature must be a positive number, got {t!r}")
     return float(t)
+
+
+def read_operating_point(run_dir: Path) -> dict[str, Any] | None:
+    """The operating point chosen on validation (RUN_DIR/calibration.json), or None for a
+    run without one (trained before volnas chose one, or a one-sided validation split)."""
+    path = Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        return None
+    try:
+        op = json.loads(path.read_text()).get("operating_point")
+        if op is None:
+            return None
+        t = op["threshold"]
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {t!r}")
+        return {"rule": str(op["rule"]), "threshold": float(t)}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError) as e:
+        raise RunDirError(f"{path}: not a valid operating point ({e})") from e
 
 
 def read_tta(run_dir: Path) -> str:
@@ -207,7 +245,8 @@ def evaluate_run(
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".evaluation.", suffix=".tmp"))
     try:
-        metrics = evaluate_and_write(trainer, ds, loader, tmp, split, temperature, used_tta)
+        metrics = evaluate_and_write(trainer, ds, loader, tmp, split, temperature, used_tta,
+                                     operating=read_operating_point(run_dir))
         metrics["data"] = str(cfg.data)
         if used_tta != recorded_tta and temperature is not None:
             metrics["calibration"]["note"] = (

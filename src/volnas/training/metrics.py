@@ -532,3 +532,99 @@ def calibration_summary(labels: Any, probs: Any, temperature: float | None) -> d
         out.update({"ece_calibrated": ece(labels, cal), "brier_calibrated": brier(labels, cal),
                     "nll_calibrated": nll(labels, cal)})
     return out
+
+
+# ----------------------------------------------------------------------- operating point
+
+OPERATING_RULES = ("youden", "sensitivity:S", "specificity:S")
+
+
+def parse_operating_rule(rule: str) -> tuple[str, float | None]:
+    """``youden`` | ``sensitivity:S`` | ``specificity:S`` (S in (0, 1]) -> (kind, target)."""
+    kind, _, value = str(rule).strip().lower().partition(":")
+    if kind == "youden" and not value:
+        return "youden", None
+    if kind in ("sensitivity", "specificity") and value:
+        try:
+            target = float(value)
+        except ValueError:
+            target = float("nan")
+        if 0 < target <= 1:
+            return kind, target
+    raise ValueError(f"operating point {rule!r}: choose youden, sensitivity:S or "
+                     "specificity:S with 0 < S <= 1 (e.g. sensitivity:0.9)")
+
+
+def choose_threshold(
+    labels: Any, probs: Any, class_names: Sequence[str], positive_class: str | None, rule: str,
+) -> dict[str, Any]:
+    """The threshold on P(positive) that ``rule`` picks on these (validation) scans.
+
+    ``youden`` maximises sensitivity + specificity - 1; ``sensitivity:S`` is the highest
+    threshold whose sensitivity is at least S, ``specificity:S`` the lowest whose
+    specificity is at least S. A scan is called positive when P(positive) >= threshold; the
+    threshold is placed halfway between the chosen score and the next lower one, so that
+    it does not sit on a validation scan's own score.
+    """
+    from sklearn.metrics import roc_curve
+
+    names = [str(c) for c in class_names]
+    y, p = validate_inputs(labels, probs, names)
+    pos = resolve_positive_class(names, positive_class)
+    kind, target = parse_operating_rule(rule)
+    is_pos, score = y == pos, p[:, pos]
+    if is_pos.all() or not is_pos.any():
+        raise ValueError(f"cannot choose an operating point: the scans hold only one side "
+                         f"(positive={names[pos]!r})")
+    fpr, tpr, thr = roc_curve(is_pos, score, drop_intermediate=False)
+    if kind == "youden":
+        i = int(np.argmax(tpr - fpr))
+    elif kind == "sensitivity":
+        i = int(np.flatnonzero(tpr >= target - 1e-12)[0])
+    else:
+        i = int(np.flatnonzero(1 - fpr >= target - 1e-12)[-1])
+    i = max(i, 1)  # index 0 is roc_curve's +inf: nothing called positive
+    lower = thr[i + 1] if i + 1 < len(thr) else 0.0
+    threshold = float((thr[i] + lower) / 2)
+    return {"rule": str(rule), "threshold": threshold, "chosen_on_n": int(len(y)),
+            "sensitivity": float(tpr[i]), "specificity": float(1 - fpr[i])}
+
+
+def operating_point_metrics(
+    labels: Any, probs: Any, class_names: Sequence[str], positive_class: str | None,
+    threshold: float, groups: Any = None, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV, NPV, accuracy and F1 of P(positive) >= ``threshold``
+    (the positive class against the rest), each with a percentile bootstrap interval over
+    patients (``groups``; None: scans), as :func:`bootstrap_ci` draws them."""
+    names = [str(c) for c in class_names]
+    y, p = validate_inputs(labels, probs, names)
+    pos = resolve_positive_class(names, positive_class)
+    truth, called = (y == pos).astype(int), (p[:, pos] >= threshold).astype(int)
+    cells = np.zeros((len(y), 4))  # tn, fp, fn, tp
+    cells[np.arange(len(y)), truth * 2 + called] = 1.0
+    w = np.vstack([np.ones(len(y)), resample_weights(groups, len(y), n_boot, seed)])
+    tn, fp, fn, tp = (w @ cells).T
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # NaN where undefined
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
+
+    rates = {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
+             "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn),
+             "accuracy": ratio(tp + tn, tp + tn + fp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
+    tail = 100 * (1 - level) / 2
+
+    def interval(v: np.ndarray) -> list[float] | None:
+        v = v[np.isfinite(v)]
+        return None if v.size == 0 else [float(np.percentile(v, tail)),
+                                         float(np.percentile(v, 100 - tail))]
+
+    return {
+        "threshold": float(threshold),
+        **{k: (None if not np.isfinite(v[0]) else float(v[0])) for k, v in rates.items()},
+        "binary_counts": {"tp": int(tp[0]), "fp": int(fp[0]), "fn": int(fn[0]), "tn": int(tn[0])},
+        "ci": {k: interval(v[1:]) for k, v in rates.items()},
+        "ci_level": level, "ci_resamples": n_boot,
+        "ci_unit": "scan" if groups is None else "patient", "ci_seed": seed,
+    }

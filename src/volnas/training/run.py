@@ -32,10 +32,16 @@ from volnas.training.budget import (
 from volnas.training.checkpoint import load_model_state
 from volnas.training.config import TrainConfig, dump_config, load_saved_config
 from volnas.training.device import resolve_device, seed_everything
-from volnas.training.evaluate import CALIBRATION, evaluate_and_write, write_predictions
+from volnas.training.evaluate import (
+    CALIBRATION,
+    evaluate_and_write,
+    read_operating_point,
+    write_predictions,
+)
 from volnas.training.memory import MEMORY_HINT, check_run_memory
 from volnas.training.metrics import (
     apply_temperature,
+    choose_threshold,
     compute_metrics,
     ece,
     fit_temperature,
@@ -397,10 +403,21 @@ def calibrate(
               "best_epoch": trainer.best_epoch,
               "val_ece_before": ece(labels, probs), "val_ece_after": ece(labels, cal),
               "val_nll_before": nll(labels, probs), "val_nll_after": nll(labels, cal)}
+    try:  # on the calibrated probabilities, as the test's are compared with it
+        record["operating_point"] = choose_threshold(
+            labels, cal, trainer.class_names, trainer.positive_class, trainer.cfg.operating_point)
+    except ValueError as e:  # a validation split with one side only
+        record["operating_point"] = None
+        console.print(f"operating point: none ({e})")
     if dist_info().is_main:
         atomic_write_text(run_dir / CALIBRATION, json.dumps(record, indent=2))
     console.print(f"calibration: temperature {t:.3f} (validation ECE "
                   f"{record['val_ece_before']:.4f} -> {record['val_ece_after']:.4f})")
+    op = record["operating_point"]
+    if op:
+        console.print(f"operating point ({op['rule']} on validation): P(positive) >= "
+                      f"{op['threshold']:.3f}, validation sensitivity {op['sensitivity']:.3f}, "
+                      f"specificity {op['specificity']:.3f}")
     return t, tta
 
 
@@ -413,7 +430,8 @@ def test_once(
     load_model_state(trainer.net, run_dir / "model.safetensors")
     test = build_datasets(cfg, source, ("test",))["test"]
     loader = make_loader(test, cfg.batch_size, train=False, num_workers=cfg.num_workers)
-    metrics = evaluate_and_write(trainer, test, loader, run_dir, "test", temperature, tta)
+    metrics = evaluate_and_write(trainer, test, loader, run_dir, "test", temperature, tta,
+                                 operating=read_operating_point(run_dir))
     cal = metrics["calibration"]
     cal_text = (f"  ECE {cal['ece']:.4f} -> {cal['ece_calibrated']:.4f} calibrated"
                 if "ece_calibrated" in cal else f"  ECE {cal['ece']:.4f}")
@@ -422,6 +440,13 @@ def test_once(
         f"acc {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  auc {_fmt(metrics['auc'])}"
         f"{_ci_text(metrics, 'auc')}{cal_text}" + ("  (TTA flips)" if tta != "none" else "")
     )
+    op = metrics.get("operating_point")
+    if op:
+        ci = op["ci"]
+        console.print(
+            f"test at the validation operating point (P >= {op['threshold']:.3f}): " + "  ".join(
+                f"{k} {_fmt(op[k])}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci[k] else "")
+                for k in ("sensitivity", "specificity", "ppv", "npv")))
     return metrics
 
 
