@@ -180,10 +180,14 @@ def test_synth_index_train_evaluate_search(tmp_path: Path, monkeypatch) -> None:
     train_dir = tmp_path / "train"
     invoke("train", "--data", manifest, "--model", f"genotype:{run / 'genotype.json'}",
            "--out", train_dir, "--epochs", "1", "--slices", "8", "--size", "24x24",
-           "--batch-size", "4")
+           "--batch-size", "4", "--operating-point", "sensitivity:1")
     assert json.loads((train_dir / "metrics.json").read_text())["n_scans"] == metrics["n_scans"]
+    op = json.loads((train_dir / "calibration.json").read_text())["operating_point"]
+    assert op["rule"] == "sensitivity:1" and op["sensitivity"] == 1.0
     out = invoke("evaluate", train_dir, "--split", "val")
     saved = json.loads((train_dir / "evaluations" / "m-val-001" / "metrics.json").read_text())
+    assert saved["operating_point"]["sensitivity"] == 1.0  # the rule holds on the split it chose on
+    assert f"P >= {op['threshold']:.3f}): sensitivity 1.0000" in " ".join(out.split())
     lo, hi = saved["ci"]["accuracy"]  # the printed table shows the value and its interval
     assert f"[{lo:.4f}, {hi:.4f}]" in out and f"{saved['accuracy']:.4f}" in out
     assert "temperature" in out and "ECE" in out

@@ -126,6 +126,10 @@ def search_cmd(
     tta: TTAChoice = typer.Option(
         None, "--tta", help="Test-time augmentation of the retrained network: none | flips | auto "
         f"(flips only if better on validation) {default('tta')}."),
+    operating_point: str = typer.Option(
+        None, "--operating-point", help="Threshold on P(positive) chosen on validation for the "
+        f"retrained network's test report: youden | sensitivity:S | specificity:S "
+        f"{default('operating_point')}."),
     ensemble: int = typer.Option(
         None, "--ensemble", min=1, help="Retrain the K best probed architectures and evaluate "
         f"and export their ensemble (ensemble/evaluation, ensemble/bundle) {default('ensemble')}."),
@@ -149,6 +153,7 @@ def search_cmd(
         "cost_weight": cost_weight, "seed": seed, "device": device,
         "augment_search": augment_search, "objective": objective, "aug_prior": aug_prior,
         "fixed_genotype": fixed_genotype, "class_weight": class_weight, "tta": tta,
+        "operating_point": operating_point,
         "ensemble": ensemble, "generations": generations, "population": population,
         "costs": _csv_list(costs), "pick": pick, "front_topk": front_topk,
         "baselines": _csv_list(baselines), "time_budget": duration_option(time_budget),

@@ -84,6 +84,10 @@ def train_cmd(
         None, "--time-budget", help="Wall-clock budget of the whole run, e.g. 45m, 90s, 2h: "
         "the epochs that fit (at most --epochs) are set before the first, so the schedule "
         "ends with the budget; see run.json's time_budget."),
+    operating_point: str = typer.Option(
+        None, "--operating-point", help="Threshold on P(positive) chosen on validation, at "
+        f"which the test reports sensitivity, specificity, PPV, NPV: youden | sensitivity:S | "
+        f"specificity:S {_d('operating_point')}."),
 ) -> None:
     """Train a model: validation every epoch, best checkpoint by validation, test once.
 
@@ -96,7 +100,7 @@ def train_cmd(
         "slices": slices, "size": optional_shape(size, 2, "--size"),
         "lr": lr, "seed": seed, "device": device, "num_workers": workers,
         "augment": augment, "sync_bn": sync_bn, "class_weight": class_weight, "tta": tta,
-        "time_budget": duration_option(time_budget),
+        "time_budget": duration_option(time_budget), "operating_point": operating_point,
     }
     metrics = start_run(run_training, TrainConfig, config, overrides, out, resume)
     console.print(f"run folder: {esc(out)}  (metrics.json: acc {metrics['accuracy']:.4f}, "
@@ -189,4 +193,10 @@ def evaluate_cmd(
                       soft_wrap=True)
     if metrics.get("tta", "none") != "none":
         console.print(f"test-time augmentation: {esc(metrics['tta'])}")
+    op = metrics.get("operating_point")
+    if op:
+        console.print(f"at the run's operating point ({esc(op['rule'])} on validation, P >= "
+                      f"{op['threshold']:.3f}): " + ", ".join(
+                          f"{k} {'n/a' if op[k] is None else format(op[k], '.4f')}"
+                          for k in ("sensitivity", "specificity", "ppv", "npv")))
     console.print(f"evaluation: {esc(metrics['evaluation_dir'])}", soft_wrap=True)
