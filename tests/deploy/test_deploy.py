@@ -155,6 +155,18 @@ def test_predict_matches_evaluate(trained, tmp_path: Path) -> None:
                                                                        abs=2e-6)
     payload = json.loads(out.read_text())
     assert payload["temperature"] == t and payload["probabilities"].startswith("calibrated")
+    # the run's validation operating point travels with the bundle: same calls as evaluate
+    op = json.loads((trained["run"] / "calibration.json").read_text())["operating_point"]
+    assert payload["operating_point"] == {"rule": "youden", "threshold": op["threshold"]}
+    for sid, e in expected.items():
+        assert got[sid]["threshold"] == op["threshold"]
+        assert got[sid]["positive_at_threshold"] == (e["positive_at_threshold"] == "1")
+    csv_out = tmp_path / "pred.csv"
+    invoke("predict", trained["bundle"], trained["manifest"], "--out", csv_out, "--device", "cpu")
+    with open(csv_out, newline="") as f:
+        lines = {r["scan"]: r for r in csv.DictReader(f)}
+    assert {sid: lines[sid]["positive_at_threshold"] for sid in expected} == {
+        sid: "yes" if got[sid]["positive_at_threshold"] else "no" for sid in expected}
 
 
 def test_unreadable_scans_are_reported_and_the_rest_predicted(trained, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from volnas.data.volume import DataError
 from volnas.models.genotype import Genotype
 from volnas.models.registry import create_model
 from volnas.training.config import TrainConfig, dump_config, load_saved_config
-from volnas.training.evaluate import CALIBRATION, read_temperature, read_tta
+from volnas.training.evaluate import CALIBRATION, read_operating_point, read_temperature, read_tta
 from volnas.training.rundir import GENOTYPE_PREFIX, load_run
 
 FORMAT = "volnas-bundle"
@@ -101,6 +101,12 @@ class Bundle:
         return str(self.manifest.get("inference", {}).get("tta", "none"))
 
     @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The run's threshold on calibrated P(positive), chosen on its validation split
+        (``rule``, ``threshold``); None in bundles exported without one."""
+        return self.manifest.get("inference", {}).get("operating_point")
+
+    @property
     def intensity_reference(self) -> dict[str, Any] | None:
         """The training scans' raw intensity statistics; None in bundles exported before
         volnas recorded them (predict then cannot check scans)."""
@@ -151,6 +157,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
     metrics = run_test_metrics(run_dir, cfg.data)
     temperature = read_temperature(run_dir)
     tta = _recorded_tta(run_dir) if temperature is not None else None
+    operating = read_operating_point(run_dir) if temperature is not None else None
     intensity = training_intensity(cfg.data, pre)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +202,7 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
             "preprocess": pre.model_dump(mode="json") | {"sampling": "symmetrical"},
             "augmentation": {"train": cfg.augment if policy is None else "policy",
                              "policy": policy},
-            "inference": _inference(cfg, temperature, tta),
+            "inference": _inference(cfg, temperature, tta, operating),
             "training": {k: getattr(cfg, k) for k in ("data", "epochs", "batch_size", "lr",
                                                       "optimizer", "seed", "select_metric")},
             "metrics": {k: metrics.get(k) for k in METRIC_KEYS} if metrics else None,
@@ -212,14 +219,16 @@ def export_bundle(run_dir: Path, out: Path, onnx: bool = False) -> Path:
 
 
 def _inference(cfg: TrainConfig, temperature: float | None,
-               tta: str | None = None) -> dict[str, Any]:
+               tta: str | None = None, operating: dict[str, Any] | None = None) -> dict[str, Any]:
     """bundle.json's ``inference``; ``temperature`` only when the run was calibrated,
-    ``tta`` only when its calibration record names one."""
+    ``tta`` and ``operating_point`` only when its calibration record names them."""
     out: dict[str, Any] = {"channels_last": cfg.channels_last, "amp": cfg.amp}
     if temperature is not None:
         out["temperature"] = temperature
     if tta is not None:
         out["tta"] = tta
+    if operating is not None:
+        out["operating_point"] = operating
     return out
 
 
@@ -478,6 +487,7 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
                    else None)
         temperature = read_temperature(model_dir) if CALIBRATION in files else None
         tta = _recorded_tta(model_dir) if temperature is not None else None
+        operating = read_operating_point(model_dir) if temperature is not None else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError,
             RuntimeError) as e:
         if isinstance(e, BundleError):
@@ -490,7 +500,7 @@ def _verify_manifest(model_dir: Path, m: dict[str, Any], version: int) -> None:
         "input_shape": (list(cfg.preprocess.input_shape), "config.yaml"),
         "preprocess": (cfg.preprocess.model_dump(mode="json") | {"sampling": "symmetrical"},
                        "config.yaml"),
-        "inference": (_inference(cfg, temperature, tta),
+        "inference": (_inference(cfg, temperature, tta, operating),
                       "config.yaml and calibration.json" if temperature is not None
                       else "config.yaml (no calibration.json listed)"),
         "augmentation": ({"train": cfg.augment if policy is None else "policy",

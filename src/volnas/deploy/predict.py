@@ -190,6 +190,11 @@ def predict_scans(
                 "tta": modes[0],
                 "warning": warning,
             }
+            op = None if ensemble else members[0].operating_point
+            if op is not None and bundle.positive_class in classes:
+                pos_p = float(p[classes.index(bundle.positive_class)])
+                row.update({"threshold": float(op["threshold"]),
+                            "positive_at_threshold": pos_p >= float(op["threshold"])})
             if ensemble:
                 row.update({
                     "temperature": [b.temperature for b in members], "tta": list(modes),
@@ -262,7 +267,8 @@ def write_predictions(
             payload.update({
                 "probabilities": CALIBRATED if bundle.temperature is not None else UNCALIBRATED,
                 "temperature": bundle.temperature,
-                "tta": rows[0]["tta"] if rows else bundle.tta})
+                "tta": rows[0]["tta"] if rows else bundle.tta,
+                "operating_point": bundle.operating_point})
         payload.update({"predictions": list(rows), "failures": [asdict(f) for f in failures]})
         atomic_write_text(path, json.dumps(payload, indent=2))
         return path
@@ -272,21 +278,25 @@ def write_predictions(
     w = csv.writer(buf)
     k = len(bundle.classes)
     extra = ["spread", "entropy", "review"] if ensemble else []
+    op = None if ensemble else bundle.operating_point
+    at = ["threshold", "positive_at_threshold"] if op else []
     w.writerow(["scan", "path", "label", "predicted", "probability",
                 *[f"p_{c}" for c in bundle.classes], *extra, "temperature", "tta",
-                *[f"p_raw_{c}" for c in bundle.classes], "warning", "error"])
+                *[f"p_raw_{c}" for c in bundle.classes], *at, "warning", "error"])
     for r in rows:
         values = ([f"{r['spread']:.6f}", f"{r['entropy']:.6f}", "yes" if r["review"] else ""]
                   if ensemble else [])
+        called = ([f"{r['threshold']:.6g}", "yes" if r["positive_at_threshold"] else "no"]
+                  if at and "threshold" in r else [""] * len(at))
         w.writerow([r["scan"], r["path"], r["label"] or "", r["predicted"],
                     f"{r['probability']:.6f}",
                     *[f"{r['probabilities'][c]:.6f}" for c in bundle.classes], *values,
                     _temperatures(r.get("temperature")), _joined(r.get("tta", "")),
-                    *[f"{r['probabilities_raw'][c]:.6f}" for c in bundle.classes],
+                    *[f"{r['probabilities_raw'][c]:.6f}" for c in bundle.classes], *called,
                     r.get("warning") or "", ""])
     for f in failures:
         w.writerow([f.scan, f.path, "", "", "", *[""] * k, *[""] * len(extra), "", "",
-                    *[""] * k, "", f.reason])
+                    *[""] * k, *[""] * len(at), "", f.reason])
     atomic_write_text(path, buf.getvalue())
     return path
 
