@@ -390,3 +390,12 @@ def test_positive_class_rule_and_summary_table(tmp_path):
         n["test"],
         8,
     ]
+
+
+def test_a_dataset_folder_given_as_the_manifest_says_how_to_index_it(tmp_path):
+    root = slice_tree(tmp_path / "scans", {"a": 2, "b": 2})
+    with pytest.raises(DataError, match=r"scans: a folder, not a manifest: index it first .*"
+                       r"`volnas data index .*scans --out scans\.csv`, then pass --data scans\.csv"):
+        read_manifest(root)
+    with pytest.raises(DataError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.csv")

@@ -211,6 +211,13 @@ def _check_legacy(
 def read_manifest(csv_path: Path | str) -> list[ManifestRow]:
     """Read and validate a manifest; paths come back absolute."""
     csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        raise DataError(
+            csv_path,
+            "a folder, not a manifest: index it first (patient-grouped splits, every scan "
+            f"checked): `volnas data index {csv_path} --out {csv_path.name or 'data'}.csv`, "
+            f"then pass --data {csv_path.name or 'data'}.csv",
+        )
     if not csv_path.is_file():
         raise DataError(csv_path, "manifest not found")
     base = Path(os.path.abspath(csv_path.parent))
