@@ -432,3 +432,21 @@ def test_onnx_missing_is_a_warning_not_a_failure(trained, tmp_path: Path, monkey
     assert m["onnx"]["file"] is None and "onnx" in m["onnx"]["error"]
     assert not (bundle_dir / "model.onnx").exists()
     load_bundle(bundle_dir)
+
+
+def test_a_folder_of_scans_is_predicted_scan_by_scan(trained, tmp_path: Path) -> None:
+    """A user points predict at the folder the new scans are in: every scan inside it is
+    predicted (masks/ beside them is not), each named by its path, the threshold shown."""
+    data = trained["root"] / "data"
+    assert (data / "masks").is_dir() and any((data / "masks").iterdir())
+    out = tmp_path / "pred.json"
+    text = invoke("predict", trained["bundle"], data, "--out", out, "--device", "cpu")
+    rows = json.loads(out.read_text())["predictions"]
+    want = sorted(str(Path(r.path).resolve()) for r in read_manifest(trained["manifest"]))
+    assert sorted(str(Path(r["path"]).resolve()) for r in rows) == want
+    assert all("masks" not in Path(r["path"]).parts for r in rows)
+    assert f"{len(want)} scan(s)" in text and "covid at p >=" in " ".join(text.split())
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    res = runner.invoke(app, ["predict", str(trained["bundle"]), str(empty)])
+    assert res.exit_code == 1 and "folder holds no" in " ".join(res.output.split())

@@ -175,8 +175,10 @@ def predict_cmd(
     table = Table(title=f"{len(rows)} scan(s), bundle {esc(str(model_dir))}")
     labelled = any(r["label"] for r in rows)
     extra = ["spread", "entropy", "review"] if ensemble else []
+    op = None if ensemble else bundle.operating_point
+    at = [f"{bundle.positive_class} at p >= {op['threshold']:.3f}"] if op else []
     for col in ("scan", *(["label"] if labelled else []), "predicted",
-                *[f"p({c})" for c in bundle.classes], *extra):
+                *[f"p({c})" for c in bundle.classes], *extra, *at):
         table.add_column(esc(col), justify="right" if col.startswith("p(") or col in extra[:2]
                          else "left")
     for r in rows:
@@ -184,8 +186,12 @@ def predict_cmd(
                       esc(r["predicted"]),
                       *[f"{r['probabilities'][c]:.4f}" for c in bundle.classes],
                       *([f"{r['spread']:.3f}", f"{r['entropy']:.3f}",
-                         "REVIEW" if r["review"] else ""] if ensemble else []))
+                         "REVIEW" if r["review"] else ""] if ensemble else []),
+                      *(["yes" if r.get("positive_at_threshold") else "no"] if at else []))
     console.print(table)
+    if op:
+        console.print(f"operating point: {esc(op['rule'])} threshold chosen on the training run's "
+                      "validation split (predicted is the most probable class)", soft_wrap=True)
     if ensemble and rows:
         s_flag = bundle.flag_spread if flag_spread is None else flag_spread
         h_flag = bundle.flag_entropy if flag_entropy is None else flag_entropy

@@ -2,17 +2,21 @@
 
 A SCAN is a DICOM series folder, a NIfTI file, a slice folder, ``file.npz#split/i`` (one
 MedMNIST item) or ``MANIFEST.csv#scan_id`` (one manifest row: its path, format and label).
-With ``expand``, a manifest CSV or a MedMNIST ``.npz`` stands for all of its scans.
+With ``expand``, a manifest CSV or a MedMNIST ``.npz`` stands for all of its scans, and a
+folder that is not itself a scan for every scan inside it (:func:`scans_under`).
 Problems raise a :class:`DataError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from volnas.data.dataset import open_source
-from volnas.data.readers import NIFTI_EXTS, split_npz_path
+from volnas.data.index import RESERVED_FOLDERS
+from volnas.data.readers import NIFTI_EXTS, natural_key, split_npz_path
+from volnas.data.readers.base import folder_kind, is_hidden, scan_file_format
 from volnas.data.volume import DataError
 
 
@@ -52,7 +56,37 @@ def resolve_scans(arg: str | Path, *, expand: bool = False) -> list[Scan]:
                 for r in open_source(given).rows]
     if not p.exists():
         raise DataError(p, "no such file or folder")
+    if expand and p.is_dir() and folder_kind(p) is None:
+        found = scans_under(p)
+        if found:
+            return [Scan(str(q), str(q), str(q), None, None, q.relative_to(p).as_posix(), False)
+                    for q in found]
     return [Scan(given, given, given, None, None, _stem(p), False)]
+
+
+def scans_under(root: Path, max_depth: int = 8) -> list[Path]:
+    """Every scan inside a folder that is not itself a scan: scan files (NIfTI, ...) and scan
+    folders (a DICOM series, a slice folder), in natural order of their paths. Folders named
+    ``masks`` / ``mask`` (lesion masks beside the scans) are not entered."""
+    found: list[Path] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        entries = sorted((e for e in os.scandir(folder) if not is_hidden(e.name)),
+                         key=lambda e: natural_key(e.name))
+        for e in entries:
+            q = Path(e.path)
+            if e.is_dir():
+                if e.name.lower() in RESERVED_FOLDERS:
+                    continue
+                if folder_kind(q) is not None:
+                    found.append(q)
+                elif depth < max_depth:
+                    walk(q, depth + 1)
+            elif e.is_file() and scan_file_format(q) is not None:
+                found.append(q)
+
+    walk(root, 0)
+    return found
 
 
 def _stem(p: Path) -> str:
