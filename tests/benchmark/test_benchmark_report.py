@@ -56,6 +56,7 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
     _invoke(*args)
     report = json.loads((out / "report.json").read_text())
     assert report["complete"] and not report["failed"]
+    assert any(r["summary"]["op_sensitivity"]["n"] for r in report["rows"])  # exercised below
     assert report["seeds"] == [0, 1]
     assert report["machine"]["cpu_count"] and report["machine"]["torch"]
     assert report["training"]["epochs"] == 1 and report["preprocess"]["slices"] == 8
@@ -84,6 +85,15 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
             assert s["n"] == len(vals)
             if key in METRICS:
                 assert fmt_mean_std(s, total=2) in md
+        # the test split at each run's validation operating point, when it has one
+        for key, field in (("op_sensitivity", "sensitivity"), ("op_specificity", "specificity")):
+            vals = [(r.get("operating_point") or {}).get(field) for r in runs]
+            vals = [v for v in vals if v is not None]
+            got = row["summary"][key]
+            assert got["n"] == len(vals)
+            if vals:
+                assert got["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+                assert "sensitivity at val threshold" in md and fmt_mean_std(got, total=2) in md
         if name == "genotype-tiny":
             secs = [r["train_seconds"] for r in runs]
             assert row["input"] == [1, 8, 16, 16] and row["slices"] == 8

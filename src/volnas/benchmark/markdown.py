@@ -10,7 +10,11 @@ from volnas.search.run import UNDECIDED_RATIO
 
 METRICS = ("accuracy", "precision", "sensitivity", "f1", "f1_weighted", "auc")
 HEADERS = {"accuracy": "ACC", "precision": "precision", "sensitivity": "sensitivity", "f1": "F1",
-           "f1_weighted": "F1 (weighted)", "auc": "AUC"}
+           "f1_weighted": "F1 (weighted)", "auc": "AUC",
+           "op_sensitivity": "sensitivity at val threshold",
+           "op_specificity": "specificity at val threshold"}
+# shown when some run has them: the test split at the run's validation operating point
+OP_METRICS = ("op_sensitivity", "op_specificity")
 
 
 def fmt_mean_std(s: Mapping[str, Any], digits: int = 4, total: int | None = None) -> str:
@@ -75,7 +79,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [f"- seeds: {', '.join(map(str, report['seeds']))}", "",
               f"## Test results (mean ± std over {n_seeds} seeds)", ""]
     compared = any("vs_baseline" in r for r in report["rows"])
-    head = ["model", "size (MB)", "input", "slices", *[HEADERS[k] for k in METRICS],
+    shown = METRICS + (OP_METRICS if any(
+        (r["summary"].get(k) or {}).get("mean") is not None
+        for r in report["rows"] for k in OP_METRICS) else ())
+    head = ["model", "size (MB)", "input", "slices", *[HEADERS[k] for k in shown],
             *(["ΔAUC vs best baseline (95% CI)"] if compared else []), "wall time"]
     lines += ["| " + " | ".join(head) + " |",
               "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
@@ -92,7 +99,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             wall += f" (total {fmt_seconds(s['total_seconds'])})"
         lines.append("| " + " | ".join([
             name, size_text, "x".join(map(str, r["input"])), str(r["slices"]),
-            *[fmt_mean_std(s[k], total=r["n_done"]) for k in METRICS],
+            *[fmt_mean_std(s[k], total=r["n_done"]) for k in shown],
             *([fmt_vs_baseline(r)] if compared else []), wall]) + " |")
     lines += [
         "",
@@ -101,7 +108,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "(the other classes together as negative); F1 (weighted) is the support-weighted mean "
         "of the per-class F1 (scikit-learn's average='weighted'; papers on imbalanced "
         "MedMNIST data often report an averaged F1 without saying so); AUC from softmax "
-        "probabilities. Size is "
+        "probabilities. "
+        + ("Sensitivity and specificity at val threshold: the test split at the threshold "
+           "on calibrated P(positive) that each run chose on its validation split "
+           "(operating_point, default Youden). " if shown != METRICS else "")
+        + "Size is "
         "parameters x 4 bytes (MB of 2^20 bytes); std uses ddof=1. Wall time: training of one "
         "run (baselines) or, for searches, everything before the retrain of the pick (search "
         "epochs and probes; the probes of a random search; a supernet and its evolution), with "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from volnas.benchmark.cells import Cell, cell_name
-from volnas.benchmark.markdown import METRICS, render_markdown
+from volnas.benchmark.markdown import METRICS, OP_METRICS, render_markdown
 from volnas.core.files import atomic_write_text
 from volnas.search.run import decision_from_log, search_run_seconds
 from volnas.training.config import TrainConfig
@@ -52,6 +52,9 @@ def _run_record(cell: Cell) -> dict[str, Any] | None:
                                        "params", "model_size_mb", "flops_per_scan",
                                        "best_epoch")},
         "f1_weighted": (metrics.get("weighted") or {}).get("f1"),
+        # at the run's validation operating point (runs trained before it have None)
+        "op_sensitivity": (metrics.get("operating_point") or {}).get("sensitivity"),
+        "op_specificity": (metrics.get("operating_point") or {}).get("specificity"),
         "ci": metrics.get("ci"),
         "ci_level": metrics.get("ci_level"),
         "ci_unit": metrics.get("ci_unit"),
@@ -87,7 +90,7 @@ def build_report(
     for name, kind in order:
         mine = [c for c in cells if (c.name, c.kind) == (name, kind)]
         runs = [r for r in (_run_record(c) for c in mine) if r is not None]
-        keys = (*METRICS, "model_size_mb", "params", "seconds", "total_seconds")
+        keys = (*METRICS, *OP_METRICS, "model_size_mb", "params", "seconds", "total_seconds")
         summary = {k: s._asdict() for k, s in summarize_seeds(runs, keys).items()}
         cfg = configs[mine[0]]
         row: dict[str, Any] = {
