@@ -99,15 +99,22 @@ def run_demo(out: Path, *, epochs: int = 10, search: bool = True, seed: int = 0,
                                    data_dir, console)
 
     table = Table(title=f"volnas demo — test split read once per model ({time.perf_counter() - t0:.0f} s)")
-    for col in ("model", "params", "size MB", "accuracy", "F1", "AUC", f"{label} pointing hits"):
+    for col in ("model", "params", "size MB", "accuracy", "F1", "AUC",
+                "sens / spec at val threshold", f"{label} pointing hits"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in results.items():
         e = explained[name]
         auc = "n/a" if m.get("auc") is None else f"{m['auc']:.3f}"
+        op = m.get("operating_point") or {}
+        at = ("n/a" if op.get("sensitivity") is None or op.get("specificity") is None
+              else f"{op['sensitivity']:.2f} / {op['specificity']:.2f}")
         table.add_row(escape(name), f"{m['params']:,}", f"{m['model_size_mb']:.2f}",
-                      f"{m['accuracy']:.3f}", f"{m['f1']:.3f}", auc,
+                      f"{m['accuracy']:.3f}", f"{m['f1']:.3f}", auc, at,
                       f"{e['hits']:g}/{e['with_mask']}")
     console.print(table)
+    console.print("sens / spec at val threshold: the test split at the threshold on P(covid) "
+                  "each run chose on its validation split (Youden); accuracy and F1 call a scan "
+                  "covid when P(covid) > 0.5.")
     console.print(f"everything is under [bold]{escape(str(root))}[/]: baseline/ and search/final/ are run folders "
                   "(metrics.json, curves.png, confusion_test.png, roc_test.png, model.safetensors); "
                   "explain/ holds montages (PNG) and heatmaps (NIfTI) to open over the scans.")
