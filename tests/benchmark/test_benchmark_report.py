@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -85,6 +86,15 @@ def test_benchmark_report_matches_runs_and_resumes(npz_data: Path, tmp_path: Pat
             assert s["n"] == len(vals)
             if key in METRICS:
                 assert fmt_mean_std(s, total=2) in md
+        # the validation AUC of the kept checkpoint (what a choice between rows rests on)
+        vals = []
+        for k, r in enumerate(runs):
+            hist = (out / "runs" / name / f"seed{k}" / rel).parent / "history.csv"
+            with open(hist, newline="") as f:
+                best = [h for h in csv.DictReader(f) if int(h["epoch"]) == r["best_epoch"]]
+            vals.append(float(best[-1]["val_auc"]))
+            assert row["runs"][k]["val_auc"] == pytest.approx(vals[-1])
+        assert row["summary"]["val_auc"]["mean"] == pytest.approx(np.mean(vals))
         # the test split at each run's validation operating point, when it has one
         for key, field in (("op_sensitivity", "sensitivity"), ("op_specificity", "specificity")):
             vals = [(r.get("operating_point") or {}).get(field) for r in runs]

@@ -10,7 +10,7 @@ from volnas.search.run import UNDECIDED_RATIO
 
 METRICS = ("accuracy", "precision", "sensitivity", "f1", "f1_weighted", "auc")
 HEADERS = {"accuracy": "ACC", "precision": "precision", "sensitivity": "sensitivity", "f1": "F1",
-           "f1_weighted": "F1 (weighted)", "auc": "AUC",
+           "f1_weighted": "F1 (weighted)", "auc": "AUC", "val_auc": "val AUC",
            "op_sensitivity": "sensitivity at val threshold",
            "op_specificity": "specificity at val threshold"}
 # shown when some run has them: the test split at the run's validation operating point
@@ -79,7 +79,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [f"- seeds: {', '.join(map(str, report['seeds']))}", "",
               f"## Test results (mean ± std over {n_seeds} seeds)", ""]
     compared = any("vs_baseline" in r for r in report["rows"])
-    shown = METRICS + (OP_METRICS if any(
+    shown = METRICS + ("val_auc",) + (OP_METRICS if any(
         (r["summary"].get(k) or {}).get("mean") is not None
         for r in report["rows"] for k in OP_METRICS) else ())
     head = ["model", "size (MB)", "input", "slices", *[HEADERS[k] for k in shown],
@@ -108,7 +108,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "(the other classes together as negative); F1 (weighted) is the support-weighted mean "
         "of the per-class F1 (scikit-learn's average='weighted'; papers on imbalanced "
         "MedMNIST data often report an averaged F1 without saying so); AUC from softmax "
-        "probabilities. "
+        "probabilities. val AUC: the validation AUC of the checkpoint each run kept (its "
+        "best epoch); choices between rows rest on it, the test split only confirms them. "
         + ("Sensitivity and specificity at val threshold: the test split at the threshold "
            "on calibrated P(positive) that each run chose on its validation split "
            "(operating_point, default Youden). " if shown != METRICS else "")
@@ -134,13 +135,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report.get("plot"):
         lines += [f"![F1 against model size]({report['plot']})", ""]
     lines += ["## Runs", "", "AUC with its 95% bootstrap interval over the test patients.", "",
-              "| model | seed | ACC | F1 | AUC | size (MB) | seconds | folder |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
+              "| model | seed | ACC | F1 | AUC | val AUC | size (MB) | seconds | folder |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         for run in r["runs"]:
             lines.append(
                 f"| {r['name']} | {run['seed']} | {_f(run['accuracy'])} | {_f(run['f1'])} | "
-                f"{_f(run['auc'])}{_ci(run, 'auc')} | {_f(run['model_size_mb'], 2)} | {_f(run['seconds'], 1)} | "
+                f"{_f(run['auc'])}{_ci(run, 'auc')} | {_f(run.get('val_auc'))} | "
+                f"{_f(run['model_size_mb'], 2)} | {_f(run['seconds'], 1)} | "
                 f"`{run['dir']}` |")
     searched = [(r["name"], run) for r in report["rows"] for run in r["runs"] if run.get("genotype")]
     if searched:

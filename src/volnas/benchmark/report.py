@@ -39,6 +39,19 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _val_auc(run_dir: Path, best_epoch: Any) -> float | None:
+    """Validation AUC of the checkpoint a run kept (its best epoch), from history.csv."""
+    path = run_dir / "history.csv"
+    if best_epoch is None or not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if str(r.get("epoch")) == str(best_epoch)]
+    try:
+        return float(rows[-1]["val_auc"]) if rows else None
+    except (KeyError, ValueError):
+        return None
+
+
 def _run_record(cell: Cell) -> dict[str, Any] | None:
     """A finished cell's test metrics and wall times, from the files it wrote."""
     if cell.state != "done" or not cell.metrics_file.is_file():
@@ -52,6 +65,8 @@ def _run_record(cell: Cell) -> dict[str, Any] | None:
                                        "params", "model_size_mb", "flops_per_scan",
                                        "best_epoch")},
         "f1_weighted": (metrics.get("weighted") or {}).get("f1"),
+        # what a choice between rows may rest on (the test split only confirms it)
+        "val_auc": _val_auc(cell.metrics_file.parent, metrics.get("best_epoch")),
         # at the run's validation operating point (runs trained before it have None)
         "op_sensitivity": (metrics.get("operating_point") or {}).get("sensitivity"),
         "op_specificity": (metrics.get("operating_point") or {}).get("specificity"),
@@ -90,7 +105,7 @@ def build_report(
     for name, kind in order:
         mine = [c for c in cells if (c.name, c.kind) == (name, kind)]
         runs = [r for r in (_run_record(c) for c in mine) if r is not None]
-        keys = (*METRICS, *OP_METRICS, "model_size_mb", "params", "seconds", "total_seconds")
+        keys = (*METRICS, *OP_METRICS, "val_auc", "model_size_mb", "params", "seconds", "total_seconds")
         summary = {k: s._asdict() for k, s in summarize_seeds(runs, keys).items()}
         cfg = configs[mine[0]]
         row: dict[str, Any] = {
