@@ -4,12 +4,13 @@ Files named ``*.dcm`` / ``*.dicom`` / ``*.ima`` and files without an extension (
 names such as ``1.2.840.5`` count as having none) are candidates; ``DICOMDIR``, hidden
 files, other extensions and extension-less *text* files (README, ...) are ignored and
 listed in ``meta["ignored"]``. A candidate that does not parse as a DICOM image is a
-DataError, and so is a truncated file. A multi-frame (enhanced) image is read frame by frame,
-each frame's position, orientation, spacing and rescale from its functional groups. DICOM objects that are not images (no Rows/Columns
-and a non-image SOP class, e.g. a structured report) are left out and listed too, and so
-are localizer images (ImageType LOCALIZER) beside a series that has other images, both with
-a warning. A series with a missing slice (a step over 1.5x the median) or irregular
-spacing is a DataError naming the files either side. Slices are ordered by
+DataError, and so is a truncated file. A multi-frame (enhanced) image is read frame by
+frame, each frame's position, orientation, spacing and rescale from its functional groups.
+DICOM objects that are not images (no Rows/Columns and a non-image SOP class, e.g. a
+structured report) are left out and listed too, and so are localizer images (ImageType
+LOCALIZER) beside a series that has other images, both with a warning. A series with a
+missing slice (a step over 1.5x the median) or irregular spacing is a DataError naming the
+files either side. Slices are ordered by
 ImagePositionPatient projected on the slice normal (row x column direction cosines), else
 SliceLocation, else InstanceNumber - never by file name. Stored values go through RescaleSlope / RescaleIntercept (per slice).
 ``is_hu`` is True for Modality CT, or RescaleType HU, or (Modality absent) when a
