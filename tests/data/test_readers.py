@@ -354,19 +354,28 @@ def test_compressed_dicom_series_decode_to_the_same_hu(tmp_path, syntax):
     assert check_scan(packed).n_slices == 4
 
 
-def write_enhanced_ct(path: Path, frames: np.ndarray, zs: list[float], *, per_frame: bool = True,
-                      slopes: list[float] | None = None) -> Path:
-    """One Enhanced CT file: frames (n, rows, cols) at z = zs[k], geometry in functional groups."""
-    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+def dicom_file(path: Path, sop: str):
+    """An empty DICOM dataset of SOP class ``sop`` (explicit VR little endian), to fill and save."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPClassUID = sop
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def write_enhanced_ct(path: Path, frames: np.ndarray, zs: list[float], *, per_frame: bool = True,
+                      slopes: list[float] | None = None) -> Path:
+    """One Enhanced CT file: frames (n, rows, cols) at z = zs[k], geometry in functional groups."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage
+
+    ds = dicom_file(path, EnhancedCTImageStorage)
     ds.Modality, ds.PatientID, ds.SeriesInstanceUID = "CT", "P009", "1.2.3.9"
     ds.NumberOfFrames = len(frames)
     ds.Rows, ds.Columns = frames.shape[1:]
@@ -531,16 +540,10 @@ def read_scan_header_z(path: Path) -> float:
 
 
 def test_dicom_non_image_objects_warn_and_damaged_images_fail(tmp_path):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import BasicTextSRStorage, CTImageStorage
 
     def headerless(path: Path, sop: str) -> None:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+        ds = dicom_file(path, sop)
         ds.SeriesInstanceUID = "1.2.3.4.5"
         ds.save_as(path, enforce_file_format=True)
 

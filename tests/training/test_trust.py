@@ -318,8 +318,11 @@ def test_operating_point_rules_on_a_hand_computed_case() -> None:
     for k in ("specificity", "ppv", "accuracy"):
         lo, hi = m["ci"][k]
         assert lo <= m[k] <= hi and lo < hi
-    # a resample without positives has no sensitivity: skipped, never counted as 0
-    assert m["ci"]["sensitivity"] == [1.0, 1.0]
+    assert m["ci"]["sensitivity"] == [1.0, 1.0]  # every positive is called in every resample
+    # a sample without positives has no sensitivity: None, never 0
+    none = operating_point_metrics(y[:6], probs[:6], ["neg", "pos"], "pos", 0.45, n_boot=50)
+    assert none["sensitivity"] is None and none["ci"]["sensitivity"] is None
+    assert none["specificity"] == pytest.approx(4 / 6)
 
 
 def test_run_reports_test_metrics_at_the_validation_operating_point(calibrated_run,
